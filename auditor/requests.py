@@ -1,0 +1,274 @@
+"""Edit requests: what to change, and the prompts that measure the change.
+
+Three JSON shapes are read (a list of records, one record, or JSON lines):
+
+* ROME's CounterFact: ``requested_rewrite{prompt, subject, target_new.str, target_true.str}``,
+  ``paraphrase_prompts``, ``neighborhood_prompts`` (answers: the true target);
+* EasyEdit's ZsRE: ``src``, ``subject``, ``alt``, ``answers``, ``rephrase``, ``loc``, ``loc_ans``,
+  ``portability``;
+* the flat form: ``prompt``, ``subject``, ``target_new``, ``target_true``, ``paraphrases``,
+  ``neighborhood`` ([{prompt, target}]), ``portability`` ([{prompt, target}]).
+
+A ``{}`` in any prompt is filled with the subject. Keys not understood are kept
+in :attr:`EditRequest.meta`. Every error names the record it comes from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class RequestError(ValueError):
+    """A request (or a request file) cannot be used; the message names the record."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    prompt: str  # a complete prompt (subject already filled in)
+    target: str  # the answer expected after the edit (locality: the answer before it)
+
+
+@dataclass
+class EditRequest:
+    prompt: str  # template with exactly one "{}" where the subject goes
+    subject: str
+    target_new: str
+    target_true: str | None = None
+    paraphrases: list[str] = field(default_factory=list)  # complete prompts
+    neighborhood: list[Probe] = field(default_factory=list)
+    portability: list[Probe] = field(default_factory=list)
+    case_id: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def label(self) -> str:
+        return f"record {self.case_id}" if self.case_id is not None else f"request {self.subject!r}"
+
+    @property
+    def text(self) -> str:
+        """The edit prompt with the subject filled in."""
+        return self.prompt.replace("{}", self.subject)
+
+    def validate(self) -> None:
+        where = self.label
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise RequestError(f"{where}: the prompt is empty")
+        if not isinstance(self.subject, str) or not self.subject.strip():
+            raise RequestError(f"{where}: the subject is empty")
+        if not isinstance(self.target_new, str) or not self.target_new.strip():
+            raise RequestError(f"{where}: the new target is empty")
+        if self.prompt.count("{}") == 0:
+            if self.subject not in self.prompt:
+                raise RequestError(
+                    f"{where}: the subject {self.subject!r} does not occur in the prompt {self.prompt!r}"
+                )
+            # a complete prompt: turn its last occurrence of the subject into the slot
+            head, _, tail = self.prompt.rpartition(self.subject)
+            self.prompt = head + "{}" + tail
+        elif self.prompt.count("{}") > 1:
+            raise RequestError(f"{where}: the prompt {self.prompt!r} has more than one '{{}}'")
+        if self.prompt.rstrip() != self.prompt:
+            self.prompt = self.prompt.rstrip()
+        if self.target_true is not None and not str(self.target_true).strip():
+            self.target_true = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["neighborhood"] = [asdict(p) for p in self.neighborhood]
+        d["portability"] = [asdict(p) for p in self.portability]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "EditRequest":
+        """Inverse of :meth:`to_json` (the flat form)."""
+        return parse_record(d, 0)
+
+
+def _fill(prompt: str, subject: str) -> str:
+    return prompt.replace("{}", subject)
+
+
+def _probes(items: Any, subject: str, where: str, name: str) -> list[Probe]:
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise RequestError(f"{where}: '{name}' must be a list of {{prompt, target}} objects")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "prompt" not in item or "target" not in item:
+            raise RequestError(f"{where}: {name}[{i}] must be an object with 'prompt' and 'target'")
+        target = item["target"]
+        if isinstance(target, list):
+            target = target[0] if target else ""
+        if not str(target).strip():
+            raise RequestError(f"{where}: {name}[{i}] has an empty target")
+        out.append(Probe(_fill(str(item["prompt"]), subject), str(target)))
+    return out
+
+
+def _strs(items: Any, subject: str, where: str, name: str) -> list[str]:
+    if items is None:
+        return []
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+        raise RequestError(f"{where}: '{name}' must be a list of prompts")
+    return [_fill(x, subject) for x in items]
+
+
+def _target(value: Any, where: str, name: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = value.get("str")
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"{where}: '{name}' must be a string")
+    return value
+
+
+def _counterfact(rec: dict[str, Any], where: str) -> EditRequest:
+    rw = rec["requested_rewrite"]
+    if not isinstance(rw, dict):
+        raise RequestError(f"{where}: 'requested_rewrite' must be an object")
+    for key in ("prompt", "subject", "target_new"):
+        if key not in rw:
+            raise RequestError(f"{where}: 'requested_rewrite' has no '{key}'")
+    subject = rw["subject"]
+    true = _target(rw.get("target_true"), where, "target_true")
+    neigh = [Probe(p, true) for p in _strs(rec.get("neighborhood_prompts"), subject, where, "neighborhood_prompts")] if true else []
+    known = {"requested_rewrite", "paraphrase_prompts", "neighborhood_prompts", "case_id"}
+    meta = {k: v for k, v in rec.items() if k not in known}
+    if "relation_id" in rw:
+        meta["relation_id"] = rw["relation_id"]
+    return EditRequest(
+        prompt=rw["prompt"],
+        subject=subject,
+        target_new=_target(rw["target_new"], where, "target_new") or "",
+        target_true=true,
+        paraphrases=_strs(rec.get("paraphrase_prompts"), subject, where, "paraphrase_prompts"),
+        neighborhood=neigh,
+        case_id=None if rec.get("case_id") is None else str(rec["case_id"]),
+        meta=meta,
+    )
+
+
+def _zsre(rec: dict[str, Any], where: str) -> EditRequest:
+    for key in ("src", "subject", "alt"):
+        if key not in rec:
+            raise RequestError(f"{where}: ZsRE record has no '{key}'")
+    subject = rec["subject"]
+    loc = rec.get("loc")
+    neighborhood = []
+    if loc and rec.get("loc_ans"):
+        neighborhood = [Probe(str(loc), str(_target(rec["loc_ans"], where, "loc_ans")))]
+    portability = []
+    port = rec.get("portability")
+    if isinstance(port, dict):  # EasyEdit: {"New Question": ..., "New Answer": ...}
+        q, a = port.get("New Question"), port.get("New Answer")
+        if q and a:
+            portability = [Probe(str(q), str(_target(a, where, "portability")))]
+    elif isinstance(port, list):
+        portability = _probes(port, subject, where, "portability")
+    known = {"src", "subject", "alt", "answers", "rephrase", "loc", "loc_ans", "portability", "case_id"}
+    return EditRequest(
+        prompt=rec["src"],
+        subject=subject,
+        target_new=_target(rec["alt"], where, "alt") or "",
+        target_true=_target(rec.get("answers"), where, "answers"),
+        paraphrases=_strs(rec.get("rephrase"), subject, where, "rephrase"),
+        neighborhood=neighborhood,
+        portability=portability,
+        case_id=None if rec.get("case_id") is None else str(rec["case_id"]),
+        meta={k: v for k, v in rec.items() if k not in known},
+    )
+
+
+def _flat(rec: dict[str, Any], where: str) -> EditRequest:
+    for key in ("prompt", "subject", "target_new"):
+        if key not in rec:
+            raise RequestError(f"{where}: no '{key}'")
+    subject = rec["subject"]
+    known = {"prompt", "subject", "target_new", "target_true", "paraphrases", "neighborhood",
+             "portability", "case_id", "meta"}
+    meta = dict(rec.get("meta") or {})
+    meta.update({k: v for k, v in rec.items() if k not in known})
+    return EditRequest(
+        prompt=rec["prompt"],
+        subject=subject,
+        target_new=_target(rec["target_new"], where, "target_new") or "",
+        target_true=_target(rec.get("target_true"), where, "target_true"),
+        paraphrases=_strs(rec.get("paraphrases"), subject, where, "paraphrases"),
+        neighborhood=_probes(rec.get("neighborhood"), subject, where, "neighborhood"),
+        portability=_probes(rec.get("portability"), subject, where, "portability"),
+        case_id=None if rec.get("case_id") is None else str(rec["case_id"]),
+        meta=meta,
+    )
+
+
+def parse_record(rec: Any, index: int) -> EditRequest:
+    """One record of any of the three shapes; ``index`` names it in errors."""
+    where = f"record {index}"
+    if not isinstance(rec, dict):
+        raise RequestError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for k in ("case_id", "id"):
+        if rec.get(k) is not None:
+            where = f"record {index} ({k} {rec[k]})"
+            break
+    try:
+        if "requested_rewrite" in rec:
+            req = _counterfact(rec, where)
+        elif "src" in rec and "alt" in rec:
+            req = _zsre(rec, where)
+        else:
+            req = _flat(rec, where)
+    except RequestError as e:
+        msg = str(e)
+        raise RequestError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+    if req.case_id is None:
+        req.case_id = str(rec.get("id", index))
+    return req
+
+
+def parse_requests(data: Any) -> list[EditRequest]:
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise RequestError("a request file holds a JSON object or a list of them")
+    if not data:
+        raise RequestError("the request file holds no records")
+    return [parse_record(rec, i) for i, rec in enumerate(data)]
+
+
+def load_requests(path: str | Path) -> list[EditRequest]:
+    """Read a JSON (list or object) or JSON-lines request file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise RequestError(f"cannot read request file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise RequestError(f"request file {path} is not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as first:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        try:
+            data = [json.loads(ln) for ln in lines]
+        except json.JSONDecodeError:
+            raise RequestError(
+                f"request file {path} is not valid JSON (line {first.lineno}, column {first.colno}: {first.msg})"
+            ) from None
+    try:
+        return parse_requests(data)
+    except RequestError as e:
+        raise RequestError(f"{path}: {e}") from None
