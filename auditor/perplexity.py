@@ -1,0 +1,115 @@
+"""Deterministic perplexity of a model on a fixed reference text.
+
+:class:`PerplexityProbe` tokenizes the text once, keeps the first ``n_tokens`` tokens as a
+fixed ``[n_windows, seq_len]`` tensor, and scores every model it is given on exactly those
+tokens, so "before" and "after" numbers of an edit are comparable. Each window is scored on
+its own (no context carried across windows); perplexity is ``exp`` of the mean negative
+log-likelihood over all predicted tokens (``seq_len - 1`` per window), computed in float32,
+batched and without gradient.
+
+The default text is the ME-PPL set of Yang et al., "The Butterfly Effect of Model Editing"
+(Findings of ACL 2024), who use perplexity on it as the signal of model collapse after edits.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from .corpus import CorpusError, ppl_text_path, read_text
+
+if TYPE_CHECKING:
+    from .checkpoint import LoadedModel
+
+DEFAULT_TOKENS = 1024  # token budget of the default check: ~2-5 s on a 2-core CPU for a 135M model
+DEFAULT_SEQ_LEN = 256  # window length; each window is scored independently
+DEFAULT_BATCH = 4  # windows per forward pass
+
+
+def first_tokens(tokenizer: Any, text: str, n_tokens: int) -> list[int]:
+    """The first ``n_tokens`` token ids of ``text`` (no special tokens), reading only a prefix.
+
+    The prefix grows until it yields a margin of tokens beyond ``n_tokens``, so the cut at a
+    character boundary never changes the tokens that are kept.
+    """
+    n_chars = max(1024, n_tokens * 8)
+    while True:
+        ids = tokenizer(text[:n_chars], add_special_tokens=False)["input_ids"]
+        if n_chars >= len(text) or len(ids) > n_tokens + 64:
+            return list(ids[:n_tokens])
+        n_chars *= 2
+
+
+def windows(ids: list[int], seq_len: int) -> torch.Tensor:
+    """``ids`` cut into whole windows: a ``[n_windows, seq_len]`` LongTensor (the tail is dropped)."""
+    n_windows = len(ids) // seq_len
+    if n_windows == 0:
+        raise CorpusError(f"the text gives only {len(ids)} tokens; at least {seq_len} are needed")
+    return torch.tensor(ids[: n_windows * seq_len], dtype=torch.long).view(n_windows, seq_len)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def perplexity_of_tokens(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = DEFAULT_BATCH) -> float:
+    """exp(mean NLL) of ``model`` over every predicted token of ``tokens`` ``[n_windows, seq_len]``."""
+    device = model_device(model)
+    total_nll = 0.0
+    total_count = 0
+    for start in range(0, tokens.shape[0], batch_size):
+        batch = tokens[start:start + batch_size].to(device)  # (B, T)
+        logits = model(input_ids=batch).logits[:, :-1].float()  # (B, T-1, V)
+        targets = batch[:, 1:]  # (B, T-1)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+        total_nll += float(nll)
+        total_count += targets.numel()
+    return math.exp(total_nll / total_count)
+
+
+class PerplexityProbe:
+    """Perplexity of one tokenizer's models on a fixed token budget of a reference text.
+
+    ``lm`` is an :class:`auditor.checkpoint.LoadedModel`; ``text_path`` defaults to the shipped
+    ME-PPL text (:func:`auditor.corpus.ppl_text_path`). The tokens are fixed at construction.
+    """
+
+    def __init__(
+        self,
+        lm: "LoadedModel",
+        text_path: str | Path | None = None,
+        n_tokens: int = DEFAULT_TOKENS,
+        seq_len: int = DEFAULT_SEQ_LEN,
+        batch_size: int = DEFAULT_BATCH,
+    ) -> None:
+        if n_tokens < 2 or seq_len < 2 or batch_size < 1:
+            raise ValueError("n_tokens and seq_len must be at least 2, batch_size at least 1")
+        self.lm = lm
+        self.text_path = Path(text_path) if text_path is not None else ppl_text_path()
+        self.seq_len = min(seq_len, n_tokens)
+        self.batch_size = batch_size
+        ids = first_tokens(lm.tokenizer, read_text(self.text_path), n_tokens)
+        self.tokens: torch.Tensor = windows(ids, self.seq_len)  # (n_windows, seq_len), on CPU
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens actually scored as inputs (whole windows only)."""
+        return self.tokens.numel()
+
+    def compute(self, model: torch.nn.Module | None = None) -> float:
+        """Perplexity of ``model`` (default: ``lm.model``) on the fixed tokens, on the model's device."""
+        return perplexity_of_tokens(model if model is not None else self.lm.model, self.tokens, self.batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "text": str(self.text_path),
+            "tokens": self.n_tokens,
+            "seq_len": self.seq_len,
+            "windows": int(self.tokens.shape[0]),
+            "batch_size": self.batch_size,
+        }
