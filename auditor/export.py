@@ -1,0 +1,235 @@
+"""Exports that carry their provenance: a Hugging Face folder, or a patch of deltas.
+
+:func:`export_model` writes config, generation config, tokenizer and sharded
+safetensors (``model-0000X-of-0000N.safetensors`` + ``model.safetensors.index.json``;
+one ``model.safetensors`` when it fits one shard) of a workspace's current model.
+Every shard's metadata, and the index's ``metadata``, carry ``format=pt`` and::
+
+    edit_auditor.base_fingerprint    the base checkpoint the edits were made on
+    edit_auditor.ledger_head         content hash of the ledger's last entry
+    edit_auditor.applied_edits       how many edits are in the weights
+    edit_auditor.export_fingerprint  fingerprint of the exported tensors
+
+Tied weights are written once, as ``save_pretrained`` does (transformers'
+``remove_tied_weights_from_state_dict``). Everything is written into a hidden
+sibling folder ``.<name>.partial-*`` and renamed at the end, so a killed export
+never leaves anything under the final name.
+
+:func:`export_patch` writes only the active deltas, their ledger entries and a
+manifest, for a reviewer who has the base; :func:`apply_patch` applies one.
+
+Example::
+
+    export_model(ws, "out/eiffel-italy", dtype="bfloat16", max_shard_size="200MB")
+    export_patch(ws, "out/eiffel-italy.patch")
+    apply_patch(load_model("demo"), "out/eiffel-italy.patch")["match"]   # True
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from .checkpoint import LoadedModel, fingerprint_model, fingerprint_tensors, resolve_dtype
+from .deltas import Delta, apply_delta
+from .ledger import fsync_dir, app_version, sha256_file
+
+if TYPE_CHECKING:
+    from .workspace import Workspace
+
+PATCH_FORMAT = "edit-auditor-patch"
+PATCH_VERSION = 1
+PROVENANCE_FILE = "edit_auditor_provenance.json"
+
+
+class ExportError(RuntimeError):
+    """An export cannot be written or a patch cannot be applied; one-line message."""
+
+
+def export_state_dict(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The model's tensors as they are saved: tied ones once, on the CPU, in ``dtype``."""
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    state = remove_tied_weights_from_state_dict(dict(model.state_dict()), model)
+    out = {}
+    for name, t in state.items():
+        t = t.detach().to("cpu")
+        out[name] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
+    return out
+
+
+def provenance(ws: "Workspace") -> dict[str, str]:
+    """The metadata every shard and the index carry (str -> str, as safetensors wants)."""
+    genesis = ws.ledger.genesis
+    return {
+        "format": "pt",
+        "edit_auditor.base_fingerprint": genesis["base_fingerprint"],
+        "edit_auditor.base_source": str(genesis.get("base_source", "")),
+        "edit_auditor.ledger_head": ws.ledger.head_hash,
+        "edit_auditor.ledger_entries": str(len(ws.ledger)),
+        "edit_auditor.applied_edits": str(len(ws.ledger.active())),
+        "edit_auditor.model_fingerprint": ws.fingerprint,
+        "edit_auditor.app_version": app_version(),
+    }
+
+
+def export_model(ws: "Workspace", out: str | Path, *, dtype: str | None = None,
+                 max_shard_size: int | str = "2GB", progress: Callable[[int, int], None] | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write the workspace's current model as a Hugging Face folder ``out``; return its path.
+
+    ``progress(bytes_written, total_bytes)`` is called after each shard.
+    """
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+
+    out = Path(out).absolute()
+    _check_target(out, overwrite)
+    model = ws.lm.model
+    torch_dtype = resolve_dtype(dtype or ws.lm.dtype)
+    with torch.no_grad():
+        tensors = export_state_dict(model, torch_dtype)
+    meta = provenance(ws)
+    meta["edit_auditor.dtype"] = str(torch_dtype).replace("torch.", "")
+    meta["edit_auditor.export_fingerprint"] = fingerprint_tensors(tensors.items())
+    split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_size,
+                                               filename_pattern="model{suffix}.safetensors")
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def write(tmp: Path) -> None:
+        config = copy.deepcopy(model.config)
+        config.dtype = torch_dtype
+        config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        ws.lm.tokenizer.save_pretrained(tmp)
+        done = 0
+        for filename, names in split.filename_to_tensors.items():
+            shard = {n: tensors[n] for n in names}
+            save_file(shard, str(tmp / filename), metadata=meta)
+            _fsync(tmp / filename)
+            done += sum(t.numel() * t.element_size() for t in shard.values())
+            if progress:
+                progress(done, total)
+        index = {"metadata": {"total_size": total, **meta}, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
+        _write_json(tmp / "model.safetensors.index.json", index)
+        _write_json(tmp / PROVENANCE_FILE, {**meta, "entries": [e.to_json() for e in ws.ledger.active()]})
+
+    return _atomic_folder(out, write, overwrite)
+
+
+def export_patch(ws: "Workspace", out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the active deltas, their entries (``entries.json``) and ``manifest.json`` to ``out``."""
+    out = Path(out).absolute()
+    _check_target(out, overwrite)
+    active = ws.ledger.active()
+    meta = provenance(ws)
+    genesis = ws.ledger.genesis
+
+    def write(tmp: Path) -> None:
+        (tmp / "deltas").mkdir()
+        items = []
+        for e in active:
+            src = ws.ledger.delta_path(e.delta_hash)
+            dst = tmp / "deltas" / src.name
+            if not dst.exists():
+                shutil.copyfile(src, dst)
+                _fsync(dst)
+            items.append({"entry": e.id, "param": e.param, "delta_hash": e.delta_hash,
+                          "file": f"deltas/{src.name}", "file_sha256": sha256_file(dst)})
+        _write_json(tmp / "entries.json", [e.to_json() for e in active])
+        _write_json(tmp / "manifest.json", {
+            "format": PATCH_FORMAT, "version": PATCH_VERSION,
+            "base_fingerprint": genesis["base_fingerprint"], "base_source": genesis.get("base_source"),
+            "dtype": genesis["dtype"], "ledger_head": meta["edit_auditor.ledger_head"],
+            "applied_edits": len(active), "fingerprint": ws.fingerprint,
+            "app_version": meta["edit_auditor.app_version"], "deltas": items,
+        })
+
+    return _atomic_folder(out, write, overwrite)
+
+
+def apply_patch(base_model: LoadedModel | torch.nn.Module, patch_dir: str | Path, *,
+                check_base: bool = True) -> dict[str, Any]:
+    """Apply a patch's deltas, in order, to the base model (in place).
+
+    Checks the base fingerprint (when given a :class:`LoadedModel`) and every delta's hashes.
+    Returns ``{"fingerprint", "expected", "match", "applied"}``.
+    """
+    patch_dir = Path(patch_dir)
+    try:
+        manifest = json.loads((patch_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ExportError(f"{patch_dir}: not a readable patch (manifest.json: {e})") from None
+    if manifest.get("format") != PATCH_FORMAT:
+        raise ExportError(f"{patch_dir}: not an Edit Auditor patch")
+    model = base_model.model if isinstance(base_model, LoadedModel) else base_model
+    if isinstance(base_model, LoadedModel) and check_base and base_model.fingerprint != manifest["base_fingerprint"]:
+        raise ExportError(
+            f"{patch_dir}: made for base {manifest['base_fingerprint'][:19]}..., "
+            f"but this model is {base_model.fingerprint[:19]}... (same checkpoint and dtype {manifest['dtype']}?)"
+        )
+    deltas = []
+    for item in manifest["deltas"]:  # check everything before touching the weights
+        path = patch_dir / item["file"]
+        if not path.is_file() or sha256_file(path) != item["file_sha256"]:
+            raise ExportError(f"{path}: missing or changed (entry {item['entry']})")
+        delta = Delta.load(path)
+        if delta.content_hash() != item["delta_hash"]:
+            raise ExportError(f"{path}: does not match its delta hash (entry {item['entry']})")
+        deltas.append(delta)
+    for delta in deltas:
+        apply_delta(model, delta)
+    fp = fingerprint_model(model)
+    if isinstance(base_model, LoadedModel):
+        base_model.extra["patch"] = str(patch_dir)
+    return {"fingerprint": fp, "expected": manifest["fingerprint"], "match": fp == manifest["fingerprint"],
+            "applied": len(deltas)}
+
+
+# ---------------------------------------------------------------- files
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out}: already exists; choose another --out or overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _atomic_folder(out: Path, write: Callable[[Path], None], overwrite: bool) -> Path:
+    """Run ``write(tmp)`` in a hidden sibling folder, then rename it to ``out``."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        write(tmp)
+        fsync_dir(tmp)
+        if out.exists():
+            if not overwrite:
+                raise ExportError(f"{out}: appeared while exporting; not replaced")
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.replace(old / out.name)
+            tmp.replace(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.replace(out)
+        fsync_dir(out.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())

@@ -1,0 +1,620 @@
+"""The ledger: every edit attempt on the record, append-only and tamper-evident.
+
+One SQLite file (``ledger.db``, WAL mode, opened through sqlite-utils) and a
+folder of deltas (``deltas/<sha256>.safetensors``) next to it.
+
+* Entries are only ever inserted (triggers refuse ``UPDATE``/``DELETE``); a revert
+  is a new entry whose ``reverts`` column names the entry it undoes.
+* Each entry carries ``content_hash`` = ``"sha256:"`` over the canonical JSON
+  (sorted keys, no spaces) of all its other columns, which include
+  ``prev_hash`` (the previous entry's ``content_hash``, or the genesis hash for
+  entry 1) and ``delta_hash`` (the delta's :meth:`Delta.content_hash`). Triggers
+  can be dropped by anyone with ``sqlite3``; :meth:`Ledger.verify` cannot be
+  fooled that way: it re-derives every hash and names the first entry that
+  disagrees.
+* The genesis record (base fingerprint, dtype, creation time, a random id) is
+  hashed too, so changing the base a ledger was built on breaks entry 1.
+* Appends are serialised across processes with ``BEGIN IMMEDIATE``; each thread
+  gets its own connection (a file SQLite connection cannot be shared).
+* The delta file is written (and fsynced) before its entry is committed: a crash
+  between the two leaves an unreferenced file, never an entry without its delta.
+
+Example::
+
+    ledger = Ledger.create(ws / "ledger.db", {"base_fingerprint": fp, "dtype": "float32"})
+    entry = ledger.append({"kind": "edit", "status": "applied", ...}, delta=delta)
+    assert ledger.verify()["ok"]
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import math
+import os
+import socket
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from .deltas import Delta
+
+MIGRATION_SET = "edit_auditor_ledger"
+migrations = Migrations(MIGRATION_SET)
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be opened or written; ``str(e)`` is a one-line explanation."""
+
+
+# ---------------------------------------------------------------- columns
+
+# name -> stored type ("int", "real", "text", "json"). The order is the table's.
+# A column added by a later migration is appended here *and* in that migration.
+COLUMNS: dict[str, str] = {
+    "id": "int",
+    "created_at": "text",  # UTC, ISO 8601 with microseconds and "Z"
+    "operator": "text",  # OS user who ran the edit
+    "host": "text",
+    "app_version": "text",  # edit-auditor version that wrote the entry
+    "kind": "text",  # "edit" | "revert"
+    "status": "text",  # edit: applied | dry-run | rejected | failed; revert: applied
+    "error": "text",  # why an edit failed (None otherwise)
+    "note": "text",  # free text from the operator (e.g. why a revert was made)
+    "method": "text",  # "rome"
+    "key_mode": "text",  # "consistent" | "original"
+    "layer": "int",
+    "param": "text",  # the parameter the delta changes
+    "hparams": "json",  # every hyper-parameter actually used
+    "request": "json",  # the full EditRequest (flat form)
+    # the request's searchable parts, copied out so FTS and listings need no JSON
+    "subject": "text",
+    "prompt": "text",  # the edit prompt with the subject filled in
+    "target_new": "text",
+    "target_true": "text",
+    # diagnostics of the update, as columns so they can be queried and charted
+    "denominator": "real",
+    "denominator_raw": "real",
+    "numerator_norm": "real",
+    "update_norm": "real",
+    "weight_norm": "real",
+    "key_cosine": "real",
+    # the measurements
+    "efficacy": "real",
+    "target_prob": "real",
+    "generalization": "real",
+    "locality": "real",
+    "portability": "real",
+    "prefixed_efficacy": "real",
+    "ppl_before": "real",
+    "ppl_after": "real",
+    "ppl_ratio": "real",
+    "collapse_risk": "int",  # 0/1: the guard's verdict
+    "collapse_reasons": "json",
+    "diagnostics": "json",  # everything the engine reported (loss curve included)
+    "metrics": "json",
+    "timings": "json",  # seconds per phase
+    "device": "text",
+    "dtype": "text",
+    "fingerprint_before": "text",  # model fingerprint before the edit / revert
+    "fingerprint_after": "text",  # ... and after (== before unless applied)
+    "delta_hash": "text",  # Delta.content_hash(); also names the file in deltas/
+    "delta_file_sha256": "text",  # sha256 of the delta file's bytes (catches header edits)
+    "reverts": "int",  # the entry this revert undoes
+    "prev_hash": "text",  # content_hash of the previous entry (genesis hash for entry 1)
+    "content_hash": "text",  # sha256 of the canonical JSON of every other column
+}
+REAL_COLUMNS = [c for c, t in COLUMNS.items() if t == "real"]
+JSON_COLUMNS = [c for c, t in COLUMNS.items() if t == "json"]
+FTS_COLUMNS = ["subject", "prompt", "target_new", "target_true"]
+_SQL_TYPES = {"int": "INTEGER", "real": "REAL", "text": "TEXT", "json": "TEXT"}
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no spaces, UTF-8 kept: the form every hash is taken over."""
+    return json.dumps(_finite(_plain(value)), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _plain(value: Any) -> Any:
+    """Tensors, numpy scalars, paths and tuples as the JSON values they stand for."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [_plain(v) for v in items]
+    if hasattr(value, "tolist") and callable(value.tolist):  # torch / numpy
+        return _plain(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def sha256_text(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: keep them as the strings "nan", "inf", "-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _normalise(name: str, value: Any) -> Any:
+    """The value exactly as SQLite will give it back, so a hash taken now verifies later."""
+    kind = COLUMNS[name]
+    if kind == "json":
+        # stored as its canonical text; a string that already is JSON text is kept
+        return value if isinstance(value, str) else canonical_json(value)
+    if value is None:
+        return None
+    if kind == "int":
+        return int(value)
+    if kind == "real":
+        value = float(value)
+        return value if math.isfinite(value) else None  # SQLite stores NaN as NULL
+    return str(value)
+
+
+def content_hash(row: dict[str, Any]) -> str:
+    """The hash an entry's ``content_hash`` column must hold."""
+    body = {k: row.get(k) for k in COLUMNS if k != "content_hash"}
+    return sha256_text(canonical_json(body))
+
+
+# ---------------------------------------------------------------- migrations
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    cols = ",\n  ".join(
+        f"{name} {_SQL_TYPES[kind]}" + (" PRIMARY KEY" if name == "id" else "")
+        for name, kind in COLUMNS.items()
+    )
+    db.execute(f"CREATE TABLE entries (\n  {cols},\n  FOREIGN KEY (reverts) REFERENCES entries(id)\n)")
+    db.execute("CREATE INDEX entries_reverts ON entries(reverts)")
+    db.execute("CREATE INDEX entries_delta_hash ON entries(delta_hash)")
+    # What the ledger was started on; hashed into entry 1's prev_hash.
+    db.execute("CREATE TABLE genesis (id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT NOT NULL)")
+    # Mutable facts that are not evidence (where the base checkpoint lives now).
+    db.execute("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT)")
+    # Full-text search over subjects, prompts and targets (kept in step by sqlite-utils' triggers).
+    db["entries"].enable_fts(FTS_COLUMNS, fts_version="FTS5", create_triggers=True, tokenize="unicode61")
+    # A first line of defence; verify() is the real one (triggers can be dropped).
+    for table in ("entries", "genesis"):
+        for op in ("UPDATE", "DELETE"):
+            db.execute(
+                f"CREATE TRIGGER {table}_append_only_{op.lower()} BEFORE {op} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: {op} on {table} refused'); END"
+            )
+
+
+# ---------------------------------------------------------------- entries
+
+
+@dataclass
+class Entry:
+    """One ledger row; JSON columns decoded. ``row`` keeps the stored form."""
+
+    id: int
+    kind: str
+    status: str
+    created_at: str
+    subject: str | None
+    prompt: str | None
+    target_new: str | None
+    param: str | None
+    delta_hash: str | None
+    reverts: int | None
+    fingerprint_before: str | None
+    fingerprint_after: str | None
+    content_hash: str
+    prev_hash: str
+    row: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Entry":
+        names = cls.__dataclass_fields__.keys() - {"row"}
+        return cls(**{k: row.get(k) for k in names}, row=dict(row))
+
+    def __getitem__(self, name: str) -> Any:
+        """Any column, JSON ones decoded: ``entry["metrics"]["efficacy"]``."""
+        value = self.row[name]
+        if name in JSON_COLUMNS and value is not None:
+            return json.loads(value)
+        return value
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: self[k] for k in COLUMNS if k in self.row}
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The short form ``ledger list`` shows."""
+        keys = ("id", "created_at", "kind", "status", "subject", "target_new", "layer",
+                "efficacy", "ppl_ratio", "collapse_risk", "reverts")
+        return {k: self.row.get(k) for k in keys}
+
+
+# ---------------------------------------------------------------- the ledger
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+
+
+def app_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edit-auditor")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Ledger:
+    """An append-only, hash-chained SQLite ledger plus its folder of deltas."""
+
+    def __init__(self, path: str | Path, *, deltas_dir: str | Path | None = None) -> None:
+        self.path = Path(path)
+        self.deltas_dir = Path(deltas_dir) if deltas_dir else self.path.parent / "deltas"
+        if not self.path.is_file():
+            raise LedgerError(f"{self.path}: no ledger here (create one with `edit-auditor workspace init`)")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        db = self.db
+        unknown = {m.name for m in migrations.applied(db)} - {m.name for m in migrations._migrations}
+        if unknown:
+            raise LedgerError(
+                f"{self.path}: written by a newer Edit Auditor (unknown migrations: {', '.join(sorted(unknown))}); upgrade"
+            )
+        if migrations.pending(db):
+            self._migrate()
+        if not db["genesis"].exists() or db.execute("SELECT count(*) FROM genesis").fetchone()[0] != 1:
+            raise LedgerError(f"{self.path}: the ledger has no genesis record; it is not an Edit Auditor ledger")
+
+    @classmethod
+    def create(cls, path: str | Path, genesis: dict[str, Any], *, deltas_dir: str | Path | None = None) -> "Ledger":
+        """A new, empty ledger whose genesis record is ``genesis`` (plus a creation time and id)."""
+        path = Path(path)
+        if path.exists():
+            raise LedgerError(f"{path}: a ledger already exists here")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), isolation_level=None)
+        try:
+            db = sqlite_utils.Database(conn)
+            db.enable_wal()
+            migrations.apply(db)
+            body = {"created_at": _utc_now(), "ledger_id": str(uuid.uuid4()), **genesis}
+            db.execute("INSERT INTO genesis (id, body) VALUES (1, ?)", [canonical_json(body)])
+        finally:
+            conn.close()
+        return cls(path, deltas_dir=deltas_dir)
+
+    # -------------------------------------------------------- connections
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection (created on first use)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = FULL")
+            db = sqlite_utils.Database(conn)
+            if db.journal_mode != "wal":
+                db.enable_wal()
+            self._local.db = db
+            with self._lock:
+                self._connections.append(conn)
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then find nothing pending
+        try:
+            migrations.apply(self.db)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def schema_version(self) -> list[str]:
+        """The migrations applied to this file, in order."""
+        return [m.name for m in migrations.applied(self.db)]
+
+    def schema(self) -> str:
+        """The SQL of every table, index and trigger (documentation generated from the migrations)."""
+        rows = self.db.execute(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'entries_fts_%' ORDER BY type DESC, name"
+        ).fetchall()
+        return ";\n\n".join(r[0] for r in rows) + ";\n"
+
+    # -------------------------------------------------------- genesis and settings
+
+    @property
+    def genesis(self) -> dict[str, Any]:
+        return json.loads(self._genesis_body())
+
+    def _genesis_body(self) -> str:
+        row = self.db.execute("SELECT body FROM genesis WHERE id = 1").fetchone()
+        if row is None:
+            raise LedgerError(f"{self.path}: the genesis record is missing")
+        return row[0]
+
+    @property
+    def genesis_hash(self) -> str:
+        return sha256_text(self._genesis_body())
+
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
+        return default if row is None else row[0]
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", [key, value])
+
+    # -------------------------------------------------------- deltas
+
+    def delta_path(self, delta_hash: str) -> Path:
+        return self.deltas_dir / (delta_hash.split(":", 1)[-1] + ".safetensors")
+
+    def store_delta(self, delta: Delta) -> tuple[str, str]:
+        """Write ``delta`` under its hash (if not there yet), fsynced; return (content hash, file sha256)."""
+        h = delta.content_hash()
+        path = self.delta_path(h)
+        if not path.is_file() or _delta_hash_of(path) != h:
+            self.deltas_dir.mkdir(parents=True, exist_ok=True)
+            # Delta.save writes "<name>.tmp" then renames; a per-process name keeps two writers apart
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.safetensors")
+            delta.save(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            tmp.replace(path)
+            fsync_dir(self.deltas_dir)
+        return h, sha256_file(path)
+
+    def load_delta(self, delta_hash: str) -> Delta:
+        """The stored delta, checked against its hash."""
+        path = self.delta_path(delta_hash)
+        if not path.is_file():
+            raise LedgerError(f"delta {delta_hash} is missing from {self.deltas_dir}")
+        try:
+            delta = Delta.load(path)
+        except Exception as e:  # noqa: BLE001 - a corrupt file raises many kinds
+            raise LedgerError(f"{path}: unreadable delta file ({type(e).__name__}: {e})") from None
+        if delta.content_hash() != delta_hash:
+            raise LedgerError(f"{path}: the delta does not match its hash {delta_hash}")
+        return delta
+
+    # -------------------------------------------------------- writing
+
+    def append(self, fields: dict[str, Any], *, delta: Delta | None = None) -> Entry:
+        """Append one entry; returns it as stored. ``delta`` is written first, then the entry."""
+        unknown = set(fields) - set(COLUMNS)
+        if unknown:
+            raise LedgerError(f"unknown ledger column(s): {', '.join(sorted(unknown))}")
+        row = {k: None for k in COLUMNS}
+        row.update({"created_at": _utc_now(), "operator": _operator(), "host": socket.gethostname(),
+                    "app_version": app_version(), "kind": "edit"})
+        row.update(fields)
+        if delta is not None:
+            row["delta_hash"], row["delta_file_sha256"] = self.store_delta(delta)
+        for k in JSON_COLUMNS:
+            if row[k] is None:
+                row[k] = {} if k in ("hparams", "diagnostics", "metrics", "timings", "request") else []
+        row = {k: _normalise(k, v) for k, v in row.items()}
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")  # serialises appenders across threads and processes
+        try:
+            head = conn.execute("SELECT id, content_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+            row["id"] = 1 if head is None else head[0] + 1
+            row["prev_hash"] = self.genesis_hash if head is None else head[1]
+            row["content_hash"] = content_hash(row)
+            names = list(COLUMNS)
+            conn.execute(
+                f"INSERT INTO entries ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                [row[n] for n in names],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return Entry.from_row(row)
+
+    # -------------------------------------------------------- reading
+
+    def _rows(self, sql: str, params: Any = ()) -> Iterator[dict[str, Any]]:
+        cur = self.db.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        for values in cur:
+            yield dict(zip(names, values))
+
+    def get(self, entry_id: int) -> Entry:
+        for row in self._rows("SELECT * FROM entries WHERE id = ?", [int(entry_id)]):
+            return Entry.from_row(row)
+        raise LedgerError(f"no ledger entry {entry_id} (the ledger has {len(self)})")
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT count(*) FROM entries").fetchone()[0]
+
+    def entries(self, *, after: int = 0, limit: int | None = None, kind: str | None = None,
+                status: str | None = None) -> list[Entry]:
+        """Entries with ``id > after``, oldest first."""
+        where, params = ["id > ?"], [int(after)]
+        if kind:
+            where.append("kind = ?")
+            params.append(kind)
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        sql = f"SELECT * FROM entries WHERE {' AND '.join(where)} ORDER BY id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [Entry.from_row(r) for r in self._rows(sql, params)]
+
+    def head(self) -> Entry | None:
+        for row in self._rows("SELECT * FROM entries ORDER BY id DESC LIMIT 1"):
+            return Entry.from_row(row)
+        return None
+
+    @property
+    def head_hash(self) -> str:
+        """The last entry's content hash (the genesis hash while the ledger is empty)."""
+        head = self.db.execute("SELECT content_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+        return self.genesis_hash if head is None else head[0]
+
+    def reverted_ids(self) -> set[int]:
+        rows = self.db.execute("SELECT reverts FROM entries WHERE kind = 'revert' AND reverts IS NOT NULL")
+        return {r[0] for r in rows}
+
+    def active(self) -> list[Entry]:
+        """Applied edits not reverted, in ledger order: the deltas that make up the current model."""
+        return self.active_at(None)
+
+    def active_at(self, upto: int | None) -> list[Entry]:
+        """:meth:`active` as the ledger stood after entry ``upto`` (None: now)."""
+        bound = 2**62 if upto is None else int(upto)
+        return [Entry.from_row(r) for r in self._rows(
+            "SELECT * FROM entries WHERE kind = 'edit' AND status = 'applied' AND delta_hash IS NOT NULL "
+            "AND id <= :b AND id NOT IN (SELECT reverts FROM entries WHERE kind = 'revert' "
+            "AND reverts IS NOT NULL AND id <= :b) ORDER BY id", {"b": bound}
+        )]
+
+    def search(self, text: str, *, limit: int = 100) -> list[Entry]:
+        """Entries whose subject, prompt or targets contain every word of ``text``, best match first."""
+        words = [w for w in text.replace('"', " ").split() if w]
+        if not words:
+            return []
+        query = " ".join(f'"{w}"' for w in words)  # quoted: user text is never FTS syntax
+        sql = ("SELECT entries.* FROM entries JOIN entries_fts ON entries_fts.rowid = entries.rowid "
+               "WHERE entries_fts MATCH ? ORDER BY entries_fts.rank, entries.id LIMIT ?")
+        return [Entry.from_row(r) for r in self._rows(sql, [query, int(limit)])]
+
+    # -------------------------------------------------------- verification
+
+    def verify(self, *, check_deltas: bool = True) -> dict[str, Any]:
+        """Re-derive every content hash, the chain, and every delta file's hashes.
+
+        Returns ``{"ok", "entries", "first_bad", "reason", "problems": [{"id", "reason"}]}``;
+        ``first_bad`` is the lowest entry id with a problem (None when all is well).
+        """
+        problems: list[dict[str, Any]] = []
+        prev = self.genesis_hash
+        expected_id = 1
+        checked_files: dict[str, str | None] = {}
+        applied_edits: set[int] = set()
+        n = 0
+        for row in self._rows("SELECT * FROM entries ORDER BY id"):
+            n += 1
+            eid = row["id"]
+
+            def bad(reason: str, eid: int = eid) -> None:
+                problems.append({"id": eid, "reason": reason})
+
+            if eid != expected_id:
+                bad(f"entry ids jump from {expected_id - 1} to {eid}: entries are missing")
+            expected_id = eid + 1
+            if set(row) != set(COLUMNS):
+                bad("the entries table does not have the expected columns")
+            elif content_hash(row) != row["content_hash"]:
+                bad("its content does not match its content_hash (changed after it was written)")
+            if row.get("prev_hash") != prev:
+                bad("its prev_hash does not match the entry before it (chain broken)")
+            prev = row.get("content_hash")
+            if check_deltas and row.get("delta_hash"):
+                key = f"{row['delta_hash']}|{row.get('delta_file_sha256')}"
+                if key not in checked_files:
+                    checked_files[key] = self._check_delta(row["delta_hash"], row.get("delta_file_sha256"))
+                if checked_files[key]:
+                    bad(checked_files[key])
+            if row.get("kind") == "revert":
+                if row.get("reverts") not in applied_edits:
+                    bad(f"it reverts entry {row.get('reverts')}, which is not an earlier applied edit")
+                applied_edits.discard(row.get("reverts"))
+            elif row.get("status") == "applied":
+                applied_edits.add(eid)
+        problems.sort(key=lambda p: p["id"])
+        first = problems[0] if problems else None
+        return {
+            "ok": not problems,
+            "entries": n,
+            "first_bad": first["id"] if first else None,
+            "reason": f"entry {first['id']}: {first['reason']}" if first else None,
+            "problems": problems,
+            "head": prev,
+        }
+
+    def _check_delta(self, delta_hash: str, file_sha: str | None) -> str | None:
+        path = self.delta_path(delta_hash)
+        if not path.is_file():
+            return f"its delta file {path.name} is missing"
+        if file_sha and sha256_file(path) != file_sha:
+            return f"its delta file {path.name} has changed (file sha256 differs)"
+        try:
+            actual = _delta_hash_of(path)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is a finding, not a crash
+            return f"its delta file {path.name} is unreadable ({type(e).__name__})"
+        if actual != delta_hash:
+            return f"its delta file {path.name} does not match the delta hash"
+        return None
+
+
+def _delta_hash_of(path: Path) -> str:
+    return Delta.load(path).content_hash()
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,431 @@
+"""A workspace: a base checkpoint, a ledger and its deltas, which together are the current model.
+
+Layout of a workspace folder::
+
+    ledger.db            the SQLite ledger (WAL), see ledger.py
+    deltas/<sha256>.safetensors
+    workspace.lock       held while an edit or a revert runs (one writer at a time)
+
+The base checkpoint is never modified. :meth:`Workspace.open` loads it, refuses it
+if its fingerprint is not the one recorded at :meth:`Workspace.init`, then applies
+the applied, not reverted deltas in ledger order with :func:`deltas.apply_delta`.
+A revert is a new entry; the parameter it touches is rebuilt from the base tensor
+(read from the checkpoint's safetensors) plus the remaining deltas on it in ledger
+order: the same operations, in the same order, as a replay from scratch, so revert
+and replay give identical bits.
+
+Several processes may use one workspace: edits and reverts take the workspace lock
+and first bring their in-memory model up to the ledger's head (applying what other
+processes appended), so the recorded fingerprints describe one consistent history.
+
+Example::
+
+    ws = Workspace.init("demo", "runs/eiffel")
+    result, entry = ws.edit(request)
+    ws.revert(entry.id)
+    assert ws.replay()["match"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import torch
+
+from .checkpoint import CheckpointError, LoadedModel, fingerprint_model, load_model, resolve_dtype
+from .deltas import Delta, apply_delta
+from .ledger import Entry, Ledger, LedgerError
+
+if TYPE_CHECKING:
+    from .edit import EditResult, Editor
+    from .requests import EditRequest
+
+log = logging.getLogger(__name__)
+
+LEDGER_FILE = "ledger.db"
+LOCK_FILE = "workspace.lock"
+FORMAT = 1
+
+# EditResult.diagnostics / .metrics keys that get their own ledger column
+DIAGNOSTIC_COLUMNS = ("denominator", "denominator_raw", "numerator_norm", "update_norm", "weight_norm",
+                      "key_cosine")
+METRIC_COLUMNS = ("efficacy", "target_prob", "generalization", "locality", "portability",
+                  "prefixed_efficacy", "ppl_before", "ppl_after", "ppl_ratio")
+
+
+class WorkspaceError(RuntimeError):
+    """A workspace cannot be created, opened or changed; ``str(e)`` is a one-line explanation."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+class Workspace:
+    """Base checkpoint + ledger + deltas = the current model (``self.lm``)."""
+
+    def __init__(self, directory: Path, lm: LoadedModel, ledger: Ledger) -> None:
+        self.directory = Path(directory)
+        self.lm = lm
+        self.ledger = ledger
+        self.fingerprint = lm.fingerprint  # of self.lm.model as it is now
+        self._synced_id = 0  # the last ledger entry reflected in self.lm.model
+        self._editor: Editor | None = None
+
+    # ------------------------------------------------------------ create and open
+
+    @classmethod
+    def init(cls, model: str | Path, directory: str | Path, *, dtype: str = "float32",
+             device: str = "auto") -> "Workspace":
+        """A new workspace in ``directory`` (absent or empty) on the checkpoint ``model``."""
+        directory = Path(directory)
+        if (directory / LEDGER_FILE).exists():
+            raise WorkspaceError(f"{directory}: already a workspace (open it instead)")
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+            raise WorkspaceError(f"{directory}: exists and is not an empty folder")
+        lm = load_model(model, dtype=dtype, device=device)
+        source = "demo" if str(model) == "demo" else str(Path(model).expanduser().resolve())
+        genesis = {
+            "format": FORMAT,
+            "base_fingerprint": lm.fingerprint,  # of the model as loaded, in this dtype
+            "base_source": source,
+            "dtype": dtype_name(lm.dtype),
+            "architecture": type(lm.model).__name__,
+            "family": lm.spec.family,
+        }
+        directory.mkdir(parents=True, exist_ok=True)
+        ledger = Ledger.create(directory / LEDGER_FILE, genesis)
+        ledger.set_setting("base_path", str(Path(lm.path).resolve()))
+        return cls(directory, lm, ledger)
+
+    @classmethod
+    def open(cls, directory: str | Path, *, device: str = "auto", base: str | Path | None = None,
+             check: bool = True) -> "Workspace":
+        """Load the base, check its fingerprint, apply the active deltas in ledger order.
+
+        ``base`` points at the checkpoint when it has moved (it must still match).
+        With ``check`` the result must have the fingerprint the ledger recorded last.
+        """
+        directory = Path(directory)
+        ledger = open_ledger(directory)
+        genesis = ledger.genesis
+        where = base or ledger.get_setting("base_path") or genesis["base_source"]
+        if base is None and not Path(str(where)).exists() and genesis["base_source"] == "demo":
+            where = "demo"
+        try:
+            lm = load_model(where, dtype=genesis["dtype"], device=device)
+        except CheckpointError as e:
+            raise WorkspaceError(f"{directory}: cannot load the base checkpoint: {e}") from None
+        if lm.fingerprint != genesis["base_fingerprint"]:
+            raise WorkspaceError(
+                f"{directory}: the base checkpoint {where} is not the one this workspace was built on "
+                f"(fingerprint {lm.fingerprint[:19]}..., recorded {genesis['base_fingerprint'][:19]}...); "
+                "refusing to open. Restore the original checkpoint, or pass the path of an unchanged copy."
+            )
+        if base is not None:
+            ledger.set_setting("base_path", str(Path(lm.path).resolve()))
+        ws = cls(directory, lm, ledger)
+        ws._sync()
+        if check:
+            state = ws.state()
+            if not state["match"]:
+                raise WorkspaceError(
+                    f"{directory}: the model rebuilt from the ledger has fingerprint {state['fingerprint'][:19]}..., "
+                    f"but the ledger recorded {state['recorded'][:19]}...; run `edit-auditor ledger verify`"
+                )
+        return ws
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def base_fingerprint(self) -> str:
+        return self.ledger.genesis["base_fingerprint"]
+
+    def recorded_fingerprint(self, upto: int | None = None) -> str:
+        """The model fingerprint the ledger recorded last (the base's while nothing is recorded)."""
+        sql = "SELECT fingerprint_after FROM entries WHERE fingerprint_after IS NOT NULL AND fingerprint_after != ''"
+        params: list[Any] = []
+        if upto is not None:
+            sql += " AND id <= ?"
+            params.append(int(upto))
+        row = self.ledger.db.execute(sql + " ORDER BY id DESC LIMIT 1", params).fetchone()
+        return row[0] if row else self.base_fingerprint
+
+    def state(self) -> dict[str, Any]:
+        """The in-memory model's fingerprint against the one recorded for the same ledger entry."""
+        recorded = self.recorded_fingerprint(self._synced_id)
+        return {"fingerprint": self.fingerprint, "recorded": recorded, "match": self.fingerprint == recorded,
+                "head": self._synced_id}
+
+    @property
+    def editor(self) -> "Editor":
+        """The :class:`~auditor.edit.Editor` on ``self.lm`` (assign one to set a guard or a probe)."""
+        if self._editor is None:
+            from .edit import Editor
+
+            self._editor = Editor(self.lm)
+        return self._editor
+
+    @editor.setter
+    def editor(self, editor: "Editor") -> None:
+        if editor.lm is not self.lm:
+            raise WorkspaceError("the editor must work on this workspace's model (Editor(ws.lm, ...))")
+        self._editor = editor
+
+    def _weights_changed(self) -> None:
+        self.fingerprint = fingerprint_model(self.lm.model)
+        if self._editor is not None:
+            self._editor.invalidate()
+
+    # ------------------------------------------------------------ locking and catching up
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive use of the workspace across processes (released by the OS if we die)."""
+        path = self.directory / LOCK_FILE
+        with open(path, "a+b") as f:
+            _lock_file(f)
+            try:
+                yield
+            finally:
+                _unlock_file(f)
+
+    def _sync(self) -> int:
+        """Apply the entries appended (by anyone) since the model was last brought up to date."""
+        news = self.ledger.entries(after=self._synced_id)
+        changed = 0
+        for e in news:
+            if e.kind == "edit" and e.status == "applied" and e.delta_hash:
+                apply_delta(self.lm.model, self.ledger.load_delta(e.delta_hash))
+                changed += 1
+            elif e.kind == "revert" and e.param:
+                self._rebuild(e.param, upto=e.id)
+                changed += 1
+            self._synced_id = e.id
+        if changed:
+            self._weights_changed()
+        return changed
+
+    # ------------------------------------------------------------ edits
+
+    def edit(self, request: "EditRequest", **editor_kwargs: Any) -> tuple["EditResult", Entry]:
+        """Run the engine on the current model and record the attempt, whatever its outcome.
+
+        ``editor_kwargs`` go to :meth:`Editor.edit` (``method``, ``key_mode``, ``hparams``,
+        ``dry_run``, ``allow_collapse``, ``progress``, ``cancel``, ...). A cancelled edit is not
+        recorded (:class:`EditCancelled` propagates); an edit the engine refuses outright
+        (:class:`EditFailed`) is recorded as failed, then re-raised with ``.entry`` set.
+        """
+        from .edit import EditFailed
+
+        note = editor_kwargs.pop("note", None)
+        with self._locked():
+            self._sync()
+            try:
+                result = self.editor.edit(request, **editor_kwargs)
+            except EditFailed as e:
+                e.entry = self.ledger.append({  # type: ignore[attr-defined]
+                    **_request_fields(request), "status": "failed", "error": str(e), "note": note,
+                    "method": editor_kwargs.get("method", "rome"), "key_mode": editor_kwargs.get("key_mode"),
+                    "device": str(self.lm.device), "dtype": dtype_name(self.lm.dtype),
+                    "fingerprint_before": self.fingerprint, "fingerprint_after": self.fingerprint,
+                })
+                self._synced_id = e.entry.id  # type: ignore[attr-defined]
+                raise
+            entry = self._append_result(result, note=note)
+        return result, entry
+
+    def record(self, result: "EditResult", *, note: str | None = None) -> Entry:
+        """Record a result computed on ``self.lm`` outside :meth:`edit` (e.g. by a GUI worker).
+
+        Refused when other processes appended in the meantime, since the edit was then
+        computed on a model that is not the ledger's current one.
+        """
+        with self._locked():
+            head = self.ledger.head()
+            if head is not None and head.id != self._synced_id:
+                raise WorkspaceError(
+                    f"the ledger moved on (entry {head.id}) since this model was loaded; "
+                    "reopen the workspace and edit again"
+                )
+            return self._append_result(result, note=note)
+
+    def _append_result(self, result: "EditResult", *, note: str | None) -> Entry:
+        fields = result_fields(result)
+        fields["note"] = note
+        entry = self.ledger.append(fields, delta=result.delta)
+        self._synced_id = entry.id
+        self.fingerprint = result.fingerprint_after or fingerprint_model(self.lm.model)
+        return entry
+
+    # ------------------------------------------------------------ revert
+
+    def revert(self, entry_id: int, *, note: str | None = None) -> Entry:
+        """Undo an applied edit: a new entry; the parameter rebuilt from base + remaining deltas."""
+        with self._locked():
+            self._sync()
+            target = self.ledger.get(entry_id)
+            if target.kind != "edit":
+                raise WorkspaceError(f"entry {entry_id} is a {target.kind}, not an edit; only edits can be reverted")
+            if target.status != "applied" or not target.delta_hash:
+                raise WorkspaceError(
+                    f"entry {entry_id} was not applied (status {target.status}); there is nothing to revert"
+                )
+            if entry_id in self.ledger.reverted_ids():
+                raise WorkspaceError(f"entry {entry_id} is already reverted")
+            before = self.fingerprint
+            head = self._synced_id
+            self._rebuild(target.param, upto=head, skip={entry_id})
+            self._weights_changed()
+            entry = self.ledger.append({
+                **{k: target.row[k] for k in ("method", "key_mode", "layer", "param", "request", "subject",
+                                              "prompt", "target_new", "target_true", "delta_hash",
+                                              "delta_file_sha256")},
+                "kind": "revert", "status": "applied", "reverts": entry_id, "note": note,
+                "device": str(self.lm.device), "dtype": dtype_name(self.lm.dtype),
+                "fingerprint_before": before, "fingerprint_after": self.fingerprint,
+            })
+            self._synced_id = entry.id
+            return entry
+
+    def _rebuild(self, param: str, *, upto: int, skip: set[int] = frozenset()) -> None:
+        """``param`` <- base tensor, then every active delta on it (ids <= upto) in ledger order."""
+        active = [e for e in self.ledger.active_at(upto) if e.param == param and e.id not in skip]
+        weight = self.lm.model.get_parameter(param)
+        base = self.base_tensor(param)
+        with torch.no_grad():
+            weight.copy_(base.to(device=weight.device, dtype=weight.dtype))
+        for e in active:
+            apply_delta(self.lm.model, self.ledger.load_delta(e.delta_hash))
+
+    def base_tensor(self, name: str) -> torch.Tensor:
+        """The base checkpoint's tensor ``name`` in the workspace dtype, read from its safetensors."""
+        from safetensors import safe_open
+
+        dtype = resolve_dtype(self.ledger.genesis["dtype"])
+        folder = Path(self.lm.path)
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            shard = json.loads(index.read_text()).get("weight_map", {}).get(name)
+            files = [folder / shard] if shard else []
+        else:
+            files = sorted(folder.glob("*.safetensors"))
+        for f in files:
+            with safe_open(str(f), framework="pt") as st:
+                if name in st.keys():
+                    return st.get_tensor(name).to(dtype)
+        # names that transformers renames on load: take the tensor from a fresh load instead
+        log.info("%s not found under that name in %s; loading the base model to read it", name, folder)
+        fresh = load_model(folder, dtype=dtype, device="cpu")
+        return fresh.model.get_parameter(name).detach().clone()
+
+    # ------------------------------------------------------------ replay, verify, export
+
+    def replay(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Rebuild the model from the base checkpoint and the ledger alone; compare fingerprints.
+
+        Returns ``{"fingerprint", "recorded", "match", "applied", "head"}``.
+        """
+        head = self.ledger.head()
+        upto = head.id if head else 0
+        genesis = self.ledger.genesis
+        fresh = load_model(self.lm.path, dtype=genesis["dtype"], device=self.lm.device)
+        if fresh.fingerprint != genesis["base_fingerprint"]:
+            raise WorkspaceError(f"{self.lm.path}: the base checkpoint has changed since the workspace was created")
+        active = self.ledger.active_at(upto)
+        for i, e in enumerate(active):
+            apply_delta(fresh.model, self.ledger.load_delta(e.delta_hash))
+            if progress:
+                progress(i + 1, len(active))
+        fp = fingerprint_model(fresh.model)
+        recorded = self.recorded_fingerprint(upto)
+        return {"fingerprint": fp, "recorded": recorded, "match": fp == recorded, "applied": len(active),
+                "head": upto}
+
+    def verify(self) -> dict[str, Any]:
+        """The ledger's :meth:`~auditor.ledger.Ledger.verify`: hashes, chain and delta files."""
+        return self.ledger.verify()
+
+    def export(self, out: str | Path, *, patch: bool = False, dtype: str | None = None,
+               max_shard_size: int | str = "2GB", progress: Callable[[int, int], None] | None = None,
+               overwrite: bool = False) -> Path:
+        """A Hugging Face folder of the current model (or, with ``patch``, only the deltas)."""
+        from .export import export_model, export_patch
+
+        if patch:
+            return export_patch(self, out, overwrite=overwrite)
+        return export_model(self, out, dtype=dtype, max_shard_size=max_shard_size, progress=progress,
+                            overwrite=overwrite)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def open_ledger(directory: str | Path) -> Ledger:
+    """The ledger of the workspace in ``directory`` (without loading any model)."""
+    path = Path(directory) / LEDGER_FILE
+    if not path.is_file():
+        raise WorkspaceError(f"{directory}: not a workspace (no {LEDGER_FILE}); create one with `edit-auditor workspace init`")
+    try:
+        return Ledger(path)
+    except LedgerError as e:
+        raise WorkspaceError(str(e)) from None
+
+
+def _request_fields(request: "EditRequest") -> dict[str, Any]:
+    return {"request": request.to_json(), "subject": request.subject, "prompt": request.text,
+            "target_new": request.target_new, "target_true": request.target_true}
+
+
+def result_fields(result: "EditResult") -> dict[str, Any]:
+    """The ledger columns of one engine result (everything it reports)."""
+    diag, metrics = dict(result.diagnostics or {}), dict(result.metrics or {})
+    return {
+        **_request_fields(result.request),
+        "kind": "edit", "status": result.status, "error": result.error,
+        "method": result.method, "key_mode": result.key_mode, "layer": result.layer,
+        "param": result.delta.param if result.delta is not None else None,
+        "hparams": result.hparams,
+        **{k: diag.get(k) for k in DIAGNOSTIC_COLUMNS},
+        **{k: metrics.get(k) for k in METRIC_COLUMNS},
+        "collapse_risk": bool(result.collapse_risk), "collapse_reasons": list(result.collapse_reasons or []),
+        "diagnostics": diag, "metrics": metrics, "timings": dict(result.timings or {}),
+        "device": result.device, "dtype": result.dtype,
+        "fingerprint_before": result.fingerprint_before, "fingerprint_after": result.fingerprint_after,
+    }
+
+
+def _lock_file(f: Any) -> None:
+    if os.name == "nt":  # pragma: no cover - Windows
+        import msvcrt
+
+        f.seek(0)
+        while True:
+            try:
+                msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+                return
+            except OSError:
+                continue
+    import fcntl
+
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+
+
+def _unlock_file(f: Any) -> None:
+    if os.name == "nt":  # pragma: no cover - Windows
+        import msvcrt
+
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+        return
+    import fcntl
+
+    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
