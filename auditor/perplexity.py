@@ -25,7 +25,7 @@ from .corpus import CorpusError, ppl_text_path, read_text
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel
 
-DEFAULT_TOKENS = 1024  # token budget of the default check: ~2-5 s on a 2-core CPU for a 135M model
+DEFAULT_TOKENS = 512  # token budget of the default check: ~3-5 s for the 135M demo on a 2-core CPU
 DEFAULT_SEQ_LEN = 256  # window length; each window is scored independently
 DEFAULT_BATCH = 4  # windows per forward pass
 
