@@ -1,0 +1,71 @@
+"""Start the window: ``edit-auditor gui`` or the ``edit-auditor-gui`` gui-script.
+
+``main()`` builds the QApplication (organisation and application names for QSettings,
+the icon, the Fusion style), shows :class:`~ui.main_window.MainWindow` and runs the
+event loop. The first run offers the demo model; later runs reopen the last workspace.
+A path on the command line (a workspace, a checkpoint folder, a ``.gguf`` file or
+``demo``) is opened instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication, QStyleFactory
+
+from . import settings
+
+ICON_DIR = Path(__file__).resolve().parent.parent / "resources" / "icons"
+
+
+def make_app(argv: Sequence[str] | None = None) -> QApplication:
+    """The QApplication of the process (created once), set up for Edit Auditor."""
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(list(argv) if argv is not None else sys.argv[:1])
+    app.setOrganizationName(settings.ORG)
+    app.setApplicationName(settings.APP)
+    app.setApplicationDisplayName(settings.APP)
+    app.setDesktopFileName("io.github.edit_auditor.EditAuditor")
+    if "Fusion" in QStyleFactory.keys():
+        app.setStyle("Fusion")
+    icon = ICON_DIR / "edit-auditor.svg"
+    if icon.is_file():
+        app.setWindowIcon(QIcon(str(icon)))
+    return app
+
+
+def run(open_path: str | None = None, device: str | None = None) -> int:
+    app = make_app()
+    if device:
+        settings.put(settings.DEVICE, device)
+    from .main_window import MainWindow
+
+    window = MainWindow(restore_last=open_path is None)
+    window.show()
+    if open_path is not None:
+        window.open_path(open_path)
+    return app.exec()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edit-auditor-gui`` gui-script."""
+    parser = argparse.ArgumentParser(prog="edit-auditor-gui", description="The Edit Auditor window.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run(args.path, args.device)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", nargs="?", default=None,
+                        help="workspace folder, checkpoint folder, .gguf file or 'demo' to open "
+                             "(default: the last workspace, or the welcome page on the first run)")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (remembered)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""pyqtgraph charts: the live v* optimisation and the workspace's health across edits.
+
+* :class:`LiveEditChart` takes the engine's ``Progress`` events (phase ``"v"``: loss and
+  target probability per step). Points are appended to a buffer and the curves redrawn by
+  a ~50 ms timer, never once per signal, so a fast optimiser cannot flood the event loop.
+* :class:`PerplexityChart` draws the perplexity after each edit and the collapse threshold
+  (the base perplexity times the guard's ratio).
+* :class:`DenominatorChart` draws |u . k*| of each edit on a log scale, the collapse band
+  (below the guard's threshold) shaded and flagged edits in red.
+
+Clicking a point of either health chart emits ``entry_clicked(entry_id)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtGui import QColor
+
+pg.setConfigOptions(antialias=True, background="w", foreground="#333333")
+
+BLUE = "#1f5fae"
+ORANGE = "#d9822b"
+RED = "#c0392b"
+GREY = "#7f8c8d"
+REDRAW_MS = 50
+
+
+class IntAxis(pg.AxisItem):
+    """An axis of whole numbers (steps, entry ids): no 1.5 ticks."""
+
+    def tickValues(self, minVal, maxVal, size):  # noqa: N802,N803 - pyqtgraph API
+        out = []
+        for spacing, values in super().tickValues(minVal, maxVal, size):
+            if spacing < 1:
+                continue
+            out.append((spacing, [v for v in values if float(v).is_integer()]))
+        if not out:
+            lo, hi = int(math.ceil(minVal)), int(math.floor(maxVal))
+            out = [(1.0, list(range(lo, hi + 1)))]
+        return out
+
+
+class LiveEditChart(pg.GraphicsLayoutWidget):
+    """Loss and P(new target) of the v* optimisation, one point per step, live."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setMinimumHeight(220)
+        self.loss_plot = self.addPlot(row=0, col=0, axisItems={"bottom": IntAxis("bottom")})
+        self.loss_plot.setTitle("v* optimisation: loss", size="10pt")
+        self.loss_plot.setLabel("left", "loss")
+        self.loss_plot.showGrid(x=True, y=True, alpha=0.2)
+        self.prob_plot = self.addPlot(row=1, col=0, axisItems={"bottom": IntAxis("bottom")})
+        self.prob_plot.setTitle("P(new target) over the prefixed prompts", size="10pt")
+        self.prob_plot.setLabel("left", "probability")
+        self.prob_plot.setLabel("bottom", "step")
+        self.prob_plot.setXLink(self.loss_plot)
+        self.prob_plot.setYRange(0.0, 1.0, padding=0.02)
+        self.prob_plot.showGrid(x=True, y=True, alpha=0.2)
+        self.loss_curve = self.loss_plot.plot([], [], pen=pg.mkPen(BLUE, width=2), symbol="o", symbolSize=5,
+                                              symbolBrush=BLUE, symbolPen=None)
+        self.prob_curve = self.prob_plot.plot([], [], pen=pg.mkPen(ORANGE, width=2), symbol="o", symbolSize=5,
+                                              symbolBrush=ORANGE, symbolPen=None)
+        self._steps: list[int] = []
+        self._loss: list[float] = []
+        self._prob: list[float] = []
+        self._dirty = False
+        self.redraws = 0
+        self._timer = QTimer(self)
+        self._timer.setInterval(REDRAW_MS)
+        self._timer.timeout.connect(self._redraw)
+        self._timer.start()
+
+    @property
+    def steps(self) -> int:
+        """Optimisation steps received since the last :meth:`reset`."""
+        return len(self._steps)
+
+    def drawn_points(self) -> int:
+        """Points the loss curve currently shows (lags :attr:`steps` by at most one redraw)."""
+        x, _ = self.loss_curve.getData()
+        return 0 if x is None else len(x)
+
+    def reset(self) -> None:
+        self._steps.clear()
+        self._loss.clear()
+        self._prob.clear()
+        self._dirty = True
+
+    def add(self, progress) -> None:
+        """Buffer one engine ``Progress`` event; only phase ``"v"`` steps are charted."""
+        if getattr(progress, "phase", None) != "v" or getattr(progress, "step", None) is None:
+            return
+        loss = progress.loss if progress.loss is not None else math.nan
+        prob = progress.target_prob if progress.target_prob is not None else math.nan
+        self._steps.append(int(progress.step))
+        self._loss.append(float(loss))
+        self._prob.append(float(prob))
+        self._dirty = True
+
+    def flush(self) -> None:
+        """Redraw now (used before a screenshot)."""
+        self._dirty = True
+        self._redraw()
+
+    def _redraw(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        self.redraws += 1
+        self.loss_curve.setData(self._steps, self._loss)
+        self.prob_curve.setData(self._steps, self._prob)
+
+
+@dataclass
+class EditPoint:
+    """One ledger entry as the health charts see it."""
+
+    entry_id: int
+    ppl_before: float | None
+    ppl_after: float | None
+    denominator: float | None
+    flagged: bool
+
+
+class _HealthChart(pg.PlotWidget):
+    """A scatter of one value per ledger entry; click a point to select its entry."""
+
+    entry_clicked = Signal(int)
+
+    def __init__(self, title: str, ylabel: str, parent=None):
+        super().__init__(parent, axisItems={"bottom": IntAxis("bottom")})
+        self.setMinimumHeight(160)
+        self.plot_item = self.getPlotItem()
+        self.plot_item.setTitle(title, size="10pt")
+        self.plot_item.setLabel("left", ylabel)
+        self.plot_item.setLabel("bottom", "ledger entry")
+        self.plot_item.showGrid(x=True, y=True, alpha=0.2)
+        self.line = self.plot([], [], pen=pg.mkPen(GREY, width=1))
+        self.points = pg.PlotDataItem([], [], pen=None, symbol="o", symbolSize=9)
+        self.points.sigPointsClicked.connect(self._clicked)
+        self.addItem(self.points)
+        self.selected = pg.PlotDataItem([], [], pen=None, symbol="o", symbolSize=17, symbolBrush=None,
+                                        symbolPen=pg.mkPen("#222222", width=2))
+        self.addItem(self.selected)
+        self._xy: dict[int, float] = {}
+
+    def _set(self, ids: list[int], values: list[float], flagged: list[bool]) -> None:
+        self._xy = dict(zip(ids, values))
+        brushes = [pg.mkBrush(RED if f else BLUE) for f in flagged]
+        sizes = [13 if f else 9 for f in flagged]
+        self.line.setData(ids, values)
+        self.points.setData(ids, values, data=ids, symbolBrush=brushes, symbolSize=sizes,
+                            symbolPen=[pg.mkPen("w") for _ in ids])
+
+    def select(self, entry_id: int | None) -> None:
+        if entry_id is not None and entry_id in self._xy:
+            self.selected.setData([entry_id], [self._xy[entry_id]])
+        else:
+            self.selected.setData([], [])
+
+    def point_count(self) -> int:
+        return len(self._xy)
+
+    def _clicked(self, _item, points, *_ev) -> None:
+        if len(points):
+            self.entry_clicked.emit(int(points[0].data()))
+
+
+class PerplexityChart(_HealthChart):
+    def __init__(self, parent=None):
+        super().__init__("Perplexity after each edit", "perplexity", parent)
+        self.threshold_line = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen(RED, width=1.5, style=pg.QtCore.Qt.PenStyle.DashLine),
+                                              label="collapse threshold", labelOpts={"color": RED, "position": 0.5, "anchors": [(0.5, 1), (0.5, 1)]})
+        self.threshold_line.setVisible(False)
+        self.addItem(self.threshold_line)
+        self.threshold: float | None = None
+
+    def set_points(self, points: list[EditPoint], ratio_max: float | None) -> None:
+        usable = [p for p in points if p.ppl_after is not None and math.isfinite(p.ppl_after)]
+        self._set([p.entry_id for p in usable], [p.ppl_after for p in usable], [p.flagged for p in usable])
+        base = next((p.ppl_before for p in points if p.ppl_before), None)
+        self.threshold = base * ratio_max if (base and ratio_max) else None
+        self.threshold_line.setVisible(self.threshold is not None)
+        if self.threshold is not None:
+            self.threshold_line.setPos(self.threshold)
+
+
+class DenominatorChart(_HealthChart):
+    def __init__(self, parent=None):
+        super().__init__("ROME denominator |u·k*| per edit (log scale)", "|denominator|", parent)
+        self.plot_item.setLogMode(x=False, y=True)
+        band = QColor(RED)
+        band.setAlpha(40)
+        self.band = pg.LinearRegionItem(values=(-4, -1), orientation="horizontal", movable=False,
+                                        brush=pg.mkBrush(band), pen=pg.mkPen(None))
+        self.band.setZValue(-10)
+        self.band.setVisible(False)
+        self.addItem(self.band)
+        self.band_label = pg.TextItem("collapse band", color=RED, anchor=(0, 1))
+        self.band_label.setVisible(False)
+        self.addItem(self.band_label)
+        self.threshold: float | None = None
+
+    def set_points(self, points: list[EditPoint], denominator_min: float | None) -> None:
+        usable = [p for p in points if p.denominator is not None and math.isfinite(p.denominator) and p.denominator != 0]
+        ids = [p.entry_id for p in usable]
+        self._set(ids, [abs(p.denominator) for p in usable], [p.flagged for p in usable])
+        # log mode transforms the data items (points, ring) but not the band: it takes log10 values
+        self.threshold = denominator_min or None
+        self.band.setVisible(self.threshold is not None)
+        self.band_label.setVisible(self.threshold is not None)
+        if self.threshold is not None:
+            values = [abs(p.denominator) for p in usable] + [self.threshold]
+            low = math.log10(min(values)) - 1.0
+            self.band.setRegion((low, math.log10(self.threshold)))
+            self.band_label.setPos(min(ids) if ids else 0, math.log10(self.threshold))

@@ -1,0 +1,186 @@
+"""Long work off the GUI thread: one QThread, one worker QObject, messages back.
+
+Why this module exists: a ROME edit, a perplexity probe or an export takes seconds to
+minutes. Run on the GUI thread they would freeze the window; run in a thread that lets
+an exception escape they would kill the process or leave the window waiting forever.
+
+:class:`Runner` lives on the GUI thread and runs one job at a time. A job is a plain
+callable ``fn(report, cancel) -> result``: ``report(obj)`` sends a progress object to the
+GUI (``Progress`` events from the engine, export fractions, ...), ``cancel`` is the
+:class:`threading.Event` handed to ``Editor.edit(cancel=...)``. The job runs inside a
+:class:`_Job` QObject that is created without a parent and then moved to a fresh
+:class:`QThread` (a QObject with a parent cannot be moved). Every exception is caught in
+that thread and delivered as a one-line message (plus the traceback for the log).
+
+All of :class:`Runner`'s signals are emitted on the GUI thread, so widgets may be touched
+from their slots and tests may wait on them with ``qtbot.waitSignal``.
+
+Example::
+
+    runner = Runner(parent=window)
+    runner.finished.connect(show_result)
+    runner.start("edit", lambda report, cancel: ws.edit(req, progress=report, cancel=cancel))
+    ...
+    runner.cancel()   # sets the event; the engine stops at its next check
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from contextlib import nullcontext
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+
+log = logging.getLogger(__name__)
+
+JobFn = Callable[[Callable[[Any], None], threading.Event], Any]
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """The engine's ``EditCancelled`` (imported lazily: the worker must not need the engine)."""
+    try:
+        from auditor.edit import EditCancelled
+    except ImportError:  # pragma: no cover - engine not installed
+        return False
+    return isinstance(exc, EditCancelled)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` - what the status bar and dialogs show."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    name = type(exc).__name__
+    return f"{name}: {first}" if first else name
+
+
+class _Job(QObject):
+    """Runs one callable in the worker thread; its signals are emitted from that thread."""
+
+    progress = Signal(object)
+    done = Signal(object)
+    failed = Signal(str, str)  # one-line message, traceback
+    cancelled = Signal()
+
+    def __init__(self, fn: JobFn, cancel: threading.Event, *, no_grad: bool, threads: int | None):
+        super().__init__()  # no parent: it is moved to its thread right after construction
+        self._fn = fn
+        self._cancel = cancel
+        self._no_grad = no_grad
+        self._threads = threads
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            import torch
+
+            if self._threads:
+                torch.set_num_threads(self._threads)
+            # torch.no_grad() is per thread: it has to be entered here, not on the GUI thread.
+            with torch.no_grad() if self._no_grad else nullcontext():
+                result = self._fn(self.progress.emit, self._cancel)
+        except BaseException as exc:  # noqa: BLE001 - nothing may escape a worker thread
+            if _is_cancellation(exc) or (self._cancel.is_set() and isinstance(exc, InterruptedError)):
+                self.cancelled.emit()
+            else:
+                tb = traceback.format_exc()
+                log.error("worker job failed: %s", tb)
+                self.failed.emit(one_line(exc), tb)
+        else:
+            if self._cancel.is_set() and result is None:
+                self.cancelled.emit()
+            else:
+                self.done.emit(result)
+
+
+class Runner(QObject):
+    """Starts jobs in a worker thread, one at a time; re-emits their messages on the GUI thread."""
+
+    started = Signal(str)  # job name
+    progress = Signal(object)
+    finished = Signal(str, object)  # job name, result
+    failed = Signal(str, str)  # job name, one-line message
+    cancelled = Signal(str)  # job name
+    busy_changed = Signal(bool)
+
+    def __init__(self, parent: QObject | None = None, *, threads: int | None = None):
+        super().__init__(parent)
+        self._threads = threads
+        self._thread: QThread | None = None
+        self._job: _Job | None = None
+        self._cancel = threading.Event()
+        self.name = ""
+        self.last_traceback = ""
+        self.started_at = 0.0
+
+    # ------------------------------------------------------------ public
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None
+
+    def start(self, name: str, fn: JobFn, *, no_grad: bool = False) -> bool:
+        """Run ``fn`` in a new worker thread; False (and nothing started) when one is running."""
+        if self.busy:
+            return False
+        self.name = name
+        self._cancel = threading.Event()
+        job = _Job(fn, self._cancel, no_grad=no_grad, threads=self._threads)
+        thread = QThread()
+        thread.setObjectName(f"edit-auditor-{name}")
+        job.moveToThread(thread)
+        queued = Qt.ConnectionType.QueuedConnection
+        job.progress.connect(self._on_progress, queued)
+        job.done.connect(self._on_done, queued)
+        job.failed.connect(self._on_failed, queued)
+        job.cancelled.connect(self._on_cancelled, queued)
+        thread.started.connect(job.run)
+        self._thread, self._job = thread, job
+        self.started_at = time.perf_counter()
+        thread.start()
+        self.busy_changed.emit(True)
+        self.started.emit(name)
+        return True
+
+    def cancel(self) -> None:
+        """Ask the running job to stop; it reports ``cancelled`` when it has."""
+        self._cancel.set()
+
+    def wait(self, timeout_ms: int = 60_000) -> bool:
+        """Block until the worker thread has ended (used when the window closes)."""
+        thread = self._thread
+        return True if thread is None else thread.wait(timeout_ms)
+
+    # ------------------------------------------------------------ slots (GUI thread)
+    @Slot(object)
+    def _on_progress(self, obj: object) -> None:
+        if self.busy:
+            self.progress.emit(obj)
+
+    @Slot(object)
+    def _on_done(self, result: object) -> None:
+        name = self._stop()
+        self.finished.emit(name, result)
+
+    @Slot(str, str)
+    def _on_failed(self, message: str, tb: str) -> None:
+        self.last_traceback = tb
+        name = self._stop()
+        self.failed.emit(name, message)
+
+    @Slot()
+    def _on_cancelled(self) -> None:
+        name = self._stop()
+        self.cancelled.emit(name)
+
+    def _stop(self) -> str:
+        thread, job = self._thread, self._job
+        self._thread = self._job = None
+        if thread is not None:
+            thread.quit()
+            thread.wait()  # the job has returned: both objects can now go with their wrappers
+        del job
+        self.busy_changed.emit(False)
+        return self.name
