@@ -237,6 +237,13 @@ class Entry:
         names = cls.__dataclass_fields__.keys() - {"row"}
         return cls(**{k: row.get(k) for k in names}, row=dict(row))
 
+    def __getattr__(self, name: str) -> Any:
+        """Columns without their own field (``entry.efficacy``), JSON ones decoded."""
+        row = self.__dict__.get("row")
+        if row is not None and name in COLUMNS:
+            return self[name]
+        raise AttributeError(name)
+
     def __getitem__(self, name: str) -> Any:
         """Any column, JSON ones decoded: ``entry["metrics"]["efficacy"]``."""
         value = self.row[name]
