@@ -228,6 +228,15 @@ def _load_pickle_state(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _refuse_missing_weights(folder: Path, loading_info: dict[str, Any]) -> None:
+    """transformers fills tensors absent from the files with random values and only warns; refuse."""
+    missing = sorted(loading_info.get("missing_keys") or [])
+    if missing:
+        raise CheckpointError(
+            f"{folder}: the safetensors files lack {len(missing)} tensor(s) the model needs, e.g. {missing[0]}"
+        )
+
+
 def load_folder(
     folder: Path,
     *,
@@ -263,9 +272,11 @@ def load_folder(
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
         if files:
-            model = AutoModelForCausalLM.from_pretrained(
-                folder, config=config, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True
+            model, loading_info = AutoModelForCausalLM.from_pretrained(
+                folder, config=config, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True,
+                output_loading_info=True,
             )
+            _refuse_missing_weights(folder, loading_info)
         else:
             model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
             missing, unexpected = model.load_state_dict(_load_pickle_state(folder), strict=False)

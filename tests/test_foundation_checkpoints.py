@@ -51,6 +51,15 @@ def unknown_architecture(folder: Path) -> Path:
     return folder
 
 
+def missing_tensor(folder: Path) -> Path:
+    """A valid safetensors file without one down-projection: transformers alone would fill it randomly."""
+    path = folder / "model.safetensors"
+    state = load_file(path)
+    del state["model.layers.1.mlp.down_proj.weight"]
+    save_file(state, path, metadata={"format": "pt"})
+    return folder
+
+
 def missing_shard(folder: Path) -> Path:
     (folder / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}})
@@ -64,6 +73,7 @@ BROKEN: dict[str, tuple[Callable[[Path], Path], str]] = {
     "truncated safetensors": (truncated_safetensors, "corrupt safetensors"),
     "unknown architecture": (unknown_architecture, "unsupported architecture 'mamba'"),
     "missing shard": (missing_shard, "missing"),
+    "missing tensor": (missing_tensor, "lack 1 tensor(s) the model needs, e.g. model.layers.1.mlp.down_proj.weight"),
 }
 
 
