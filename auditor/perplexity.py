@@ -52,6 +52,15 @@ def windows(ids: list[int], seq_len: int) -> torch.Tensor:
     return torch.tensor(ids[: n_windows * seq_len], dtype=torch.long).view(n_windows, seq_len)
 
 
+def max_positions(config: Any) -> int | None:
+    """The longest sequence the model accepts, when its config says (windows are cut to it)."""
+    for attr in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 1:
+            return value
+    return None
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -91,7 +100,7 @@ class PerplexityProbe:
             raise ValueError("n_tokens and seq_len must be at least 2, batch_size at least 1")
         self.lm = lm
         self.text_path = Path(text_path) if text_path is not None else ppl_text_path()
-        self.seq_len = min(seq_len, n_tokens)
+        self.seq_len = min(seq_len, n_tokens, max_positions(lm.model.config) or seq_len)
         self.batch_size = batch_size
         ids = first_tokens(lm.tokenizer, read_text(self.text_path), n_tokens)
         self.tokens: torch.Tensor = windows(ids, self.seq_len)  # (n_windows, seq_len), on CPU

@@ -83,6 +83,15 @@ def test_probe_reads_a_users_text_file(demo, tmp_path: Path) -> None:  # noqa: A
     assert probe.compute() < 10  # a repeated sentence is easy to predict
 
 
+def test_windows_never_exceed_the_models_positions(tiny_checkpoint) -> None:  # noqa: ANN001
+    from auditor.checkpoint import load_model
+
+    lm = load_model(tiny_checkpoint("gpt2"), device="cpu")  # n_positions = 128
+    probe = PerplexityProbe(lm, n_tokens=512, seq_len=256)
+    assert probe.tokens.shape == (4, 128)
+    assert math.isfinite(probe.compute())
+
+
 # ---------------------------------------------------------------- reference texts
 
 
