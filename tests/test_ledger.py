@@ -262,3 +262,59 @@ def test_sigkill_while_appending_leaves_a_ledger_that_verifies(ledger: Ledger, t
     assert e.id == n + 1 and e.prev_hash == report["head"]
     assert reopened.verify()["ok"]
     reopened.close()
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _subcommands(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub, action
+                yield from ((f"{name} {n}", s, a) for n, s, a in _subcommands(sub))
+
+
+def test_every_ledger_command_has_help_text() -> None:
+    import argparse
+
+    from auditor import cli_ledger
+    from auditor.cli import build_parser
+
+    parser = build_parser([cli_ledger])
+    commands = list(_subcommands(parser))
+    names = {name for name, _, _ in commands}
+    assert {"workspace init", "ledger list", "ledger show", "ledger search", "ledger verify", "revert",
+            "replay", "export"} <= names
+    for name, sub, group in commands:
+        helps = {a.dest: a.help for a in group._choices_actions}
+        assert helps.get(name.split()[-1]), f"{name} has no help"
+        assert sub.description, f"{name} has no description"
+        for action in sub._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{name}: {action.dest} has no help"
+        if not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+            assert any(a.dest == "json" for a in sub._actions), f"{name} has no --json"
+
+
+def test_cli_reads_the_ledger_and_verify_fails_on_tampering(three: Ledger, capsys) -> None:
+    from auditor.cli import main
+
+    ws = str(three.path.parent)
+    assert main(["ledger", "list", "--workspace", ws, "--json"]) == 0
+    assert [e["id"] for e in json.loads(capsys.readouterr().out)] == [1, 2, 3]
+    assert main(["ledger", "show", "--workspace", ws, "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["subject"] == "Subject 2"
+    assert main(["ledger", "search", "--workspace", ws, "subject 3", "--json"]) == 0
+    assert [e["id"] for e in json.loads(capsys.readouterr().out)] == [3]
+    assert main(["ledger", "verify", "--workspace", ws]) == 0
+    assert "ok: 3 entries" in capsys.readouterr().out
+    tamper(three.path, "UPDATE entries SET target_new = 'Spain' WHERE id = 2")
+    assert main(["ledger", "verify", "--workspace", ws, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["first_bad"] == 2
+    assert main(["ledger", "verify", "--workspace", ws]) == 1
+    assert "first bad entry 2" in capsys.readouterr().out
+    assert main(["ledger", "show", "--workspace", ws, "9"]) == 2
+    assert "no ledger entry 9" in capsys.readouterr().err
