@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +38,23 @@ def make_app(argv: Sequence[str] | None = None) -> QApplication:
     if icon.is_file():
         app.setWindowIcon(QIcon(str(icon)))
     return app
+
+
+def process_until(until, timeout: float) -> bool:
+    """Run the event loop until ``until()`` is true or ``timeout`` seconds passed; returns ``until()``.
+
+    For scripts (screenshots, benchmarks) and module-scoped test fixtures, which have no qtbot.
+    """
+    from PySide6.QtCore import QEventLoop
+
+    app = QApplication.instance()
+    end = time.monotonic() + timeout
+    while not until():
+        if time.monotonic() > end:
+            return False
+        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 20)
+        time.sleep(0.005)
+    return True
 
 
 def run(open_path: str | None = None, device: str | None = None) -> int:

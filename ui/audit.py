@@ -317,8 +317,8 @@ class AuditTrail(QWidget):
             text = f"✔ Ledger verified: {result.get('entries', '?')} entries, chain and deltas intact."
             color = "#1e7b34"
         else:
-            text = (f"✘ Ledger verification FAILED at entry {result.get('first_bad')}: "
-                    f"{result.get('reason') or 'mismatch'}")
+            where = result.get("reason") or f"entry {result.get('first_bad')} does not match"
+            text = f"✘ Ledger verification FAILED: {where}"
             color = "#c0392b"
         self.verify_result.setText(text)
         self.verify_result.setStyleSheet(f"color: {color}; font-weight: bold;")

@@ -191,31 +191,38 @@ class PerplexityChart(_HealthChart):
 
 
 class DenominatorChart(_HealthChart):
+    TITLE = "ROME denominator |u·k*| per edit (log scale)"
+
     def __init__(self, parent=None):
-        super().__init__("ROME denominator |u·k*| per edit (log scale)", "|denominator|", parent)
+        super().__init__(self.TITLE, "|denominator|", parent)
         self.plot_item.setLogMode(x=False, y=True)
         band = QColor(RED)
         band.setAlpha(40)
-        self.band = pg.LinearRegionItem(values=(-4, -1), orientation="horizontal", movable=False,
-                                        brush=pg.mkBrush(band), pen=pg.mkPen(None))
+        # the band is drawn between two data curves, so the plot's log mode transforms it
+        # exactly as it transforms the points
+        self.band_low = pg.PlotDataItem([], [], pen=pg.mkPen(None))
+        self.band_high = pg.PlotDataItem([], [], pen=pg.mkPen(RED, width=1, style=pg.QtCore.Qt.PenStyle.DashLine))
+        self.addItem(self.band_low)
+        self.addItem(self.band_high)
+        self.band = pg.FillBetweenItem(self.band_low, self.band_high, brush=pg.mkBrush(band))
         self.band.setZValue(-10)
-        self.band.setVisible(False)
         self.addItem(self.band)
-        self.band_label = pg.TextItem("collapse band", color=RED, anchor=(0, 1))
-        self.band_label.setVisible(False)
-        self.addItem(self.band_label)
         self.threshold: float | None = None
 
     def set_points(self, points: list[EditPoint], denominator_min: float | None) -> None:
         usable = [p for p in points if p.denominator is not None and math.isfinite(p.denominator) and p.denominator != 0]
         ids = [p.entry_id for p in usable]
         self._set(ids, [abs(p.denominator) for p in usable], [p.flagged for p in usable])
-        # log mode transforms the data items (points, ring) but not the band: it takes log10 values
         self.threshold = denominator_min or None
-        self.band.setVisible(self.threshold is not None)
-        self.band_label.setVisible(self.threshold is not None)
-        if self.threshold is not None:
-            values = [abs(p.denominator) for p in usable] + [self.threshold]
-            low = math.log10(min(values)) - 1.0
-            self.band.setRegion((low, math.log10(self.threshold)))
-            self.band_label.setPos(min(ids) if ids else 0, math.log10(self.threshold))
+        if self.threshold is None:
+            self.band_low.setData([], [])
+            self.band_high.setData([], [])
+            self.plot_item.setTitle(self.TITLE, size="10pt")
+            return
+        values = [abs(p.denominator) for p in usable] + [self.threshold]
+        low = min(values) / 10.0
+        x = [min(ids) - 0.5, max(ids) + 0.5] if ids else [0.5, 1.5]
+        self.band_low.setData(x, [low, low])
+        self.band_high.setData(x, [self.threshold, self.threshold])
+        self.plot_item.setTitle(f"{self.TITLE}<br><span style='color:{RED}; font-size:9pt'>"
+                                f"shaded: collapse band, |u·k*| &lt; {self.threshold:g}</span>", size="10pt")

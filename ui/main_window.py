@@ -375,8 +375,9 @@ class MainWindow(QMainWindow):
             return
         info = ws.lm.info()
         i = self.info
-        i["source"].setText(str(info["source"]))
-        i["source"].setToolTip(str(info["path"]))
+        source = str(ws.ledger.genesis.get("base_source") or info["source"])
+        i["source"].setText(source if source == "demo" else Path(source).name)
+        i["source"].setToolTip(f"{source}\n{info['path']}")
         i["architecture"].setText(f"{info['architecture']} ({info['model_type']}, family {info['family']})")
         i["layers"].setText(str(info["layers"]))
         i["size"].setText(f"{human_count(info['parameters'])} parameters")

@@ -38,6 +38,24 @@ from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 log = logging.getLogger(__name__)
 
 JobFn = Callable[[Callable[[Any], None], threading.Event], Any]
+_collector: Any = None
+
+
+def collect_garbage_on_gui_thread() -> None:
+    """Run Python's cyclic garbage collector only on the GUI thread, from a timer.
+
+    The collector runs in whichever thread happens to allocate when a threshold is crossed.
+    If that is the worker thread and the garbage holds Qt objects (pyqtgraph items live in
+    reference cycles), their C++ destructors run off the GUI thread and Qt crashes
+    (seen here: a segfault in ``ViewBox.itemChange`` while the worker imported a module).
+    pyqtgraph's ``GarbageCollector`` disables automatic collection and collects from a
+    GUI-thread QTimer instead; it is installed once, by the first :class:`Runner`.
+    """
+    global _collector
+    if _collector is None:
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        _collector = GarbageCollector(interval=0.5)
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -71,9 +89,11 @@ class _Job(QObject):
         self._cancel = cancel
         self._no_grad = no_grad
         self._threads = threads
+        self.ran_in: int | None = None  # threading ident of the thread that ran the job
 
     @Slot()
     def run(self) -> None:
+        self.ran_in = threading.get_ident()
         try:
             import torch
 
@@ -108,12 +128,14 @@ class Runner(QObject):
 
     def __init__(self, parent: QObject | None = None, *, threads: int | None = None):
         super().__init__(parent)
+        collect_garbage_on_gui_thread()
         self._threads = threads
         self._thread: QThread | None = None
         self._job: _Job | None = None
         self._cancel = threading.Event()
         self.name = ""
         self.last_traceback = ""
+        self.last_thread: int | None = None  # threading ident the last job ran in
         self.started_at = 0.0
 
     # ------------------------------------------------------------ public
@@ -178,6 +200,7 @@ class Runner(QObject):
     def _stop(self) -> str:
         thread, job = self._thread, self._job
         self._thread = self._job = None
+        self.last_thread = job.ran_in if job is not None else None
         if thread is not None:
             thread.quit()
             thread.wait()  # the job has returned: both objects can now go with their wrappers

@@ -1,0 +1,305 @@
+"""The window's plumbing without a model: the worker runner, the edit panel's checks, the
+audit trail over a real SQLite ledger, settings, the ``gui`` subcommand, packaging files.
+
+Fast (no ROME edit); the tests that edit the demo model are in ``test_ui.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DESKTOP = ROOT / "packaging" / "io.github.edit_auditor.EditAuditor.desktop"
+METAINFO = ROOT / "packaging" / "io.github.edit_auditor.EditAuditor.metainfo.xml"
+
+
+@pytest.fixture(autouse=True)
+def _settings(tmp_path: Path):
+    from ui import settings
+
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
+    settings.settings().clear()
+
+
+@pytest.fixture
+def runner(qtbot):
+    from PySide6.QtWidgets import QWidget
+
+    from ui.worker import Runner
+
+    owner = QWidget()
+    qtbot.addWidget(owner)
+    r = Runner(owner)
+    yield r
+    r.cancel()
+    r.wait()
+
+
+# ---------------------------------------------------------------- worker
+
+
+def test_runner_runs_off_the_gui_thread_and_reports_on_it(runner, qtbot):
+    seen: list = []
+    runner.progress.connect(lambda p: seen.append((p, threading.get_ident())))
+
+    def job(report, cancel):
+        report("halfway")
+        return threading.get_ident()
+
+    with qtbot.waitSignal(runner.finished, timeout=10_000) as blocker:  # emitted on the GUI thread
+        assert runner.start("job", job)
+    name, worker_ident = blocker.args
+    assert name == "job" and worker_ident != threading.get_ident()
+    assert runner.last_thread == worker_ident
+    assert seen == [("halfway", threading.get_ident())]
+    assert not runner.busy
+
+
+def test_runner_turns_exceptions_into_messages(runner, qtbot):
+    def job(report, cancel):
+        raise ValueError("the subject is missing\nsecond line")
+
+    with qtbot.waitSignal(runner.failed, timeout=10_000) as blocker:
+        runner.start("job", job)
+    assert blocker.args == ["job", "ValueError: the subject is missing"]
+    assert "Traceback" in runner.last_traceback
+    assert not runner.busy
+
+
+def test_runner_cancel_sets_the_event_and_reports_cancelled(runner, qtbot):
+    from auditor.edit import EditCancelled
+
+    started = threading.Event()
+
+    def job(report, cancel):
+        started.set()
+        if not cancel.wait(30):
+            return "not cancelled"
+        raise EditCancelled("stopped")
+
+    runner.start("edit", job)
+    assert started.wait(10)
+    assert not runner.start("other", lambda report, cancel: None)  # one job at a time
+    with qtbot.waitSignal(runner.cancelled, timeout=10_000) as blocker:
+        runner.cancel()
+    assert blocker.args == ["edit"]
+
+
+def test_runner_no_grad_is_set_inside_the_worker(runner, qtbot):
+    import torch
+
+    with qtbot.waitSignal(runner.finished, timeout=10_000) as blocker:
+        runner.start("job", lambda report, cancel: torch.is_grad_enabled(), no_grad=True)
+    assert blocker.args[1] is False
+    assert torch.is_grad_enabled()  # the GUI thread is untouched
+
+
+# ---------------------------------------------------------------- edit panel
+
+
+@pytest.fixture
+def panel(qtbot):
+    from auditor.hparams import load_hparams
+    from ui.edit_panel import EditPanel
+
+    p = EditPanel()
+    qtbot.addWidget(p)
+    p.set_model(30, load_hparams("llama").to_dict())
+    p.show()
+    return p
+
+
+def _type(panel, **fields):
+    for name, text in fields.items():
+        widget = getattr(panel, name)
+        widget.clear()
+        QTest.keyClicks(widget, text)
+
+
+def test_panel_defaults_come_from_the_engine_hparams(panel):
+    from auditor.hparams import load_hparams
+
+    hp = load_hparams("llama")
+    assert panel.layer.value() == hp.layer and panel.layer.maximum() == 29
+    assert panel.hp["v_num_grad_steps"].value() == hp.v_num_grad_steps
+    assert panel.hp["v_lr"].value() == pytest.approx(hp.v_lr)
+    panel.hp["v_lr"].setValue(0.1)
+    panel.reset_button.click()
+    assert panel.hp["v_lr"].value() == pytest.approx(hp.v_lr)
+
+
+@pytest.mark.parametrize("fields, where", [
+    (dict(prompt="", subject="Paris", target_new="x"), "prompt"),
+    (dict(prompt="{} is in", subject="", target_new="x"), "subject"),
+    (dict(prompt="{} is in", subject="Paris", target_new=""), "target_new"),
+    (dict(prompt="The city is in", subject="Paris", target_new="x"), "prompt"),
+    (dict(prompt="{} is {} in", subject="Paris", target_new="x"), "prompt"),
+    (dict(prompt="{} is in", subject="Paris", target_new="France", target_true="France"), "target_new"),
+])
+def test_invalid_input_is_marked_at_its_field_and_nothing_is_sent(panel, qtbot, fields, where):
+    sent: list = []
+    panel.run_requested.connect(lambda *a: sent.append(a))
+    _type(panel, **fields)
+    QTest.mouseClick(panel.apply_button, Qt.MouseButton.LeftButton)
+    assert sent == []
+    assert list(panel.errors()) == [where]
+    assert panel.fields[where].error.isVisible()
+    assert "border" in panel.fields[where].editor.styleSheet()
+    # typing into the field clears its mark
+    QTest.keyClicks(panel.fields[where].editor, "a")
+    assert panel.errors() == {}
+
+
+def test_a_valid_request_is_sent_with_the_options(panel, qtbot):
+    _type(panel, prompt="{} is located in the city of", subject="The Eiffel Tower", target_new="Rome",
+          target_true="Paris")
+    panel.paraphrases.setPlainText("Where is {}? In the city of\n\n")
+    panel.neighborhood.setPlainText("The Louvre is in the city of | Paris\nThe Colosseum is in the city of")
+    panel.key_mode.setCurrentText("original")
+    panel.layer.setValue(6)
+    with qtbot.waitSignal(panel.run_requested, timeout=1000) as blocker:
+        QTest.mouseClick(panel.dry_button, Qt.MouseButton.LeftButton)
+    request, options = blocker.args
+    assert request.text == "The Eiffel Tower is located in the city of"
+    assert request.target_new == "Rome" and request.target_true == "Paris"
+    assert request.paraphrases == ["Where is The Eiffel Tower? In the city of"]
+    assert [(p.prompt, p.target) for p in request.neighborhood] == [
+        ("The Louvre is in the city of", "Paris"), ("The Colosseum is in the city of", "Paris")]
+    assert options["dry_run"] is True and options["key_mode"] == "original"
+    assert options["hparams"]["layer"] == 6 and options["method"] == "rome"
+
+
+# ---------------------------------------------------------------- audit trail on a real ledger
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    from auditor.ledger import Ledger
+
+    lg = Ledger.create(tmp_path / "ledger.db", {"base_fingerprint": "sha256:0", "dtype": "float32"})
+    for subject, target, status, method, risk in (
+        ("The Eiffel Tower", "Rome", "dry-run", "rome", 0),
+        ("Danielle Darrieux", "English", "rejected", "rome", 1),
+        ("Canada", "Sydney", "failed", "rome", 0),
+    ):
+        lg.append({"subject": subject, "prompt": f"{subject} is", "target_new": target, "status": status,
+                   "method": method, "collapse_risk": risk, "denominator": 0.01 if risk else 5.0})
+    yield lg
+    lg.close()
+
+
+def test_audit_trail_lists_sorts_filters_and_searches(qtbot, ledger):
+    from ui.audit import AuditTrail
+    from ui.entries import rows_of
+
+    audit = AuditTrail()
+    qtbot.addWidget(audit)
+    audit.search_fn = lambda text: {e.id for e in ledger.search(text)}
+    audit.set_rows(rows_of(ledger.entries()))
+    assert audit.visible_ids() == [3, 2, 1]  # newest first
+    audit.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+    assert audit.visible_ids() == [1, 2, 3]
+    audit.status_filter.setCurrentText("rejected")
+    assert audit.visible_ids() == [2]
+    audit.status_filter.setCurrentText("any")
+    audit.flag_filter.setCurrentText("not flagged")
+    assert audit.visible_ids() == [1, 3]
+    audit.flag_filter.setCurrentText("any")
+    QTest.keyClicks(audit.search, "Sydney")
+    assert audit.visible_ids() == [3]
+    # selecting a filtered-out entry clears the filters and shows it in detail
+    assert audit.select_entry(1)
+    assert audit.current["id"] == 1 and audit.search.text() == ""
+    top = [audit.detail.topLevelItem(i).text(0) for i in range(audit.detail.topLevelItemCount())]
+    assert top[0] == "Chain" and "content_hash" in top and "subject" in top
+    chain = audit.detail.topLevelItem(0)
+    assert chain.text(1) == "entry 1 of 3"
+    assert chain.child(0).text(1) == ledger.get(1).content_hash
+    assert not audit.revert_button.isEnabled()  # a dry run has nothing to revert
+
+
+def test_verify_result_is_shown(qtbot, ledger):
+    from ui.audit import AuditTrail
+
+    audit = AuditTrail()
+    qtbot.addWidget(audit)
+    audit.show_verify(ledger.verify())
+    assert "verified: 3 entries" in audit.verify_result.text()
+    audit.show_verify({"ok": False, "first_bad": 2, "reason": "entry 2: changed"})
+    assert "FAILED" in audit.verify_result.text() and "entry 2" in audit.verify_result.text()
+
+
+# ---------------------------------------------------------------- settings, command line, packaging
+
+
+def test_settings_persist_and_feed_the_guard():
+    from auditor.edit import CollapseGuard
+    from ui import settings
+
+    default = CollapseGuard()
+    assert settings.guard().min_denominator == default.min_denominator
+    settings.put(settings.MIN_DENOMINATOR, 0.5)
+    settings.put(settings.MAX_PPL_RATIO, 1.2)
+    settings.put(settings.DEVICE, "cpu")
+    assert settings.get(settings.DEVICE) == "cpu"
+    g = settings.guard()
+    assert (g.min_denominator, g.max_ppl_ratio) == (0.5, 1.2)
+
+
+def test_welcome_page_on_first_run_offers_the_demo(qtbot):
+    from ui.main_window import MainWindow
+
+    w = MainWindow(restore_last=True)
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.wait(50)
+    assert w.stack.currentIndex() == 0 and w.welcome_demo.isVisible()
+    assert not w.export_action.isEnabled()
+
+
+def test_gui_subcommand_is_registered():
+    from auditor.cli import build_parser
+    from ui.cli_gui import cmd_gui
+
+    args = build_parser().parse_args(["gui", "demo", "--device", "cpu"])
+    assert args.func is cmd_gui and args.path == "demo" and args.device == "cpu"
+
+
+def test_auditor_never_imports_qt():
+    code = ("import sys, auditor.cli, auditor.workspace, auditor.edit, auditor.export; "
+            "bad = [m for m in sys.modules if m.startswith(('PySide6', 'ui', 'pyqtgraph'))]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([os.sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(shutil.which("desktop-file-validate") is None, reason="desktop-file-utils not installed")
+def test_desktop_file_validates():
+    done = subprocess.run(["desktop-file-validate", str(DESKTOP)], capture_output=True, text=True)
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
+
+
+@pytest.mark.skipif(shutil.which("appstreamcli") is None, reason="appstream not installed")
+def test_metainfo_validates():
+    done = subprocess.run(["appstreamcli", "validate", "--no-net", str(METAINFO)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_icon_files_exist():
+    from PySide6.QtGui import QImage
+
+    icons = ROOT / "resources" / "icons"
+    assert (icons / "edit-auditor.svg").read_text().lstrip().startswith("<?xml")
+    img = QImage(str(icons / "edit-auditor.png"))
+    assert (img.width(), img.height()) == (256, 256)
