@@ -296,8 +296,21 @@ class Ledger:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        try:
+            self._check_and_migrate()
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise LedgerError(f"{self.path}: not a readable SQLite ledger ({e})") from None
+        except LedgerError:
+            self.close()
+            raise
+
+    def _check_and_migrate(self) -> None:
         db = self.db
-        unknown = {m.name for m in migrations.applied(db)} - {m.name for m in migrations._migrations}
+        applied = {m.name for m in migrations.applied(db)}
+        if not applied:  # never migrate a file that is not ours
+            raise LedgerError(f"{self.path}: not an Edit Auditor ledger (no migrations recorded)")
+        unknown = applied - {m.name for m in migrations._migrations}
         if unknown:
             raise LedgerError(
                 f"{self.path}: written by a newer Edit Auditor (unknown migrations: {', '.join(sorted(unknown))}); upgrade"
@@ -336,9 +349,7 @@ class Ledger:
             conn.execute("PRAGMA busy_timeout = 60000")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = FULL")
-            db = sqlite_utils.Database(conn)
-            if db.journal_mode != "wal":
-                db.enable_wal()
+            db = sqlite_utils.Database(conn)  # WAL is set once, by create(), and persists in the file
             self._local.db = db
             with self._lock:
                 self._connections.append(conn)

@@ -318,3 +318,20 @@ def test_cli_reads_the_ledger_and_verify_fails_on_tampering(three: Ledger, capsy
     assert "first bad entry 2" in capsys.readouterr().out
     assert main(["ledger", "show", "--workspace", ws, "9"]) == 2
     assert "no ledger entry 9" in capsys.readouterr().err
+
+
+def test_files_that_are_not_ledgers_are_refused_untouched(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(LedgerError, match="not a readable SQLite ledger"):
+        Ledger(garbage)
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE notes (x TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerError, match="not an Edit Auditor ledger"):
+        Ledger(other)
+    conn = sqlite3.connect(other)
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["notes"]
+    conn.close()
