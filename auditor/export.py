@@ -108,7 +108,12 @@ def export_model(ws: "Workspace", out: str | Path, *, dtype: str | None = None,
         config.dtype = torch_dtype
         config.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(tmp)
+            try:
+                model.generation_config.save_pretrained(tmp)
+            except ValueError:  # a base whose generation config transformers finds inconsistent
+                src = Path(ws.lm.path) / "generation_config.json"
+                if src.is_file():
+                    shutil.copyfile(src, tmp / src.name)
         ws.lm.tokenizer.save_pretrained(tmp)
         done = 0
         for filename, names in split.filename_to_tensors.items():

@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import json
@@ -276,6 +277,7 @@ def _operator() -> str:
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
+@functools.lru_cache(maxsize=1)
 def app_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
