@@ -7,7 +7,9 @@ Three JSON shapes are read (a list of records, one record, or JSON lines):
 * EasyEdit's ZsRE: ``src``, ``subject``, ``alt``, ``answers``, ``rephrase``, ``loc``, ``loc_ans``,
   ``portability``;
 * the flat form: ``prompt``, ``subject``, ``target_new``, ``target_true``, ``paraphrases``,
-  ``neighborhood`` ([{prompt, target}]), ``portability`` ([{prompt, target}]).
+  ``neighborhood`` ([{prompt, target}]), ``portability`` ([{prompt, target}]); EasyEdit's
+  CounterFact names (``ground_truth``, ``rephrase_prompt``, ``locality_prompt``,
+  ``locality_ground_truth``) are read as their flat equivalents.
 
 A ``{}`` in any prompt is filled with the subject. Keys not understood are kept
 in :attr:`EditRequest.meta`. Every error names the record it comes from.
@@ -193,11 +195,24 @@ def _zsre(rec: dict[str, Any], where: str) -> EditRequest:
     )
 
 
+def _easyedit_aliases(rec: dict[str, Any]) -> dict[str, Any]:
+    """EasyEdit's CounterFact split uses ground_truth / rephrase_prompt / locality_prompt."""
+    rec = dict(rec)
+    if "ground_truth" in rec and "target_true" not in rec:
+        rec["target_true"] = rec.pop("ground_truth")
+    if "rephrase_prompt" in rec and "paraphrases" not in rec:
+        rec["paraphrases"] = [rec.pop("rephrase_prompt")]
+    if "locality_prompt" in rec and "locality_ground_truth" in rec and "neighborhood" not in rec:
+        rec["neighborhood"] = [{"prompt": rec.pop("locality_prompt"), "target": rec.pop("locality_ground_truth")}]
+    return rec
+
+
 def _flat(rec: dict[str, Any], where: str) -> EditRequest:
     for key in ("prompt", "subject", "target_new"):
         if key not in rec:
             raise RequestError(f"{where}: no '{key}'")
     subject = rec["subject"]
+    rec = _easyedit_aliases(rec)
     known = {"prompt", "subject", "target_new", "target_true", "paraphrases", "neighborhood",
              "portability", "case_id", "meta"}
     meta = dict(rec.get("meta") or {})

@@ -1,0 +1,170 @@
+"""``edit-auditor edit``: apply (or dry-run) a file of edit requests, one JSON line per edit.
+
+Without ``--workspace`` the model is edited in memory and nothing is recorded; with it,
+every attempt goes into the workspace's ledger (see workspace.py).
+
+Example::
+
+    edit-auditor edit demo --requests facts.json --key-mode original --dry-run --out runs.jsonl
+    edit-auditor edit --workspace ws/ --requests facts.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .cli import add_json_arg, add_model_args, fail, load_from_args, print_table
+
+TABLE_COLUMNS = ("case_id", "subject", "target_new", "status", "denominator", "ppl_ratio",
+                 "efficacy", "generalization", "locality", "prefixed_efficacy", "collapse_risk", "seconds")
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from .edit import EditCancelled, EditFailed
+    from .hparams import HParamsError
+
+    return (EditFailed, EditCancelled, HParamsError)
+
+
+def __getattr__(name: str) -> Any:  # ERRORS is resolved lazily so `--help` stays fast
+    if name == "ERRORS":
+        return _errors()
+    raise AttributeError(name)
+
+
+def _hparam_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if args.hparams:
+        text = args.hparams
+        path = Path(text)
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+        try:
+            overrides = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise fail(f"--hparams is neither a JSON object nor a JSON file: {e.msg}") from None
+        if not isinstance(overrides, dict):
+            raise fail("--hparams must be a JSON object")
+    for key in ("layer", "v_num_grad_steps", "mom2_n_tokens"):
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key] = value
+    return overrides
+
+
+class _ProgressLine:
+    """A one-line progress display on stderr (only when it is a terminal or --progress)."""
+
+    def __init__(self, enabled: bool, n: int):
+        self.enabled, self.n, self.i = enabled, n, 0
+
+    def __call__(self, p: Any) -> None:
+        if not self.enabled:
+            return
+        if p.phase == "v":
+            detail = f"v* step {p.step}/{p.total} loss {p.loss:.3f} P(target) {p.target_prob:.3f}"
+        elif p.phase == "stats" and p.total:
+            detail = f"key statistics {100 * p.step / p.total:.0f}%"
+        else:
+            detail = p.message or p.phase
+        sys.stderr.write(f"\r[{self.i + 1}/{self.n}] {detail:<70}")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        self.i += 1
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .edit import Editor
+    from .requests import load_requests
+
+    requests = load_requests(args.requests)
+    overrides = _hparam_overrides(args)
+    kwargs = dict(method=args.method, key_mode=args.key_mode, hparams=overrides, dry_run=args.dry_run,
+                  allow_collapse=args.allow_collapse)
+    show = args.progress or (sys.stderr.isatty() and not args.json)
+    bar = _ProgressLine(show, len(requests))
+    out = open(args.out, "a", encoding="utf-8") if args.out else None
+    records = []
+
+    def emit(record: dict[str, Any]) -> None:
+        records.append(record)
+        if out:
+            out.write(json.dumps(record, default=str) + "\n")
+            out.flush()
+        if args.json:
+            print(json.dumps(record, default=str), flush=True)
+
+    try:
+        if args.workspace:
+            if args.independent:
+                raise fail("--independent measures methods on the unedited model and cannot be recorded; drop --workspace")
+            from .workspace import Workspace
+
+            ws = Workspace.open(args.workspace, device=args.device)
+            for req in requests:
+                result, entry = ws.edit(req, progress=bar, **kwargs)
+                bar.done()
+                emit({**result.record(), "entry_id": getattr(entry, "id", None)})
+        else:
+            if not args.model:
+                raise fail("name a MODEL (a folder, a .gguf file or 'demo') or a --workspace")
+            editor = Editor(load_from_args(args))
+
+            def on_result(_i: int, result: Any) -> None:
+                bar.done()
+                emit(result.record())
+
+            editor.edit_many(requests, independent=args.independent, on_result=on_result,
+                             progress=bar, **kwargs)
+    finally:
+        if out:
+            out.close()
+    if not args.json:
+        print_table(records, TABLE_COLUMNS)
+        for r in records:
+            if r.get("error"):
+                print(f"{r['case_id']}: {r['status']}: {r['error']}", file=sys.stderr)
+    return 0 if all(r["status"] in ("applied", "dry-run") for r in records) else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "edit", help="apply knowledge edits (ROME) and measure each one",
+        description="Apply the requests of a JSON file (CounterFact, ZsRE or flat records) one after "
+                    "another, each measured: denominator, perplexity before/after, efficacy, "
+                    "generalization, locality, portability. Exit code 1 if any edit failed or was "
+                    "rejected by the collapse guard.")
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="a checkpoint folder, a .gguf file or 'demo' (not with --workspace)")
+    add_model_args(p, model=False)
+    p.add_argument("--requests", required=True, type=Path, metavar="FILE",
+                   help="JSON or JSON-lines file of edit requests")
+    p.add_argument("--method", default="rome", choices=("rome",), help="editing method (default: rome)")
+    p.add_argument("--key-mode", default="consistent", choices=("consistent", "original"),
+                   help="consistent: prefixed keys everywhere (Yang et al. 2024, default); "
+                        "original: the reference implementation's unprefixed current key")
+    p.add_argument("--layer", type=int, default=None, help="layer to edit (default: the family's)")
+    p.add_argument("--steps", dest="v_num_grad_steps", type=int, default=None, metavar="N",
+                   help="maximum v* optimisation steps")
+    p.add_argument("--stats-tokens", dest="mom2_n_tokens", type=int, default=None, metavar="N",
+                   help="tokens of reference text behind the key statistics")
+    p.add_argument("--hparams", default=None, metavar="JSON|FILE",
+                   help="hyper-parameter overrides as a JSON object or a JSON file")
+    p.add_argument("--independent", action="store_true",
+                   help="evaluate every request as a single edit on the unedited model")
+    p.add_argument("--dry-run", action="store_true", help="compute and measure, leave the weights untouched")
+    p.add_argument("--allow-collapse", action="store_true",
+                   help="apply edits the collapse guard flags (explicit override)")
+    p.add_argument("--workspace", type=Path, default=None, metavar="DIR",
+                   help="record every attempt in this workspace's ledger")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE.jsonl", help="append one JSON line per edit")
+    p.add_argument("--progress", action="store_true", help="show progress on stderr even when not a terminal")
+    add_json_arg(p)
+    p.set_defaults(func=cmd_edit)

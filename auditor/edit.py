@@ -1,0 +1,373 @@
+"""One knowledge edit end to end: compute, apply, measure, guard, keep or restore.
+
+:class:`Editor` owns a loaded model. ``Editor.edit(request)`` runs ROME (rome.py)
+with the key statistics (stats.py), applies the rank-one delta with
+``deltas.apply_delta``, measures the edited model (metrics.py, perplexity.py),
+and then either keeps the change (status ``applied``) or restores the edited
+matrix bit for bit (``dry-run``, ``rejected`` by the collapse guard, cancelled,
+failed). Progress goes to a callback as :class:`Progress` events, which the
+window charts and the command line turns into a progress bar.
+
+The collapse guard flags an edit whose denominator ``|u . k*|`` (unit ``u``) falls
+below ``min_denominator`` or whose perplexity ratio exceeds ``max_ppl_ratio``
+(Yang et al. 2024, arXiv 2406.11263 and 2402.09656). The defaults come from
+measurements on the demo model (see ``CollapseGuard``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from . import metrics, rome
+from .checkpoint import LoadedModel, fingerprint_model
+from .deltas import Delta, apply_delta
+from .hparams import KEY_MODES, HParamsError, RomeHParams, load_hparams
+from .requests import EditRequest
+
+log = logging.getLogger(__name__)
+
+METHODS = ("rome",)
+
+
+class EditCancelled(Exception):
+    """The cancel event was set; the weights are as they were."""
+
+
+class EditFailed(RuntimeError):
+    """The edit could not be computed (NaN, out of memory, bad input); the weights are as they were."""
+
+
+@dataclass
+class Progress:
+    phase: str  # "stats" | "keys" | "v" | "update" | "eval" | "ppl"
+    step: int | None = None
+    total: int | None = None
+    loss: float | None = None  # phase "v": total loss of the v* step
+    target_prob: float | None = None  # phase "v": mean P(target_new) over the prefixed prompts
+    message: str = ""
+    terms: dict[str, float] = field(default_factory=dict)  # phase "v": nll, kl, weight_decay
+
+
+@dataclass
+class CollapseGuard:
+    # The demo model's consistent-mode denominators are O(1-10) (see the issue notes of the
+    # engine); collapse cases in the papers sit two orders of magnitude lower.
+    min_denominator: float = 0.5
+    # Single healthy edits move reference perplexity by a few percent at most; the butterfly
+    # paper's collapses multiply it many times over.
+    max_ppl_ratio: float = 1.5
+
+    def reasons(self, denominator: float | None, ppl_ratio: float | None) -> list[str]:
+        out = []
+        if denominator is not None and abs(denominator) < self.min_denominator:
+            out.append(f"|denominator| {abs(denominator):.4g} < {self.min_denominator:g}")
+        if ppl_ratio is not None and ppl_ratio > self.max_ppl_ratio:
+            out.append(f"perplexity ratio {ppl_ratio:.4g} > {self.max_ppl_ratio:g}")
+        return out
+
+
+@dataclass
+class EditResult:
+    request: EditRequest
+    method: str
+    key_mode: str
+    layer: int
+    hparams: dict
+    delta: Delta | None
+    diagnostics: dict
+    metrics: dict
+    timings: dict
+    collapse_risk: bool
+    collapse_reasons: list[str]
+    status: str  # "applied" | "dry-run" | "rejected" | "failed"
+    error: str | None
+    device: str
+    dtype: str
+    fingerprint_before: str
+    fingerprint_after: str
+    vectors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # v_star, k_cur, u (not serialised)
+
+    def record(self) -> dict[str, Any]:
+        """The flat JSON line of ``edit-auditor edit``."""
+        m, d = self.metrics, self.diagnostics
+        return {
+            "case_id": self.request.case_id,
+            "subject": self.request.subject,
+            "prompt": self.request.prompt,
+            "target_new": self.request.target_new,
+            "target_true": self.request.target_true,
+            "method": self.method,
+            "key_mode": self.key_mode,
+            "layer": self.layer,
+            "status": self.status,
+            "error": self.error,
+            "denominator": d.get("denominator"),
+            "denominator_raw": d.get("denominator_raw"),
+            "numerator_norm": d.get("numerator_norm"),
+            "update_norm": d.get("update_norm"),
+            "weight_norm": d.get("weight_norm"),
+            "key_cosine": d.get("key_cosine"),
+            "subject_first_token": d.get("subject_first_token"),
+            "key_position": d.get("key_position"),
+            "ppl_before": m.get("ppl_before"),
+            "ppl_after": m.get("ppl_after"),
+            "ppl_ratio": m.get("ppl_ratio"),
+            "efficacy": m.get("efficacy"),
+            "target_prob": m.get("target_prob"),
+            "generalization": m.get("generalization"),
+            "locality": m.get("locality"),
+            "portability": m.get("portability"),
+            "prefixed_efficacy": m.get("prefixed_efficacy"),
+            "efficacy_before": m.get("efficacy_before"),
+            "collapse_risk": self.collapse_risk,
+            "collapse_reasons": self.collapse_reasons,
+            "v_steps": d.get("v_steps"),
+            "timings": self.timings,
+            "seconds": self.timings.get("total"),
+            "device": self.device,
+            "dtype": self.dtype,
+            "fingerprint_before": self.fingerprint_before,
+            "fingerprint_after": self.fingerprint_after,
+            "delta_hash": self.delta.content_hash() if self.delta is not None else None,
+        }
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+class Editor:
+    """Applies and measures edits on one loaded model (one thread at a time)."""
+
+    def __init__(self, lm: LoadedModel, *, guard: CollapseGuard | None = None, ppl: Any = None,
+                 stats_text: Any = None):
+        self.lm = lm
+        self.guard = guard or CollapseGuard()
+        self._ppl = ppl
+        self._stats_text = stats_text
+        self._templates: dict[tuple, list[str]] = {}
+        self._C: dict[tuple, torch.Tensor] = {}
+        self._fingerprint: str | None = None
+        self._ppl_by_fp: dict[str, float] = {}  # perplexity of each weight state seen
+
+    # -------------------------------------------------------------- shared pieces
+
+    @property
+    def ppl(self):
+        if self._ppl is None:
+            from .perplexity import PerplexityProbe
+
+            self._ppl = PerplexityProbe(self.lm)
+        return self._ppl
+
+    def hparams(self, overrides: dict | None = None) -> RomeHParams:
+        hp = load_hparams(self.lm.spec.family, overrides)
+        if not 0 <= hp.layer < self.lm.n_layers:
+            raise HParamsError(f"layer {hp.layer} is out of range: the model has {self.lm.n_layers} layers (0-{self.lm.n_layers - 1})")
+        return hp
+
+    def context_templates(self, hp: RomeHParams) -> list[str]:
+        """Fixed templates from the hyper-parameters, or generated once per editor (seeded)."""
+        if hp.context_templates:
+            return list(hp.context_templates)
+        key = (hp.context_n, hp.context_len, hp.context_seed)
+        if key not in self._templates:
+            self._templates[key] = rome.generate_context_templates(self.lm, *key)
+        return self._templates[key]
+
+    def second_moment(self, hp: RomeHParams, progress: ProgressFn | None = None,
+                      cancel: threading.Event | None = None) -> tuple[torch.Tensor | None, dict]:
+        if not hp.mom2_adjustment:
+            return None, {"cached": None}
+        from .stats import second_moment
+
+        def on_tokens(done: int, total: int) -> None:
+            if progress:
+                progress(Progress("stats", done, total, message="key statistics"))
+
+        C, info = second_moment(
+            self.lm, hp.layer, text_path=self._stats_text, n_tokens=hp.mom2_n_tokens,
+            seq_len=hp.mom2_seq_len, dtype=hp.mom2_dtype, progress=on_tokens,
+            cancel=(cancel.is_set if cancel else None),
+        )
+        return C, info
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint_model(self.lm.model)
+        return self._fingerprint
+
+    def perplexity(self) -> float:
+        """Reference perplexity of the current weights (computed once per weight state)."""
+        fp = self.fingerprint()
+        if fp not in self._ppl_by_fp:
+            self._ppl_by_fp[fp] = self.ppl.compute()
+        return self._ppl_by_fp[fp]
+
+    def invalidate(self) -> None:
+        """Call after changing the weights outside :meth:`edit` (revert, replay)."""
+        self._fingerprint = None
+
+    # -------------------------------------------------------------- one edit
+
+    def edit(
+        self,
+        request: EditRequest,
+        *,
+        method: str = "rome",
+        key_mode: str = "consistent",
+        hparams: dict | None = None,
+        dry_run: bool = False,
+        allow_collapse: bool = False,
+        measure_ppl: bool = True,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EditResult:
+        """Compute, apply and measure one edit; see the module docstring for what is kept."""
+        if method not in METHODS:
+            raise EditFailed(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+        if key_mode not in KEY_MODES:
+            raise EditFailed(f"unknown key mode {key_mode!r}; use {' or '.join(KEY_MODES)}")
+        hp = self.hparams(hparams)
+        emit = progress or (lambda _p: None)
+        cancelled = cancel.is_set if cancel else (lambda: False)
+        t_start = time.perf_counter()
+        fp_before = self.fingerprint()
+        timings: dict[str, float] = {}
+        result = EditResult(
+            request=request, method=method, key_mode=key_mode, layer=hp.layer, hparams=hp.to_dict(),
+            delta=None, diagnostics={}, metrics={}, timings=timings, collapse_risk=False,
+            collapse_reasons=[], status="failed", error=None, device=str(self.lm.device),
+            dtype=str(self.lm.dtype).replace("torch.", ""), fingerprint_before=fp_before,
+            fingerprint_after=fp_before,
+        )
+        weight = self.lm.model.get_parameter(self.lm.spec.weight_name(hp.layer))
+        snapshot = weight.detach().clone()
+        applied = False
+        try:
+            t = time.perf_counter()
+            C, stats_info = self.second_moment(hp, emit, cancel)
+            timings["stats"] = time.perf_counter() - t
+            templates = self.context_templates(hp)
+            result.hparams["context_templates"] = templates
+            result.diagnostics["stats"] = stats_info
+            t = time.perf_counter()
+            before = self._measure_before(request, measure_ppl, emit)
+            timings["eval_before"] = time.perf_counter() - t
+            emit(Progress("keys", message="keys and left vector"))
+
+            def on_step(step, total, loss, prob, terms):
+                emit(Progress("v", step, total, loss=loss, target_prob=prob, terms=terms))
+
+            out = rome.compute_rome(self.lm, request, hp, key_mode, C, templates,
+                                    on_step, cancelled)
+            timings.update(out.timings)
+            result.delta = out.delta
+            result.vectors = {"v_star": out.v_star, "k_cur": out.k_cur, "u": out.delta.right}
+            result.diagnostics.update(out.diagnostics)
+            emit(Progress("update", message="applying the rank-one update"))
+            apply_delta(self.lm.model, out.delta)
+            applied = True
+            self._fingerprint = None
+            if cancelled():
+                raise rome.Cancelled
+            t = time.perf_counter()
+            emit(Progress("eval", message="edit quality"))
+            result.metrics.update(self._measure_after(request, templates, before, measure_ppl, emit))
+            timings["eval"] = time.perf_counter() - t
+            result.collapse_reasons = self.guard.reasons(result.diagnostics["denominator"],
+                                                         result.metrics.get("ppl_ratio"))
+            result.collapse_risk = bool(result.collapse_reasons)
+            if cancelled():
+                raise rome.Cancelled
+            if dry_run:
+                result.status = "dry-run"
+            elif result.collapse_risk and not allow_collapse:
+                result.status = "rejected"
+                result.error = "collapse risk: " + "; ".join(result.collapse_reasons) + " (override to apply)"
+            else:
+                result.status = "applied"
+        except rome.Cancelled:
+            self._restore(weight, snapshot, applied)
+            raise EditCancelled("the edit was cancelled; the weights are unchanged") from None
+        except InterruptedError:
+            self._restore(weight, snapshot, applied)
+            raise EditCancelled("the edit was cancelled; the weights are unchanged") from None
+        except (rome.RomeError, HParamsError) as e:
+            self._restore(weight, snapshot, applied)
+            result.error = str(e)
+        except torch.OutOfMemoryError:
+            self._restore(weight, snapshot, applied)
+            if self.lm.device.type == "cuda":
+                torch.cuda.empty_cache()
+            result.error = f"out of memory on {self.lm.device}; the weights are unchanged"
+        except Exception:
+            self._restore(weight, snapshot, applied)
+            raise
+        if result.status != "applied":
+            self._restore(weight, snapshot, applied)
+        result.fingerprint_after = self.fingerprint()
+        timings["total"] = time.perf_counter() - t_start
+        return result
+
+    def _restore(self, weight: torch.nn.Parameter, snapshot: torch.Tensor, applied: bool) -> None:
+        if applied:
+            with torch.no_grad():
+                weight.copy_(snapshot)
+            self._fingerprint = None
+
+    def _measure_before(self, request: EditRequest, measure_ppl: bool, emit: ProgressFn) -> dict:
+        before: dict[str, Any] = {"neighborhood": None, "ppl": None}
+        if request.neighborhood:
+            before["neighborhood"] = metrics.locality_reference(self.lm, request.neighborhood)
+        if request.target_true is not None:
+            before["efficacy"] = metrics._success(self.lm, [request.text], request.target_new,
+                                                  request.target_true)[0]
+        if measure_ppl:
+            emit(Progress("ppl", message="perplexity before"))
+            before["ppl"] = self.perplexity()
+        return before
+
+    def _measure_after(self, request: EditRequest, templates: list[str], before: dict,
+                       measure_ppl: bool, emit: ProgressFn) -> dict:
+        prefix = None
+        if request.prompt.index("{}") == 0 and len(templates) > 1:
+            rng = random.Random(f"{request.subject}|{request.prompt}")
+            prefix = rng.choice(templates[1:])
+        m = metrics.evaluate(self.lm, request, before_neighborhood=before["neighborhood"],
+                             prefix_template=prefix)
+        m["efficacy_before"] = before.get("efficacy")
+        m["ppl_before"] = before["ppl"]
+        if measure_ppl:
+            emit(Progress("ppl", message="perplexity after"))
+            m["ppl_after"] = self.perplexity()
+            m["ppl_ratio"] = m["ppl_after"] / m["ppl_before"]
+        else:
+            m["ppl_after"] = m["ppl_ratio"] = None
+        return m
+
+    # -------------------------------------------------------------- many edits
+
+    def edit_many(self, requests: list[EditRequest], *, independent: bool = False,
+                  on_result: Callable[[int, EditResult], None] | None = None, **kwargs) -> list[EditResult]:
+        """Sequential editing (each edit sees the earlier ones), or ``independent``: every request
+        on the unedited model, the weights restored exactly between requests."""
+        results = []
+        for i, req in enumerate(requests):
+            if independent:
+                weight = self.lm.model.get_parameter(
+                    self.lm.spec.weight_name(self.hparams(kwargs.get("hparams")).layer))
+                snapshot = weight.detach().clone()
+            res = self.edit(req, **kwargs)
+            if independent:
+                self._restore(weight, snapshot, applied=True)
+            results.append(res)
+            if on_result:
+                on_result(i, res)
+        return results

@@ -1,0 +1,161 @@
+"""Second moment of a layer's keys, C = E[k k^T], over reference text; cached on disk.
+
+ROME's key-side vector is u = C^-1 k (kmeng01/rome ``layer_stats.py`` and ``compute_u.py``).
+The keys are the inputs of the edited down-projection at every token of the
+reference text. The forward pass is cut off right after the edited module has
+seen its input, so only the layers up to the edited one run.
+
+The cache key is (the fingerprint of the weights the keys depend on, the layer,
+the corpus hash, the token count, the window length, the dtype). The weights the
+keys depend on are every parameter outside the decoder stack (embeddings ...)
+and every parameter of blocks ``0..layer`` except the edited down-projection
+itself: so an edit of that matrix (ROME's own output) does not invalidate C,
+while any change that can alter a key does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import LoadedModel, cache_dir, fingerprint_tensors, named_unique_tensors
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]  # (tokens done, tokens total)
+
+
+class _StopForward(Exception):
+    """Raised by the hook once the edited module has its input: the rest of the model is not needed."""
+
+
+def key_weights_fingerprint(lm: LoadedModel, layer: int) -> str:
+    """Fingerprint of the parameters that determine the keys of ``layer``."""
+    prefix = lm.spec.layers + "."
+    edited = lm.spec.weight_name(layer)
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    chosen = []
+    for name, t in named_unique_tensors(lm.model):
+        m = pattern.match(name)
+        if m and int(m.group(1)) > layer:
+            continue
+        if name == edited or name == lm.spec.down_proj_name(layer) + ".bias":
+            continue
+        chosen.append((name, t))
+    return fingerprint_tensors(chosen)
+
+
+def corpus_tokens(lm: LoadedModel, text: str, n_tokens: int, seq_len: int) -> torch.Tensor:
+    """The first ``n_tokens`` tokens of ``text`` as ``[n_windows, seq_len]`` (last window dropped if short)."""
+    from .perplexity import first_tokens
+
+    ids = first_tokens(lm.tokenizer, text, n_tokens)
+    n = len(ids) // seq_len * seq_len
+    if n == 0:
+        raise ValueError(f"the statistics text holds {len(ids)} tokens, fewer than one window of {seq_len}")
+    return torch.tensor(ids[:n]).view(-1, seq_len)  # (n_windows, seq_len)
+
+
+@torch.no_grad()
+def collect_second_moment(
+    lm: LoadedModel,
+    layer: int,
+    windows: torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.float64,
+    batch_size: int = 8,
+    progress: ProgressFn | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Sum k k^T over every token of ``windows``; returns (C, token count)."""
+    module = lm.spec.module(lm.model, layer)
+    dim = lm.spec.key_dim(lm.model, layer)
+    acc = torch.zeros(dim, dim, dtype=dtype, device=lm.device)
+    count = 0
+
+    def hook(_mod, args):
+        nonlocal acc, count
+        k = args[0].reshape(-1, dim).to(dtype)  # (B*T, dim)
+        acc += k.T @ k
+        count += k.shape[0]
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        total = windows.numel()
+        for start in range(0, windows.shape[0], batch_size):
+            if cancel is not None and cancel():
+                raise InterruptedError("key statistics cancelled")
+            batch = windows[start:start + batch_size].to(lm.device)
+            try:
+                lm.model(input_ids=batch, use_cache=False)
+            except _StopForward:
+                pass
+            if progress:
+                progress(min(count, total), total)
+    finally:
+        handle.remove()
+    return acc / count, count
+
+
+def _stats_path(key: str) -> Path:
+    return cache_dir() / "stats" / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".safetensors")
+
+
+def second_moment(
+    lm: LoadedModel,
+    layer: int,
+    *,
+    text_path: Path | None = None,
+    n_tokens: int = 40000,
+    seq_len: int = 256,
+    dtype: str = "float64",
+    progress: ProgressFn | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """C for ``layer`` (on the model's device, float32), and how it was obtained.
+
+    The info dict says whether the cache was used (``cached``), the cache file, the
+    token count and the cache key's parts.
+    """
+    from .corpus import read_text, stats_text_path
+
+    path = Path(text_path) if text_path else stats_text_path()
+    text = read_text(path)
+    corpus_hash = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    weights_fp = key_weights_fingerprint(lm, layer)
+    parts = {
+        "weights": weights_fp,
+        "layer": layer,
+        "corpus": corpus_hash,
+        "n_tokens": n_tokens,
+        "seq_len": seq_len,
+        "dtype": dtype,
+    }
+    key = repr(sorted(parts.items()))
+    file = _stats_path(key)
+    info = {"cached": False, "file": str(file), **parts}
+    if file.is_file():
+        try:
+            C = load_file(str(file))["C"]
+            info["cached"] = True
+            return C.to(lm.device), info
+        except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+            log.warning("statistics cache %s unreadable; recomputing", file)
+    windows = corpus_tokens(lm, text, n_tokens, seq_len)
+    C, count = collect_second_moment(
+        lm, layer, windows, dtype=getattr(torch, dtype), progress=progress, cancel=cancel
+    )
+    C = C.float().cpu()
+    info["tokens"] = count
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(file.name + ".tmp")
+    save_file({"C": C.contiguous()}, str(tmp), metadata={k: str(v) for k, v in parts.items()})
+    tmp.replace(file)
+    return C.to(lm.device), info
