@@ -224,3 +224,27 @@ def test_open_refuses_a_changed_base(demo_dir: Path, tmp_path: Path) -> None:
     save_file(tensors, str(base / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(WorkspaceError, match="not the one this workspace was built on"):
         Workspace.open(tmp_path / "ws", device="cpu")
+
+
+REVERTER = textwrap.dedent("""
+    import sys
+    from auditor.workspace import Workspace
+    ws = Workspace.open(sys.argv[1], device="cpu")
+    print(ws.revert(int(sys.argv[2])).id, flush=True)
+""")
+
+
+def test_two_processes_writing_to_one_workspace_at_once(ws: Workspace) -> None:
+    first, second = [e.id for e in ws.ledger.active()][:2]
+    n = len(ws.ledger)
+    procs = [subprocess.Popen([sys.executable, "-c", REVERTER, str(ws.directory), str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in (first, second)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert sorted(int(out) for out, _ in outs) == [n + 1, n + 2]  # both appended, in some order
+    assert ws.verify()["ok"]
+    assert {first, second} <= ws.ledger.reverted_ids()
+    ws._sync()
+    assert ws.state()["match"]  # each process caught up with the other before writing
+    assert ws.replay()["match"]
