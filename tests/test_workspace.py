@@ -248,3 +248,23 @@ def test_two_processes_writing_to_one_workspace_at_once(ws: Workspace) -> None:
     ws._sync()
     assert ws.state()["match"]  # each process caught up with the other before writing
     assert ws.replay()["match"]
+
+
+def test_cli_workspace_init_and_revert(ws: Workspace, demo_dir: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:
+    from auditor.cli import main
+
+    target = tmp_path / "new-ws"
+    assert main(["workspace", "init", str(demo_dir), str(target), "--device", "cpu", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["base_fingerprint"] == ws.base_fingerprint and info["dtype"] == "float32"
+    assert (target / "ledger.db").is_file()
+    assert main(["workspace", "init", str(demo_dir), str(target), "--device", "cpu"]) == 2
+    assert "already a workspace" in capsys.readouterr().err
+    victim = ws.ledger.active()[-1].id
+    assert main(["revert", "--workspace", str(ws.directory), str(victim), "--note", "cli", "--device", "cpu",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reverts"] == victim and ws.ledger.get(out["id"]).note == "cli"
+    assert main(["revert", "--workspace", str(ws.directory), str(victim), "--device", "cpu"]) == 2
+    assert "already reverted" in capsys.readouterr().err
