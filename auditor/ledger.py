@@ -358,8 +358,15 @@ class Ledger:
         return db
 
     def close(self) -> None:
+        """Close every thread's connection, folding the WAL into ledger.db first (a copy of
+        the folder without ``ledger.db-wal`` is then complete)."""
         with self._lock:
             for conn in self._connections:
+                try:
+                    if not conn.in_transaction:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
