@@ -102,6 +102,8 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
         print_json(report)
     elif report["ok"]:
         print(f"ok: {report['entries']} entries, chain and deltas intact; head {report['head']}")
+        for w in report["warnings"]:
+            print(f"  warning: entry {w['id']}: {w['reason']}")
     else:
         print(f"FAILED: first bad entry {report['first_bad']}: {report['reason'].split(': ', 1)[-1]}")
         for p in report["problems"][1:]:

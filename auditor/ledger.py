@@ -566,10 +566,14 @@ class Ledger:
     def verify(self, *, check_deltas: bool = True) -> dict[str, Any]:
         """Re-derive every content hash, the chain, and every delta file's hashes.
 
-        Returns ``{"ok", "entries", "first_bad", "reason", "problems": [{"id", "reason"}]}``;
-        ``first_bad`` is the lowest entry id with a problem (None when all is well).
+        Returns ``{"ok", "entries", "first_bad", "reason", "problems": [{"id", "reason"}], "warnings",
+        "head"}``; ``first_bad`` is the lowest entry id with a problem (None when all is well).
+        ``warnings`` (which do not make ``ok`` false) name entries whose ``fingerprint_before`` is not
+        the state recorded before them: a history that forked, not a changed record.
         """
         problems: list[dict[str, Any]] = []
+        warnings: list[dict[str, Any]] = []  # consistent hashes, inconsistent history
+        state = self.genesis.get("base_fingerprint")  # the model fingerprint the entries should start from
         prev = self.genesis_hash
         expected_id = 1
         checked_files: dict[str, str | None] = {}
@@ -598,6 +602,10 @@ class Ledger:
                     checked_files[key] = self._check_delta(row["delta_hash"], row.get("delta_file_sha256"))
                 if checked_files[key]:
                     bad(checked_files[key])
+            if row.get("fingerprint_before") and state and row["fingerprint_before"] != state:
+                warnings.append({"id": eid, "reason": "its fingerprint_before is not the model state recorded "
+                                                      "before it (written by a writer that had not caught up)"})
+            state = row.get("fingerprint_after") or state
             if row.get("kind") == "revert":
                 if row.get("reverts") not in applied_edits:
                     bad(f"it reverts entry {row.get('reverts')}, which is not an earlier applied edit")
@@ -612,6 +620,7 @@ class Ledger:
             "first_bad": first["id"] if first else None,
             "reason": f"entry {first['id']}: {first['reason']}" if first else None,
             "problems": problems,
+            "warnings": warnings,
             "head": prev,
         }
 

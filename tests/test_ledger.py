@@ -76,7 +76,15 @@ def test_entries_chain_from_the_genesis_and_verify(three: Ledger) -> None:
     assert three.head_hash == entries[-1].content_hash
     report = three.verify()
     assert report == {"ok": True, "entries": 3, "first_bad": None, "reason": None, "problems": [],
-                      "head": entries[-1].content_hash}
+                      "warnings": [], "head": entries[-1].content_hash}
+
+
+def test_a_history_that_forks_is_reported_as_a_warning(ledger: Ledger) -> None:
+    base = GENESIS["base_fingerprint"]
+    ledger.append(fields(1, fingerprint_before=base, fingerprint_after="sha256:" + "1" * 64))
+    ledger.append(fields(2, fingerprint_before=base, fingerprint_after="sha256:" + "2" * 64))  # missed entry 1
+    report = ledger.verify()
+    assert report["ok"] and [w["id"] for w in report["warnings"]] == [2]
 
 
 def test_schema_is_versioned_wal_and_append_only(three: Ledger) -> None:
