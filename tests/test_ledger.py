@@ -319,6 +319,9 @@ def test_cli_reads_the_ledger_and_verify_fails_on_tampering(three: Ledger, capsy
     assert [e["id"] for e in json.loads(capsys.readouterr().out)] == [3]
     assert main(["ledger", "verify", "--workspace", ws]) == 0
     assert "ok: 3 entries" in capsys.readouterr().out
+    assert main(["ledger", "schema", "--workspace", ws]) == 0
+    schema = capsys.readouterr().out
+    assert "m001_initial" in schema and "CREATE TABLE entries" in schema and "append_only" in schema
     tamper(three.path, "UPDATE entries SET target_new = 'Spain' WHERE id = 2")
     assert main(["ledger", "verify", "--workspace", ws, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["first_bad"] == 2
