@@ -315,7 +315,7 @@ def test_export_and_revert_from_the_window_equal_the_command_line(window, qtbot,
 def test_verify_reports_a_tampered_ledger(window, qtbot):
     ws_dir = Path(str(window.workspace.directory))
     click(window.audit.verify_button)
-    qtbot.waitUntil(lambda: not window.runner.busy and window.audit.verify_result.text(), timeout=120_000)
+    qtbot.waitUntil(lambda: not window.runner.busy and bool(window.audit.verify_result.text()), timeout=120_000)
     assert "verified" in window.audit.verify_result.text()
     con = sqlite3.connect(ws_dir / "ledger.db")
     con.execute("DROP TRIGGER entries_append_only_update")
@@ -324,7 +324,7 @@ def test_verify_reports_a_tampered_ledger(window, qtbot):
     con.close()
     window.audit.verify_result.clear()
     click(window.audit.verify_button)
-    qtbot.waitUntil(lambda: not window.runner.busy and window.audit.verify_result.text(), timeout=120_000)
+    qtbot.waitUntil(lambda: not window.runner.busy and bool(window.audit.verify_result.text()), timeout=120_000)
     text = window.audit.verify_result.text()
     assert "FAILED" in text and "entry 1" in text
 
@@ -377,7 +377,9 @@ def test_reopens_the_last_workspace(qtbot, edited, tmp_path):
     ws_dir = copy_workspace(edited["ws_dir"], tmp_path / "ws")
     first = MainWindow(restore_last=True)
     qtbot.addWidget(first)
-    assert first.stack.currentIndex() == 0  # the welcome page offers the demo model
+    qtbot.wait(100)  # restore_last runs from the event loop
+    assert first.stack.currentIndex() == 0 and not first.runner.busy  # the welcome page offers the demo
+    first.close()
     settings.put(settings.LAST_WORKSPACE, str(ws_dir))
     w = MainWindow(restore_last=True)
     qtbot.addWidget(w)
