@@ -303,3 +303,42 @@ def test_icon_files_exist():
     assert (icons / "edit-auditor.svg").read_text().lstrip().startswith("<?xml")
     img = QImage(str(icons / "edit-auditor.png"))
     assert (img.width(), img.height()) == (256, 256)
+
+
+def test_dropping_a_folder_or_gguf_opens_it_and_errors_arrive_as_messages(qtbot, tmp_path):
+    from PySide6.QtCore import QMimeData, QPoint, QPointF, QUrl
+    from PySide6.QtGui import QDragEnterEvent, QDropEvent
+    from PySide6.QtWidgets import QApplication
+
+    from ui import settings
+    from ui.main_window import MainWindow
+
+    settings.put(settings.WORKSPACES_DIR, str(tmp_path / "workspaces"))
+    w = MainWindow(restore_last=False)
+    qtbot.addWidget(w)
+
+    def drag(path: Path):
+        mime = QMimeData()
+        mime.setUrls([QUrl.fromLocalFile(str(path))])
+        enter = QDragEnterEvent(QPoint(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                                Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(w, enter)
+        drop = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                          Qt.KeyboardModifier.NoModifier)
+        return enter, drop, mime
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model")
+    enter, _, _ = drag(text)
+    assert not enter.isAccepted()  # only folders and .gguf files are taken
+
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    enter, drop, _mime = drag(folder)
+    assert enter.isAccepted()
+    with qtbot.waitSignal(w.runner.failed, timeout=120_000) as blocker:
+        QApplication.sendEvent(w, drop)
+    name, message = blocker.args
+    assert name == "open" and "config.json" in message
+    assert w.workspace is None and not (tmp_path / "workspaces" / "not-a-model").exists()
+    assert "config.json" in w.last_error

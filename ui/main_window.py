@@ -133,7 +133,9 @@ class MainWindow(QMainWindow):
             return a
 
         self.open_model_action = action("Open &model…", self.choose_model, "Ctrl+O",
-                                        "Open a Hugging Face folder or a .gguf file in a new workspace")
+                                        "Open a Hugging Face checkpoint folder in a new workspace")
+        self.open_gguf_action = action("Open &GGUF…", self.choose_gguf, "Ctrl+G",
+                                       "Import a .gguf file (once) and open it in a new workspace")
         self.open_ws_action = action("Open &workspace…", self.choose_workspace, "Ctrl+Shift+O",
                                      "Open an existing workspace folder")
         self.demo_action = action("Open the &demo model", lambda: self.open_path("demo"), None,
@@ -144,7 +146,7 @@ class MainWindow(QMainWindow):
         self.quit_action = action("&Quit", self.close, "Ctrl+Q")
         menu = self.menuBar()
         file_menu = menu.addMenu("&File")
-        for a in (self.open_model_action, self.open_ws_action, self.demo_action):
+        for a in (self.open_model_action, self.open_gguf_action, self.open_ws_action, self.demo_action):
             file_menu.addAction(a)
         file_menu.addSeparator()
         file_menu.addAction(self.export_action)
@@ -160,7 +162,7 @@ class MainWindow(QMainWindow):
         tools.setObjectName("mainToolbar")
         tools.setMovable(False)
         tools.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
-        for a in (self.open_model_action, self.open_ws_action, self.demo_action):
+        for a in (self.open_model_action, self.open_gguf_action, self.open_ws_action, self.demo_action):
             tools.addAction(a)
         tools.addSeparator()
         tools.addAction(self.verify_action)
@@ -201,12 +203,15 @@ class MainWindow(QMainWindow):
         self.welcome_demo = QPushButton("Open the demo model")
         self.welcome_demo.setMinimumHeight(36)
         self.welcome_demo.clicked.connect(lambda: self.open_path("demo"))
-        other = QPushButton("Open a model or workspace…")
+        other = QPushButton("Open a model folder…")
         other.clicked.connect(self.choose_model)
+        gguf = QPushButton("Open a GGUF file…")
+        gguf.clicked.connect(self.choose_gguf)
         row = QHBoxLayout()
         row.addStretch(1)
         row.addWidget(self.welcome_demo)
         row.addWidget(other)
+        row.addWidget(gguf)
         row.addStretch(1)
         box.addWidget(title)
         box.addWidget(text)
@@ -309,11 +314,16 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("First run: open the demo model to start.")
 
     def choose_model(self) -> None:
+        """A Hugging Face checkpoint folder (or a workspace folder)."""
         start = settings.get(settings.LAST_OPEN_DIR) or str(Path.home())
-        path, _ = QFileDialog.getOpenFileName(self, "Open a .gguf file (Cancel to pick a folder)", start,
-                                              "GGUF checkpoints (*.gguf)")
-        if not path:
-            path = QFileDialog.getExistingDirectory(self, "Open a checkpoint or workspace folder", start)
+        path = QFileDialog.getExistingDirectory(self, "Open a checkpoint or workspace folder", start)
+        if path:
+            settings.put(settings.LAST_OPEN_DIR, str(Path(path).parent))
+            self.open_path(path)
+
+    def choose_gguf(self) -> None:
+        start = settings.get(settings.LAST_OPEN_DIR) or str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF checkpoint", start, "GGUF checkpoints (*.gguf)")
         if path:
             settings.put(settings.LAST_OPEN_DIR, str(Path(path).parent))
             self.open_path(path)
@@ -541,7 +551,8 @@ class MainWindow(QMainWindow):
             self.panel.apply_button.setEnabled(False)
         if not busy:
             self.panel.set_enabled_for_model(self.workspace is not None)
-        for a in (self.open_model_action, self.open_ws_action, self.demo_action, self.welcome_demo):
+        for a in (self.open_model_action, self.open_gguf_action, self.open_ws_action, self.demo_action,
+                  self.welcome_demo):
             a.setEnabled(not busy)
         self.audit.revert_button.setEnabled(not busy and revertible(self.audit.current))
         self.audit.verify_button.setEnabled(not busy)
