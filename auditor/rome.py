@@ -250,6 +250,8 @@ def optimise_value(
 
     gather_pos = torch.stack([torch.arange(len(target), device=lm.device) + s for s in spans])  # (n_rw, L)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
+    trunk = lm.model.base_model  # the decoder stack with its final norm (no LM head)
+    head = lm.model.get_output_embeddings()
     res = ValueResult(v_star=torch.empty(0), v_init=torch.empty(0))
     kl_init: torch.Tensor | None = None
     handle = module.register_forward_hook(edit_output)
@@ -260,14 +262,14 @@ def optimise_value(
                 if cancelled is not None and cancelled():
                     raise Cancelled
                 opt.zero_grad()
-                logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                vocab = logits.shape[-1]
-                sel = logits[:n_rw].gather(1, gather_pos.unsqueeze(-1).expand(-1, -1, vocab))  # (n_rw, L, V)
-                logp = torch.log_softmax(sel.float(), -1)
+                hidden = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, T, H)
+                width = hidden.shape[-1]
+                sel = hidden[:n_rw].gather(1, gather_pos.unsqueeze(-1).expand(-1, -1, width))  # (n_rw, L, H)
+                logp = torch.log_softmax(head(sel).float(), -1)  # (n_rw, L, V): the head only where needed
                 tok_logp = logp.gather(2, target_t.expand(n_rw, -1).unsqueeze(-1)).squeeze(-1)  # (n_rw, L)
                 nll_each = -tok_logp.mean(1)  # (n_rw,)
                 nll = nll_each.mean()
-                kl_logp = torch.log_softmax(logits[n_rw, lookups[n_rw]].float(), -1)
+                kl_logp = torch.log_softmax(head(hidden[n_rw, lookups[n_rw]]).float(), -1)
                 if kl_init is None:
                     kl_init = kl_logp.detach().clone()
                 kl = hp.kl_factor * F.kl_div(kl_logp, kl_init, log_target=True, reduction="sum")
