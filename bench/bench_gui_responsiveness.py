@@ -15,6 +15,7 @@ Runs unchanged on a GPU machine (the device follows the app's setting, ``auto`` 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -81,6 +82,17 @@ def main() -> int:
     spin(lambda: not window.runner.busy and not panel._answer_timer.isActive(), 60)
     spin(lambda: not window.runner.busy, 120)
 
+    # the collector runs on the GUI thread (ui.worker): time its passes, to tell them from GIL waits
+    gc_pauses: list[tuple[float, int]] = []
+    gc_start = {"t": 0.0}
+
+    def on_gc(phase_name, info):
+        if phase_name == "start":
+            gc_start["t"] = time.perf_counter()
+        else:
+            gc_pauses.append(((time.perf_counter() - gc_start["t"]) * 1000, info.get("generation", -1)))
+
+    gc.callbacks.append(on_gc)
     rows = []
     for run in range(args.runs):
         gaps.clear()
@@ -99,7 +111,13 @@ def main() -> int:
         v_ms = [g for g, ph in gaps[1:] if ph == "v"] or [0.0]
         rows.append((run + 1, wall, len(ms), max(ms), statistics.quantiles(ms, n=100)[98] if len(ms) > 2 else max(ms),
                      max(v_ms), sum(1 for g in ms if g > 100), window.live_chart.steps))
+        by_phase: dict[str, float] = {}
+        for g, ph in gaps[1:]:
+            by_phase[ph] = max(by_phase.get(ph, 0.0), g)
+        print(f"run {run + 1}: longest gap per phase (ms): "
+              + ", ".join(f"{ph} {g:.0f}" for ph, g in by_phase.items()))
     window.close()
+    gc.callbacks.remove(on_gc)
 
     print()
     print(f"{'run':>3} {'edit s':>7} {'ticks':>6} {'longest stall ms':>17} {'p99 ms':>7} "
@@ -107,6 +125,11 @@ def main() -> int:
     for r in rows:
         print(f"{r[0]:>3} {r[1]:>7.1f} {r[2]:>6} {r[3]:>17.0f} {r[4]:>7.0f} {r[5]:>17.0f} {r[6]:>13} {r[7]:>9}")
     worst = max(r[3] for r in rows)
+    if gc_pauses:
+        longest, gen = max(gc_pauses)
+        print(f"garbage collections during the runs: {len(gc_pauses)}, longest {longest:.1f} ms (generation {gen})")
+    if hasattr(os, "getloadavg"):
+        print(f"load average during the runs: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"\nlongest GUI event-loop stall during an edit: {worst:.0f} ms "
           f"(timer interval {TICK_MS} ms; target < 100 ms: {'met' if worst < 100 else 'NOT met'})")
     return 0
