@@ -28,7 +28,7 @@ PHASES = ("stats", "eval_before", "keys", "v", "update", "eval", "total")
 
 
 def _row(label: str, timings: dict, extra: str = "") -> str:
-    return f"{label:<22}" + "".join(f"{timings.get(p, 0.0):>10.2f}" for p in PHASES) + f"  {extra}"
+    return f"{label:<22}" + "".join(f"{timings.get(p, 0.0):>12.2f}" for p in PHASES) + f"  {extra}"
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     requests = load_requests(DEMO / "known_facts.json") + load_requests(DEMO / "first_token_subjects.json")
     print(f"device {lm.device} ({torch.cuda.get_device_name(lm.device) if lm.device.type == 'cuda' else 'CPU'}), "
           f"torch threads {torch.get_num_threads()}, load {load_s:.1f} s")
-    print(f"{'seconds':<22}" + "".join(f"{p:>10}" for p in PHASES))
+    print(f"{'seconds':<22}" + "".join(f"{p:>12}" for p in PHASES))
 
     editor = Editor(lm)
     first = editor.edit(requests[0], key_mode=args.key_mode, dry_run=True)
