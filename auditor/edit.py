@@ -293,10 +293,7 @@ class Editor:
                 result.error = "collapse risk: " + "; ".join(result.collapse_reasons) + " (override to apply)"
             else:
                 result.status = "applied"
-        except rome.Cancelled:
-            self._restore(weight, snapshot, applied)
-            raise EditCancelled("the edit was cancelled; the weights are unchanged") from None
-        except InterruptedError:
+        except (rome.Cancelled, InterruptedError):  # InterruptedError: cancelled during key statistics
             self._restore(weight, snapshot, applied)
             raise EditCancelled("the edit was cancelled; the weights are unchanged") from None
         except (rome.RomeError, HParamsError) as e:
@@ -327,7 +324,7 @@ class Editor:
         if request.neighborhood:
             before["neighborhood"] = metrics.locality_reference(self.lm, request.neighborhood)
         if request.target_true is not None:
-            before["efficacy"] = metrics._success(self.lm, [request.text], request.target_new,
+            before["efficacy"] = metrics.success(self.lm, [request.text], request.target_new,
                                                   request.target_true)[0]
         if measure_ppl:
             emit(Progress("ppl", message="perplexity before"))

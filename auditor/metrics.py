@@ -60,7 +60,7 @@ def score(lm: LoadedModel, prompts: list[str], targets: list[str], batch_size: i
     return out
 
 
-def _success(lm: LoadedModel, prompts: list[str], new: str, true: str | None) -> list[float]:
+def success(lm: LoadedModel, prompts: list[str], new: str, true: str | None) -> list[float]:
     """Per prompt: 1/0 new beats true (CounterFact), or token accuracy of new (no true target)."""
     if not prompts:
         return []
@@ -92,9 +92,9 @@ def evaluate(
     new, true = request.target_new, request.target_true
     edit = score(lm, [request.text], [new])[0]
     m: dict = {
-        "efficacy": _success(lm, [request.text], new, true)[0],
+        "efficacy": success(lm, [request.text], new, true)[0],
         "target_prob": edit.prob,
-        "generalization": _mean(_success(lm, request.paraphrases, new, true)),
+        "generalization": _mean(success(lm, request.paraphrases, new, true)),
         "locality": None,
         "portability": None,
         "prefixed_efficacy": None,
@@ -108,7 +108,7 @@ def evaluate(
         m["portability"] = _mean([s.accuracy for s in ps])
     if prefix_template is not None:
         prefixed = prefix_template.replace("{}", request.text, 1)
-        m["prefixed_efficacy"] = _success(lm, [prefixed], new, true)[0]
+        m["prefixed_efficacy"] = success(lm, [prefixed], new, true)[0]
         m["prefixed_target_prob"] = score(lm, [prefixed], [new])[0].prob
     return m
 

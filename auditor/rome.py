@@ -48,8 +48,8 @@ class Cancelled(Exception):
     """The caller's cancel flag was raised during the computation."""
 
 
-class _StopForward(Exception):
-    pass
+class StopForward(Exception):
+    """Raised from a hook once the edited module has its input: later layers are not needed."""
 
 
 # ------------------------------------------------------------------ tokens
@@ -130,12 +130,12 @@ def module_inputs(lm: LoadedModel, layer: int, texts: list[str], positions: list
 
     def hook(_mod, args):
         captured.append(args[0])
-        raise _StopForward
+        raise StopForward
 
     handle = module.register_forward_pre_hook(hook)
     try:
         lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
-    except _StopForward:
+    except StopForward:
         pass
     finally:
         handle.remove()

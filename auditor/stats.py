@@ -25,14 +25,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import LoadedModel, cache_dir, fingerprint_tensors, named_unique_tensors
+from .rome import StopForward
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]  # (tokens done, tokens total)
-
-
-class _StopForward(Exception):
-    """Raised by the hook once the edited module has its input: the rest of the model is not needed."""
 
 
 def key_weights_fingerprint(lm: LoadedModel, layer: int) -> str:
@@ -84,7 +81,7 @@ def collect_second_moment(
         k = args[0].reshape(-1, dim).to(dtype)  # (B*T, dim)
         acc += k.T @ k
         count += k.shape[0]
-        raise _StopForward
+        raise StopForward
 
     handle = module.register_forward_pre_hook(hook)
     try:
@@ -95,7 +92,7 @@ def collect_second_moment(
             batch = windows[start:start + batch_size].to(lm.device)
             try:
                 lm.model(input_ids=batch, use_cache=False)
-            except _StopForward:
+            except StopForward:
                 pass
             if progress:
                 progress(min(count, total), total)
