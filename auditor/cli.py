@@ -1,11 +1,17 @@
 """``edit-auditor``: the command line.
 
 ``main()`` builds one ``argparse`` parser with the foundation's subcommands (``info``, ``ppl``,
-``demo``) and then lets every module named in :data:`COMMAND_MODULES` that is installed add its
-own: each such module defines ``register(subparsers)`` and sets a handler with
+``demo``) and then lets every module named in :data:`COMMAND_MODULES` (the core's own commands)
+and every module registered under the entry-point group :data:`ENTRY_POINT_GROUP` (optional
+commands such as the window's ``gui``, declared in ``pyproject.toml`` as simonw/llm declares its
+plugins) add its own: each such module defines ``register(subparsers)`` and sets a handler with
 ``parser.set_defaults(func=handler)``, where ``handler(args) -> int`` returns the exit code.
 A module may also define ``ERRORS``, a tuple of exception classes that are the user's fault;
 they are reported like the foundation's own.
+
+The core never imports ``ui`` or Qt: it only knows the entry point's *name*, and a plugin's
+``register`` must not import its heavy dependencies (``gui`` imports the window only when it
+runs). A plugin that cannot be imported is left out; every core command keeps working.
 
 Errors a user can fix (:class:`~auditor.checkpoint.CheckpointError`,
 :class:`~auditor.requests.RequestError`, :class:`~auditor.architectures.UnsupportedArchitecture`,
@@ -38,7 +44,12 @@ if TYPE_CHECKING:
     from .checkpoint import LoadedModel
 
 PROG = "edit-auditor"
-COMMAND_MODULES: tuple[str, ...] = ("auditor.cli_edit", "auditor.cli_ledger", "ui.cli_gui")
+# The core's command modules (one line per module; optional commands use ENTRY_POINT_GROUP).
+COMMAND_MODULES: tuple[str, ...] = (
+    "auditor.cli_edit",
+    "auditor.cli_ledger",
+)
+ENTRY_POINT_GROUP = "edit_auditor.commands"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -212,10 +223,31 @@ def _import_command_module(name: str) -> ModuleType | None:
         raise
 
 
+def plugin_modules() -> list[ModuleType]:
+    """The modules registered under :data:`ENTRY_POINT_GROUP`, by entry-point name; those that
+    cannot be imported (a missing or broken optional dependency) are skipped with a log line."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, ModuleType] = {}
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if ep.name in found:
+            continue
+        try:
+            module = ep.load()
+        except ImportError as e:
+            logging.getLogger(__name__).debug("command %r left out: %s", ep.name, e)
+            continue
+        if isinstance(module, ModuleType) and callable(getattr(module, "register", None)):
+            found[ep.name] = module
+    return list(found.values())
+
+
 def command_modules() -> list[ModuleType]:
-    """This module first, then every installed module of :data:`COMMAND_MODULES`."""
+    """This module first, then every installed module of :data:`COMMAND_MODULES`, then the
+    entry-point plugins (:func:`plugin_modules`)."""
     found = [_import_command_module(name) for name in COMMAND_MODULES]
-    return [sys.modules[__name__], *(m for m in found if m is not None)]
+    core = [sys.modules[__name__], *(m for m in found if m is not None)]
+    return core + [m for m in plugin_modules() if m not in core]
 
 
 def build_parser(modules: Sequence[ModuleType] | None = None) -> argparse.ArgumentParser:
@@ -266,5 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(args.func, args, errors)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m auditor.cli`: run the importable module, so that plugins
+    # raising auditor.cli.CliError are caught by the same class
+    sys.exit(importlib.import_module("auditor.cli").main())

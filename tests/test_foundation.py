@@ -162,6 +162,6 @@ def test_every_command_has_help_text() -> None:
 def test_command_modules_are_optional() -> None:
     from auditor import cli
 
-    assert "ui.cli_gui" in COMMAND_MODULES
+    assert "auditor.cli_ledger" in COMMAND_MODULES and "ui.cli_gui" not in COMMAND_MODULES
     assert cli._import_command_module("auditor.no_such_commands") is None
     assert cli._import_command_module("no_such_package.cli") is None

@@ -19,6 +19,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QStyleFactory
 
 from . import settings
+from .cli_gui import add_arguments
 
 ICON_DIR = Path(__file__).resolve().parent.parent / "resources" / "icons"
 
@@ -76,13 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     return run(args.path, args.device)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", nargs="?", default=None,
-                        help="workspace folder, checkpoint folder, .gguf file or 'demo' to open "
-                             "(default: the last workspace, or the welcome page on the first run)")
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (remembered)")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,28 @@
-"""``edit-auditor gui``: the window, registered as a subcommand of the command line."""
+"""``edit-auditor gui``: the window, registered as an optional subcommand of the command line.
+
+Registered through the ``edit_auditor.commands`` entry-point group (``pyproject.toml``), so the
+core's command line never imports ``ui``. This module imports nothing from Qt: ``register`` only
+declares the arguments, and the window (PySide6) is imported when ``gui`` runs. Without a usable
+PySide6 (not installed, or a headless machine without libEGL) ``gui`` fails with one line and
+every other command works.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from auditor.cli import fail
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The window's arguments (shared by ``edit-auditor gui`` and ``edit-auditor-gui``)."""
+    parser.add_argument("path", nargs="?", default=None,
+                        help="workspace folder, checkpoint folder, .gguf file or 'demo' to open "
+                             "(default: the last workspace, or the welcome page on the first run)")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (remembered)")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .app import add_arguments
-
     p = subparsers.add_parser("gui", help="open the Edit Auditor window",
                               description="Open the desktop window: edit with live charts, review, "
                                           "revert and export from the audit trail.")
@@ -16,6 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
-    from .app import run
-
+    try:
+        from .app import run
+    except ImportError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise fail(f"the window cannot start: Qt (PySide6) cannot be imported ({first}); "
+                   "install PySide6 and its system libraries (README), or use the other commands") from None
     return run(args.path, args.device)
