@@ -27,7 +27,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ANCHOR_FORMAT = "edit-auditor-ledger-head"
 ANCHOR_VERSION = 1
@@ -88,7 +88,7 @@ def write_anchor(path: Path, anchor: HeadAnchor) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def normalise_hash(text: str) -> str:
@@ -100,7 +100,8 @@ def normalise_hash(text: str) -> str:
     return "sha256:" + digest
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, so a rename inside it survives a power cut (best effort)."""
     try:
         fd = os.open(str(path), os.O_RDONLY)
     except OSError:
@@ -111,3 +112,36 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def head_problems(anchor: HeadAnchor | None, newest_id: int, hash_of: Callable[[int], str | None],
+                  high_water: int, ledger_id: str | None, name: str = "ledger.head",
+                  ) -> tuple[list[tuple[int | None, str]], list[tuple[int | None, str]]]:
+    """What the anchor and the high-water mark say about the ledger's newest entries.
+
+    ``newest_id``: the largest id in the entries table (0: none); ``hash_of(id)``: that entry's
+    content hash (the genesis hash for 0, None when absent). Returns ``(problems, warnings)``, each
+    a list of ``(entry id or None, reason)``.
+    """
+    problems: list[tuple[int | None, str]] = []
+    warnings: list[tuple[int | None, str]] = []
+    if anchor is None:
+        problems.append((None, f"the head file {name} is missing, so deleted newest entries could not be "
+                               "told apart from a shorter ledger (was it deleted with them?)"))
+    elif ledger_id is not None and anchor.ledger_id != ledger_id:
+        problems.append((None, f"the head file {name} belongs to another ledger ({anchor.ledger_id})"))
+    elif anchor.last_id > newest_id:
+        problems.append((newest_id + 1, f"missing: {name} records entry {anchor.last_id} ({anchor.head[:23]}...) "
+                                        f"as the head, but the newest entry is {newest_id}: entries were deleted"))
+    elif hash_of(anchor.last_id) != anchor.head:
+        problems.append((anchor.last_id or None,
+                         f"does not match the head recorded in {name} ({anchor.head[:23]}...): "
+                         "entries were replaced"))
+    elif anchor.last_id < newest_id:
+        warnings.append((anchor.last_id + 1, f"{name} still names entry {anchor.last_id}: later entries were "
+                                             "committed without it being updated (a crash?); the next append updates it"))
+    high = max(high_water, anchor.high_water if anchor else 0)
+    if high > newest_id and not any(eid == newest_id + 1 for eid, _ in problems):
+        problems.append((newest_id + 1, f"missing: ids up to {high} were given out, but the newest entry is "
+                                        f"{newest_id}: entries were deleted"))
+    return problems, warnings

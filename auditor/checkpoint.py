@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from .architectures import ArchSpec, UnsupportedArchitecture, spec_for
+from .config_check import ConfigError, check_config, read_config
 
 log = logging.getLogger(__name__)
 
@@ -176,19 +177,38 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if not cfg.is_file():
         raise CheckpointError(f"{folder}: no config.json; not a Hugging Face checkpoint folder")
     try:
-        return json.loads(cfg.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg}: not valid JSON ({e})") from None
+        raw = read_config(cfg)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    if raw.get("model_type") is not None and not isinstance(raw["model_type"], str):
+        raise CheckpointError(f"{cfg}: model_type must be a string")
+    return raw
+
+
+def _check_config(folder: Path, raw: dict[str, Any], weight_files: list[Path]) -> None:
+    """Types, limits and a size the weight files can back, before transformers builds anything."""
+    try:
+        check_config(raw, weight_bytes=sum(f.stat().st_size for f in weight_files), where=str(folder / "config.json"))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _safetensors_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            if index.stat().st_size > 64 << 20:
+                raise ValueError("larger than 64 MB")
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise ValueError("weight_map must map tensor names to file names")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, RecursionError) as e:
             raise CheckpointError(f"{index}: malformed shard index ({e})") from None
-        files = sorted({folder / f for f in weight_map.values()})
+        names = set(weight_map.values())
+        outside = sorted(n for n in names if Path(n).name != n or not n.endswith(".safetensors"))
+        if outside:
+            raise CheckpointError(f"{index}: names a shard outside the folder or not a .safetensors file: {outside[0][:80]!r}")
+        files = sorted(folder / f for f in names)
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise CheckpointError(f"{folder}: shard(s) listed in the index are missing: {', '.join(missing)}")
@@ -211,8 +231,8 @@ def _check_safetensors(path: Path) -> None:
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         if 8 + n + end != size:
             raise ValueError(f"expected {8 + n + end} bytes, found {size} (truncated or padded)")
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt safetensors file ({e})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors file ({type(e).__name__}: {e})") from None
 
 
 def _load_pickle_state(folder: Path) -> dict[str, torch.Tensor]:
@@ -269,6 +289,7 @@ def load_folder(
         raise CheckpointError(f"{folder}: no *.safetensors weights found")
     for f in files:
         _check_safetensors(f)
+    _check_config(folder, raw_cfg, files or [folder / p for p in pickles])
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
         if files:
@@ -286,7 +307,8 @@ def load_folder(
                 raise CheckpointError(f"{folder}: pickle weights lack {len(real_missing)} tensors, e.g. {real_missing[0]}")
     except CheckpointError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError, IndexError,
+            OverflowError, RecursionError) as e:  # a hostile config reaches many corners of transformers
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{folder}: cannot load the model: {first}") from None
     try:
@@ -328,14 +350,48 @@ def _sha256_file(path: Path, progress: Callable[[int, int], None] | None = None)
     return h.hexdigest()
 
 
+GGUF_BITS_MIN = 2  # the smallest GGUF quantisation stores about 2 bits per weight
+
+
 def _check_gguf(path: Path) -> None:
     try:
         from gguf import GGUFReader
 
-        GGUFReader(str(path))
+        reader = GGUFReader(str(path))
     except Exception as e:  # noqa: BLE001 - the gguf reader raises many kinds on bad files
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path}: not a readable GGUF file ({first})") from None
+    try:  # the sizes transformers will build a model from, checked like a config.json
+        # check_config counts 16 bits per parameter; a GGUF may hold as few as GGUF_BITS_MIN
+        check_config(_gguf_sizes(reader), where=str(path),
+                     weight_bytes=path.stat().st_size * (16 // GGUF_BITS_MIN))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _gguf_sizes(reader: Any) -> dict[str, Any]:
+    """The GGUF metadata that sizes the model, under config.json's names."""
+    def scalar(key: str) -> Any:
+        field = reader.fields.get(key)
+        if field is None:
+            return None
+        try:
+            value = field.contents()
+        except Exception:  # noqa: BLE001 - a malformed field
+            raise ConfigError(f"GGUF field {key} is malformed") from None
+        return value.item() if hasattr(value, "item") else value
+
+    arch = scalar("general.architecture")
+    if not isinstance(arch, str):
+        raise ConfigError("GGUF metadata has no general.architecture")
+    names = {"num_hidden_layers": "block_count", "hidden_size": "embedding_length",
+             "intermediate_size": "feed_forward_length", "num_attention_heads": "attention.head_count",
+             "num_key_value_heads": "attention.head_count_kv", "max_position_embeddings": "context_length",
+             "vocab_size": "vocab_size"}
+    raw = {name: scalar(f"{arch}.{key}") for name, key in names.items()}
+    if raw["vocab_size"] is None and "tokenizer.ggml.tokens" in reader.fields:
+        raw["vocab_size"] = len(reader.fields["tokenizer.ggml.tokens"].data)
+    return {k: v for k, v in raw.items() if v is not None}
 
 
 def import_gguf(gguf: Path, out_dir: Path | None = None) -> Path:

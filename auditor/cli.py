@@ -250,8 +250,19 @@ def command_modules() -> list[ModuleType]:
     return core + [m for m in plugin_modules() if m not in core]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (``edit-auditor: error: ...``, exit 2) like every
+    other user error, naming the subcommand and where its help is, instead of a usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sub = self.prog[len(PROG):].strip()
+        where = f"{sub}: " if sub else ""
+        self.exit(EXIT_USER_ERROR, f"{PROG}: error: {where}{' '.join(message.split())} "
+                                   f"(see `{self.prog} --help`)\n")
+
+
 def build_parser(modules: Sequence[ModuleType] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description="Apply, measure, record and export knowledge edits (ROME) of local LLM checkpoints.",
     )

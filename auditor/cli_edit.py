@@ -36,24 +36,41 @@ def __getattr__(name: str) -> Any:  # ERRORS is resolved lazily so `--help` stay
     raise AttributeError(name)
 
 
+MAX_HPARAMS_BYTES = 1 << 20
+
+
 def _hparam_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--hparams`` and the flags, merged (flags win) and checked by the one validation path
+    (:func:`auditor.hparams.check_hparams`) before any model is loaded."""
+    from .hparams import HParamsError, check_hparams
+
     overrides: dict[str, Any] = {}
     if args.hparams:
         text = args.hparams
         path = Path(text)
-        if path.is_file():
-            text = path.read_text(encoding="utf-8")
+        if len(text) < 4096 and path.is_file():
+            if path.stat().st_size > MAX_HPARAMS_BYTES:
+                raise fail(f"--hparams {path}: larger than {MAX_HPARAMS_BYTES} bytes")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise fail(f"--hparams {path}: not UTF-8 text") from None
         try:
             overrides = json.loads(text)
         except json.JSONDecodeError as e:
             raise fail(f"--hparams is neither a JSON object nor a JSON file: {e.msg}") from None
+        except RecursionError:
+            raise fail("--hparams: nested too deeply") from None
         if not isinstance(overrides, dict):
             raise fail("--hparams must be a JSON object")
     for key in ("layer", "v_num_grad_steps", "mom2_n_tokens"):
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
-    return overrides
+    try:
+        return check_hparams(overrides)
+    except HParamsError as e:
+        raise fail(f"hyper-parameters: {e}") from None
 
 
 class _ProgressLine:
@@ -84,8 +101,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .edit import Editor
     from .requests import load_requests
 
-    requests = load_requests(args.requests)
     overrides = _hparam_overrides(args)
+    requests = load_requests(args.requests)
     kwargs = dict(method=args.method, key_mode=args.key_mode, hparams=overrides, dry_run=args.dry_run,
                   allow_collapse=args.allow_collapse)
     show = args.progress or (sys.stderr.isatty() and not args.json)
@@ -111,7 +128,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
             for req in requests:
                 result, entry = ws.edit(req, progress=bar, **kwargs)
                 bar.done()
-                emit({**result.record(), "entry_id": getattr(entry, "id", None)})
+                emit({**result.record(), "entry_id": entry.id, "ledger_head": entry.content_hash})
+                if not args.json:
+                    from .cli_ledger import head_line
+
+                    print(head_line(entry.id, entry.content_hash), file=sys.stderr)
         else:
             if not args.model:
                 raise fail("name a MODEL (a folder, a .gguf file or 'demo') or a --workspace")

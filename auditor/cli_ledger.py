@@ -6,7 +6,8 @@ Commands (each takes ``--json`` and exits non-zero when it fails)::
     edit-auditor ledger list   --workspace DIR [--limit N] [--status S]
     edit-auditor ledger show   --workspace DIR ID
     edit-auditor ledger search --workspace DIR TEXT
-    edit-auditor ledger verify --workspace DIR          # exit 1 when a hash, link or delta is wrong
+    edit-auditor ledger verify --workspace DIR [--expect-head HASH]
+                                                        # exit 1 when a hash, link, delta or the head is wrong
     edit-auditor ledger schema --workspace DIR
     edit-auditor revert --workspace DIR ID [--note TEXT]
     edit-auditor replay --workspace DIR                 # exit 1 when the fingerprint differs
@@ -51,7 +52,8 @@ def cmd_workspace_init(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     ws = Workspace.init(args.model, args.directory, dtype=args.dtype, device=args.device)
     emit(args, {"workspace": str(Path(args.directory).resolve()), **ws.ledger.genesis,
-                "base_path": str(ws.lm.path), "seconds": round(time.perf_counter() - t0, 3)})
+                "base_path": str(ws.lm.path), "ledger_head": ws.ledger.head_hash,
+                "seconds": round(time.perf_counter() - t0, 3)})
     ws.close()
     return 0
 
@@ -96,18 +98,32 @@ def cmd_ledger_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def head_line(entry_id: int, head_hash: str) -> str:
+    """The line every command that appends prints (keep it: ``verify --expect-head`` checks it)."""
+    return f"ledger head: entry {entry_id} {head_hash}"
+
+
+def _where(problem: dict[str, Any]) -> str:
+    return f"entry {problem['id']}" if problem["id"] is not None else "ledger head"
+
+
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
-    report = open_ledger(args.workspace).verify()
+    report = open_ledger(args.workspace).verify(expect_head=args.expect_head)
     if args.json:
         print_json(report)
     elif report["ok"]:
-        print(f"ok: {report['entries']} entries, chain and deltas intact; head {report['head']}")
+        print(f"ok: {report['entries']} entries, chain, deltas and head intact; head entry {report['head_id']} "
+              f"{report['head']}")
+        expected = report["expected_head"]
+        if expected:
+            print(f"  expected head found: entry {expected['id']}, {expected['entries_after']} entries after it")
         for w in report["warnings"]:
-            print(f"  warning: entry {w['id']}: {w['reason']}")
+            print(f"  warning: {_where(w)}: {w['reason']}")
     else:
-        print(f"FAILED: first bad entry {report['first_bad']}: {report['reason'].split(': ', 1)[-1]}")
+        first = report["problems"][0]
+        print(f"FAILED: {'first bad ' if first['id'] is not None else ''}{_where(first)}: {first['reason']}")
         for p in report["problems"][1:]:
-            print(f"  entry {p['id']}: {p['reason']}")
+            print(f"  {_where(p)}: {p['reason']}")
     return 0 if report["ok"] else EXIT_CHECK_FAILED
 
 
@@ -126,7 +142,9 @@ def cmd_revert(args: argparse.Namespace) -> int:
     entry = ws.revert(args.id, note=args.note)
     emit(args, {"id": entry.id, "reverts": entry.reverts, "param": entry.param,
                 "fingerprint_before": entry.fingerprint_before, "fingerprint_after": entry.fingerprint_after,
-                "content_hash": entry.content_hash})
+                "content_hash": entry.content_hash, "ledger_head": entry.content_hash})
+    if not args.json:
+        print(head_line(entry.id, entry.content_hash), file=sys.stderr)
     ws.close()
     return 0
 
@@ -143,7 +161,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if report["match"] else EXIT_CHECK_FAILED
 
 
+def _check_export_args(args: argparse.Namespace) -> None:
+    """The checks that need no model, so a bad --out or --max-shard-size fails at once."""
+    from .export import check_target, parse_shard_size, require_verified_ledger
+
+    if not args.patch:
+        parse_shard_size(args.max_shard_size)
+    ledger = open_ledger(args.workspace)
+    try:
+        base = ledger.get_setting("base_path")
+        require_verified_ledger(ledger)
+    finally:
+        ledger.close()
+    check_target(args.out, overwrite=args.overwrite, protected=[args.workspace, *([Path(base)] if base else [])])
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    _check_export_args(args)
     ws = Workspace.open(args.workspace, device=args.device)
     t0 = time.perf_counter()
     out = ws.export(args.out, patch=args.patch, dtype=args.dtype, max_shard_size=args.max_shard_size,
@@ -153,6 +187,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     emit(args, {"out": str(out), "patch": args.patch, "bytes": size, "seconds": round(seconds, 3),
                 "mb_per_s": round(size / 1e6 / seconds, 1) if seconds > 0 else None,
                 "applied_edits": len(ws.ledger.active()), "ledger_head": ws.ledger.head_hash,
+                "ledger_head_id": ws.ledger.head_id,
                 "fingerprint": ws.fingerprint})
     ws.close()
     return 0
@@ -200,6 +235,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = sub.add_parser("verify", help="recompute every hash, the chain and the delta files",
                        description="Exit 0 when intact; exit 1 naming the first entry that does not match.")
     _workspace_arg(q)
+    q.add_argument("--expect-head", default=None, metavar="HASH",
+                   help="a head recorded earlier (printed by every append, in every export's metadata): "
+                        "fail unless it is the head or an entry of the chain")
     add_json_arg(q)
     q.set_defaults(func=cmd_ledger_verify)
     q = sub.add_parser("schema", help="print the ledger's SQL schema and applied migrations",

@@ -12,8 +12,15 @@ Every shard's metadata, and the index's ``metadata``, carry ``format=pt`` and::
 
 Tied weights are written once, as ``save_pretrained`` does (transformers'
 ``remove_tied_weights_from_state_dict``). Everything is written into a hidden
-sibling folder ``.<name>.partial-*`` and renamed at the end, so a killed export
-never leaves anything under the final name.
+sibling folder ``.<name>.partial-<pid>-*`` and renamed at the end, so a killed export
+never leaves anything under the final name; the next export to that name removes
+the partial folders of processes that are gone. Shards are streamed tensor by
+tensor in the safetensors format (:func:`write_safetensors`), with progress every
+16 MiB.
+
+Before anything is written the ledger must verify (its chain, deltas and head), and
+the target must be safe: never the workspace, the base checkpoint, a folder that
+holds either of them, or (with ``overwrite``) anything but an earlier export.
 
 :func:`export_patch` writes only the active deltas, their ledger entries and a
 manifest, for a reviewer who has the base; :func:`apply_patch` applies one.
@@ -39,9 +46,10 @@ import torch
 
 from .checkpoint import LoadedModel, fingerprint_model, fingerprint_tensors, resolve_dtype
 from .deltas import Delta, apply_delta
-from .ledger import fsync_dir, app_version, sha256_file
+from .ledger import app_version, fsync_dir, sha256_file
 
 if TYPE_CHECKING:
+    from .ledger import Ledger
     from .workspace import Workspace
 
 PATCH_FORMAT = "edit-auditor-patch"
@@ -51,6 +59,30 @@ PROVENANCE_FILE = "edit_auditor_provenance.json"
 
 class ExportError(RuntimeError):
     """An export cannot be written or a patch cannot be applied; one-line message."""
+
+
+MIN_SHARD_BYTES = 1 << 20  # a smaller --max-shard-size is a typo, not a wish for thousands of files
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+CHUNK_BYTES = 1 << 24  # progress granularity of the tensor writes
+
+
+def parse_shard_size(value: int | str) -> int:
+    """``"2GB"``, ``"500MB"``, ``"1.5GiB"`` or a number of bytes -> bytes (at least 1 MiB)."""
+    import re
+
+    if isinstance(value, bool):
+        raise ExportError(f"--max-shard-size {value!r}: expected a size such as 500MB or 2GB")
+    if isinstance(value, int):
+        size = value
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(value), flags=re.IGNORECASE)
+        if not m:
+            raise ExportError(f"--max-shard-size {str(value)[:40]!r}: expected a size such as 500MB or 2GB")
+        size = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").upper()])
+    if size < MIN_SHARD_BYTES:
+        raise ExportError(f"--max-shard-size {value!r}: must be at least 1MiB")
+    return size
 
 
 def export_state_dict(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -73,6 +105,7 @@ def provenance(ws: "Workspace") -> dict[str, str]:
         "edit_auditor.base_fingerprint": genesis["base_fingerprint"],
         "edit_auditor.base_source": str(genesis.get("base_source", "")),
         "edit_auditor.ledger_head": ws.ledger.head_hash,
+        "edit_auditor.ledger_head_id": str(ws.ledger.head_id),
         "edit_auditor.ledger_entries": str(len(ws.ledger)),
         "edit_auditor.applied_edits": str(len(ws.ledger.active())),
         "edit_auditor.model_fingerprint": ws.fingerprint,
@@ -88,10 +121,11 @@ def export_model(ws: "Workspace", out: str | Path, *, dtype: str | None = None,
     ``progress(bytes_written, total_bytes)`` is called after each shard.
     """
     from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
 
     out = Path(out).absolute()
-    _check_target(out, overwrite)
+    shard_bytes = parse_shard_size(max_shard_size)
+    check_target(out, overwrite=overwrite, protected=protected_folders(ws))
+    require_verified_ledger(ws.ledger)
     model = ws.lm.model
     torch_dtype = resolve_dtype(dtype or ws.lm.dtype)
     with torch.no_grad():
@@ -99,7 +133,7 @@ def export_model(ws: "Workspace", out: str | Path, *, dtype: str | None = None,
     meta = provenance(ws)
     meta["edit_auditor.dtype"] = str(torch_dtype).replace("torch.", "")
     meta["edit_auditor.export_fingerprint"] = fingerprint_tensors(tensors.items())
-    split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_size,
+    split = split_torch_state_dict_into_shards(tensors, max_shard_size=shard_bytes,
                                                filename_pattern="model{suffix}.safetensors")
     total = sum(t.numel() * t.element_size() for t in tensors.values())
 
@@ -115,14 +149,15 @@ def export_model(ws: "Workspace", out: str | Path, *, dtype: str | None = None,
                 if src.is_file():
                     shutil.copyfile(src, tmp / src.name)
         ws.lm.tokenizer.save_pretrained(tmp)
-        done = 0
-        for filename, names in split.filename_to_tensors.items():
-            shard = {n: tensors[n] for n in names}
-            save_file(shard, str(tmp / filename), metadata=meta)
-            _fsync(tmp / filename)
-            done += sum(t.numel() * t.element_size() for t in shard.values())
+        done = [0]
+
+        def wrote(n: int) -> None:
+            done[0] += n
             if progress:
-                progress(done, total)
+                progress(done[0], total)
+
+        for filename, names in split.filename_to_tensors.items():
+            write_safetensors(tmp / filename, {n: tensors[n] for n in names}, meta, on_bytes=wrote)
         index = {"metadata": {"total_size": total, **meta}, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
         _write_json(tmp / "model.safetensors.index.json", index)
         _write_json(tmp / PROVENANCE_FILE, {**meta, "entries": [e.to_json() for e in ws.ledger.active()]})
@@ -133,7 +168,8 @@ def export_model(ws: "Workspace", out: str | Path, *, dtype: str | None = None,
 def export_patch(ws: "Workspace", out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the active deltas, their entries (``entries.json``) and ``manifest.json`` to ``out``."""
     out = Path(out).absolute()
-    _check_target(out, overwrite)
+    check_target(out, overwrite=overwrite, protected=protected_folders(ws))
+    require_verified_ledger(ws.ledger)
     active = ws.ledger.active()
     meta = provenance(ws)
     genesis = ws.ledger.genesis
@@ -202,20 +238,90 @@ def apply_patch(base_model: LoadedModel | torch.nn.Module, patch_dir: str | Path
 # ---------------------------------------------------------------- files
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out}: already exists; choose another --out or overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+def require_verified_ledger(ledger: "Ledger") -> None:
+    """Refuse to export from a ledger that does not verify (chain, deltas, head)."""
+    report = ledger.verify()
+    if not report["ok"]:
+        raise ExportError(f"the ledger does not verify ({report['reason']}); refusing to export. "
+                          "Run `edit-auditor ledger verify`")
+
+
+def protected_folders(ws: "Workspace") -> list[Path]:
+    """Folders an export must never replace or contain: the workspace and the base checkpoint."""
+    return [Path(ws.directory), Path(ws.lm.path)]
+
+
+def is_export(folder: Path) -> bool:
+    """An earlier model export (its provenance file) or patch (its manifest)."""
+    if (folder / PROVENANCE_FILE).is_file():
+        return True
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == PATCH_FORMAT
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """``a`` is ``b`` or lies inside it (both resolved)."""
+    return a == b or b in a.parents
+
+
+def check_target(out: Path, *, overwrite: bool, protected: list[Path]) -> None:
+    """Refuse an ``--out`` that would destroy something or cannot be a folder; create its parent."""
+    out = Path(out).absolute()
+    real = out.resolve()
+    for folder in protected:
+        folder = Path(folder).resolve()
+        if _inside(real, folder) or _inside(folder, real):
+            raise ExportError(f"{out}: is, holds or lies inside {folder} (the workspace or the base checkpoint); "
+                              "choose another --out")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ExportError(f"{out}: exists and is not a folder; choose another --out")
+    if out.exists():
+        if not overwrite:
+            raise ExportError(f"{out}: already exists; choose another --out or overwrite it")
+        if not is_export(out):
+            raise ExportError(f"{out}: is not an earlier Edit Auditor export; refusing to overwrite it")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"{out}: cannot create its folder {parent} ({e.strerror})") from None
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"{out}: its folder {parent} is not writable")
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """``.<name>.partial-<pid>-*`` folders left by exports whose process is gone."""
+    for p in out.parent.glob(f".{out.name}.partial-*"):
+        pid = p.name[len(f".{out.name}.partial-"):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _atomic_folder(out: Path, write: Callable[[Path], None], overwrite: bool) -> Path:
     """Run ``write(tmp)`` in a hidden sibling folder, then rename it to ``out``."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    _remove_stale_partials(out)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    except OSError as e:
+        raise ExportError(f"{out}: cannot write in {out.parent} ({e.strerror})") from None
     try:
         write(tmp)
         fsync_dir(tmp)
         if out.exists():
-            if not overwrite:
+            if not overwrite or not is_export(out):
                 raise ExportError(f"{out}: appeared while exporting; not replaced")
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             out.replace(old / out.name)
@@ -228,6 +334,45 @@ def _atomic_folder(out: Path, write: Callable[[Path], None], overwrite: bool) ->
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *,
+                      on_bytes: Callable[[int], None] | None = None) -> None:
+    """Write ``tensors`` as one safetensors file, streamed (no second copy of the shard in memory).
+
+    The format (github.com/huggingface/safetensors): an 8-byte little-endian header length, a JSON
+    header ``{name: {dtype, shape, data_offsets}, "__metadata__": {...}}`` padded with spaces to a
+    multiple of 8, then the tensors' bytes back to back. ``on_bytes(n)`` after every chunk written.
+    """
+    import struct
+
+    header: dict[str, Any] = {"__metadata__": dict(metadata)}
+    offset = 0
+    names = sorted(tensors)
+    for name in names:
+        t = tensors[name]
+        nbytes = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name in names:
+            flat = tensors[name].contiguous().reshape(-1).view(torch.uint8)  # (nbytes,)
+            for start in range(0, flat.numel(), CHUNK_BYTES):
+                piece = flat[start:start + CHUNK_BYTES].numpy()
+                f.write(piece.data)
+                if on_bytes:
+                    on_bytes(len(piece))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _write_json(path: Path, obj: Any) -> None:

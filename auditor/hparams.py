@@ -1,11 +1,18 @@
 """ROME hyper-parameters: one JSON file per family in ``resources/hparams/``, overridable per edit.
 
 Field meanings follow kmeng01/rome's ``ROMEHyperParams`` where a field exists there.
+
+Every value goes through one validation path, :func:`check_value`, whatever it comes from: the
+family's file, ``--hparams`` JSON, the ``--layer``/``--steps``/``--stats-tokens`` flags or the
+window's fields. It checks the JSON type the field's annotation names (an integer is not a bool,
+a float is finite: JSON's ``NaN`` is refused) and the field's range in :data:`RANGES`.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -44,18 +51,36 @@ def family_file(family: str) -> Path:
     return RESOURCES / "hparams" / f"{family}.json"
 
 
+# field -> (lowest, highest, lowest allowed itself?); fields added later without an entry get only
+# the type check of their annotation
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "layer": (0, 4095, True),
+    "v_num_grad_steps": (1, 10_000, True),
+    "v_lr": (0.0, 100.0, False),
+    "v_weight_decay": (0.0, 1e6, True),
+    "clamp_norm_factor": (0.0, 1e6, False),
+    "kl_factor": (0.0, 1e6, True),
+    "early_stop_loss": (0.0, 1e6, True),
+    "mom2_n_tokens": (1, 100_000_000, True),
+    "mom2_seq_len": (2, 1 << 16, True),
+    "context_n": (0, 100, True),
+    "context_len": (1, 1024, True),
+    "context_seed": (0, 2**63 - 1, True),
+}
+CHOICES: dict[str, tuple[str, ...]] = {"mom2_dtype": ("float32", "float64")}
+MAX_TEMPLATES, MAX_TEMPLATE_CHARS = 100, 2000
+
+
 def load_hparams(family: str, overrides: dict[str, Any] | None = None) -> RomeHParams:
     """Defaults of ``family`` from ``resources/hparams``, then ``overrides`` (None values ignored)."""
     path = family_file(family)
     raw = json.loads(path.read_text()) if path.is_file() else {"layer": 4}
     raw = {k: v for k, v in raw.items() if not k.startswith("_")}
-    known = {f.name: f for f in fields(RomeHParams)}
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key not in known:
-            raise HParamsError(f"unknown hyper-parameter {key!r}; known: {', '.join(sorted(known))}")
-        raw[key] = value
+    try:
+        raw = check_hparams(raw)
+    except HParamsError as e:
+        raise HParamsError(f"{path}: {e}") from None
+    raw.update(check_hparams(overrides or {}))
     try:
         hp = RomeHParams(**raw)
     except TypeError as e:
@@ -64,14 +89,61 @@ def load_hparams(family: str, overrides: dict[str, Any] | None = None) -> RomeHP
     return hp
 
 
+def check_hparams(values: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """``values`` checked field by field (None values dropped); raises HParamsError naming the field."""
+    if not isinstance(values, Mapping):
+        raise HParamsError(f"hyper-parameters must be a JSON object, not {type(values).__name__}")
+    known = {f.name: f for f in fields(RomeHParams)}
+    out = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key not in known:
+            raise HParamsError(f"unknown hyper-parameter {str(key)[:60]!r}; known: {', '.join(sorted(known))}")
+        out[key] = check_value(key, value, str(known[key].type))
+    return out
+
+
+def check_value(name: str, value: Any, annotation: str) -> Any:
+    """One hyper-parameter: the type its annotation names, then its range or choices."""
+    kind = annotation.split("|")[0].strip()
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise HParamsError(f"{name} must be true or false, not {_shown(value)}")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise HParamsError(f"{name} must be an integer, not {_shown(value)}")
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise HParamsError(f"{name} must be a finite number, not {_shown(value)}")
+        value = float(value)
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise HParamsError(f"{name} must be a string, not {_shown(value)}")
+    elif kind.startswith("list[str]"):
+        _check_templates(name, value)
+    if name in RANGES:
+        low, high, low_ok = RANGES[name]
+        if not (low <= value if low_ok else low < value) or value > high:
+            bound = f"[{low}, {high}]" if low_ok else f"({low}, {high}]"
+            raise HParamsError(f"{name} = {_shown(value)} is outside {bound}")
+    if name in CHOICES and value not in CHOICES[name]:
+        raise HParamsError(f"{name} must be one of {', '.join(CHOICES[name])}, not {_shown(value)}")
+    return value
+
+
+def _check_templates(name: str, value: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise HParamsError(f"{name} must be a list of strings, not {_shown(value)}")
+    if len(value) > MAX_TEMPLATES or any(len(t) > MAX_TEMPLATE_CHARS for t in value):
+        raise HParamsError(f"{name}: at most {MAX_TEMPLATES} templates of {MAX_TEMPLATE_CHARS} characters")
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _check(hp: RomeHParams) -> None:
-    if hp.v_num_grad_steps < 1:
-        raise HParamsError("v_num_grad_steps must be at least 1")
-    if hp.v_lr <= 0 or hp.clamp_norm_factor <= 0:
-        raise HParamsError("v_lr and clamp_norm_factor must be positive")
-    if hp.mom2_n_tokens < 1 or hp.mom2_seq_len < 2:
-        raise HParamsError("mom2_n_tokens must be positive and mom2_seq_len at least 2")
-    if hp.mom2_dtype not in ("float32", "float64"):
-        raise HParamsError("mom2_dtype must be float32 or float64")
     if hp.context_templates is not None and not all("{}" in t for t in hp.context_templates):
         raise HParamsError("every context template needs a '{}'")

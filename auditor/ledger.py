@@ -18,6 +18,9 @@ folder of deltas (``deltas/<sha256>.safetensors``) next to it.
   gets its own connection (a file SQLite connection cannot be shared).
 * The delta file is written (and fsynced) before its entry is committed: a crash
   between the two leaves an unreferenced file, never an entry without its delta.
+* The head is anchored outside the database (``ledger.head``, see anchor.py) and ids are never
+  reused (a high-water mark, migration ``m002_head_anchor``), so deleting the newest entries is
+  found by :meth:`Ledger.verify`; ``verify(expect_head=...)`` checks a head recorded elsewhere.
 
 Example::
 
@@ -46,6 +49,8 @@ from typing import Any, Iterator
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from .anchor import (AnchorError, HeadAnchor, anchor_path, fsync_dir, head_problems, normalise_hash, read_anchor,
+                     write_anchor)
 from .deltas import Delta
 
 MIGRATION_SET = "edit_auditor_ledger"
@@ -210,6 +215,21 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             )
 
 
+@migrations()
+def m002_head_anchor(db: sqlite_utils.Database) -> None:
+    # The highest entry id ever given out. SQLite reuses max(id) + 1 after a DELETE (and
+    # AUTOINCREMENT cannot be added to an existing table): with this mark an id is never reused,
+    # so a deleted newest entry leaves a gap that verify() names. The head itself is also kept
+    # outside the database (ledger.head, see anchor.py), written after every append.
+    db.execute("CREATE TABLE high_water (id INTEGER PRIMARY KEY CHECK (id = 1), last_id INTEGER NOT NULL)")
+    db.execute("INSERT INTO high_water (id, last_id) VALUES (1, (SELECT coalesce(max(id), 0) FROM entries))")
+    db.execute("CREATE TRIGGER high_water_append_only_delete BEFORE DELETE ON high_water "
+               "BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: DELETE on high_water refused'); END")
+    db.execute("CREATE TRIGGER high_water_append_only_update BEFORE UPDATE ON high_water "
+               "WHEN NEW.last_id < OLD.last_id "
+               "BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: the high-water mark only goes up'); END")
+
+
 # ---------------------------------------------------------------- entries
 
 
@@ -317,10 +337,13 @@ class Ledger:
             raise LedgerError(
                 f"{self.path}: written by a newer Edit Auditor (unknown migrations: {', '.join(sorted(unknown))}); upgrade"
             )
-        if migrations.pending(db):
+        pending = {m.name for m in migrations.pending(db)}
+        if pending:
             self._migrate()
         if not db["genesis"].exists() or db.execute("SELECT count(*) FROM genesis").fetchone()[0] != 1:
             raise LedgerError(f"{self.path}: the ledger has no genesis record; it is not an Edit Auditor ledger")
+        if "m002_head_anchor" in pending and not self.anchor_path.exists():
+            self._advance_anchor()  # a ledger from before the anchor: its head as it stands now
 
     @classmethod
     def create(cls, path: str | Path, genesis: dict[str, Any], *, deltas_dir: str | Path | None = None) -> "Ledger":
@@ -338,7 +361,9 @@ class Ledger:
             db.execute("INSERT INTO genesis (id, body) VALUES (1, ?)", [canonical_json(body)])
         finally:
             conn.close()
-        return cls(path, deltas_dir=deltas_dir)
+        ledger = cls(path, deltas_dir=deltas_dir)
+        ledger._advance_anchor()
+        return ledger
 
     # -------------------------------------------------------- connections
 
@@ -477,7 +502,9 @@ class Ledger:
         conn.execute("BEGIN IMMEDIATE")  # serialises appenders across threads and processes
         try:
             head = conn.execute("SELECT id, content_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
-            row["id"] = 1 if head is None else head[0] + 1
+            anchor = self._refuse_a_damaged_head(head[0] if head else 0)
+            # never reuse an id, even one whose entry was deleted
+            row["id"] = max(head[0] if head else 0, self._high_water(), anchor.high_water) + 1
             row["prev_hash"] = self.genesis_hash if head is None else head[1]
             row["content_hash"] = content_hash(row)
             names = list(COLUMNS)
@@ -485,12 +512,73 @@ class Ledger:
                 f"INSERT INTO entries ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                 [row[n] for n in names],
             )
+            conn.execute("UPDATE high_water SET last_id = ? WHERE id = 1", [row["id"]])
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self._advance_anchor()
         return Entry.from_row(row)
+
+    # -------------------------------------------------------- the head anchor
+
+    @property
+    def anchor_path(self) -> Path:
+        """``ledger.head`` beside ``ledger.db`` (see anchor.py)."""
+        return anchor_path(self.path)
+
+    def anchor(self) -> HeadAnchor | None:
+        """The head recorded outside the database (None when the file is missing)."""
+        try:
+            return read_anchor(self.anchor_path)
+        except AnchorError as e:
+            raise LedgerError(str(e)) from None
+
+    def _high_water(self) -> int:
+        row = self.db.execute("SELECT last_id FROM high_water WHERE id = 1").fetchone()
+        return int(row[0]) if row else 0
+
+    def _hash_of(self, entry_id: int) -> str | None:
+        if entry_id == 0:
+            return self.genesis_hash
+        row = self.db.execute("SELECT content_hash FROM entries WHERE id = ?", [int(entry_id)]).fetchone()
+        return row[0] if row else None
+
+    def _refuse_a_damaged_head(self, newest_id: int) -> HeadAnchor:
+        """The anchor, when it and the high-water mark agree with the entries; else LedgerError."""
+        try:
+            anchor = self.anchor()
+        except LedgerError as e:
+            anchor, problems = None, [(None, str(e))]
+        else:
+            problems, _ = head_problems(anchor, newest_id, self._hash_of, self._high_water(),
+                                        self.genesis.get("ledger_id"), self.anchor_path.name)
+        if problems:
+            eid, reason = problems[0]
+            where = f"entry {eid}: " if eid is not None else ""
+            raise LedgerError(f"{self.path}: refusing to append: {where}{reason}; run `edit-auditor ledger verify`")
+        assert anchor is not None
+        return anchor
+
+    def _advance_anchor(self) -> None:
+        """Write ``ledger.head`` for the newest committed entry, under the write lock (so concurrent
+        appenders write it in order), never moving it backwards."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            head = conn.execute("SELECT id, content_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+            newest, head_hash = (head[0], head[1]) if head else (0, self.genesis_hash)
+            try:
+                old = read_anchor(self.anchor_path)
+            except AnchorError:
+                old = None
+            if old is None or old.last_id <= newest:
+                high = max(newest, self._high_water(), old.high_water if old else 0)
+                write_anchor(self.anchor_path, HeadAnchor(str(self.genesis.get("ledger_id")), newest,
+                                                          head_hash, high))
+        finally:
+            conn.execute("COMMIT")
 
     # -------------------------------------------------------- reading
 
@@ -534,6 +622,12 @@ class Ledger:
         head = self.db.execute("SELECT content_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
         return self.genesis_hash if head is None else head[0]
 
+    @property
+    def head_id(self) -> int:
+        """The last entry's id (0 while the ledger is empty)."""
+        row = self.db.execute("SELECT max(id) FROM entries").fetchone()
+        return int(row[0] or 0)
+
     def reverted_ids(self) -> set[int]:
         rows = self.db.execute("SELECT reverts FROM entries WHERE kind = 'revert' AND reverts IS NOT NULL")
         return {r[0] for r in rows}
@@ -563,13 +657,17 @@ class Ledger:
 
     # -------------------------------------------------------- verification
 
-    def verify(self, *, check_deltas: bool = True) -> dict[str, Any]:
-        """Re-derive every content hash, the chain, and every delta file's hashes.
+    def verify(self, *, check_deltas: bool = True, expect_head: str | None = None) -> dict[str, Any]:
+        """Re-derive every content hash, the chain, every delta file's hashes, and the head.
 
         Returns ``{"ok", "entries", "first_bad", "reason", "problems": [{"id", "reason"}], "warnings",
-        "head"}``; ``first_bad`` is the lowest entry id with a problem (None when all is well).
-        ``warnings`` (which do not make ``ok`` false) name entries whose ``fingerprint_before`` is not
-        the state recorded before them: a history that forked, not a changed record.
+        "head", "head_id", "anchor", "expected_head"}``; ``first_bad`` is the lowest entry id with a
+        problem (None when all is well, or when the problem is the ledger's as a whole, e.g. a
+        missing head file). ``warnings`` (which do not make ``ok`` false) name entries whose
+        ``fingerprint_before`` is not the state recorded before them: a history that forked, not
+        a changed record. The head is checked against ``ledger.head`` and the high-water mark
+        (anchor.py); ``expect_head`` (a content hash recorded elsewhere: an export's metadata, an
+        append's output) must be the head or an entry of the chain.
         """
         problems: list[dict[str, Any]] = []
         warnings: list[dict[str, Any]] = []  # consistent hashes, inconsistent history
@@ -578,10 +676,12 @@ class Ledger:
         expected_id = 1
         checked_files: dict[str, str | None] = {}
         applied_edits: set[int] = set()
+        hashes: dict[int, str] = {0: self.genesis_hash}
         n = 0
         for row in self._rows("SELECT * FROM entries ORDER BY id"):
             n += 1
             eid = row["id"]
+            hashes[eid] = row.get("content_hash")
 
             def bad(reason: str, eid: int = eid) -> None:
                 problems.append({"id": eid, "reason": reason})
@@ -612,17 +712,53 @@ class Ledger:
                 applied_edits.discard(row.get("reverts"))
             elif row.get("status") == "applied":
                 applied_edits.add(eid)
-        problems.sort(key=lambda p: p["id"])
+        head_id = expected_id - 1
+        anchor = self._verify_head(head_id, hashes, problems, warnings)
+        expected = self._check_expected_head(expect_head, hashes, head_id, problems)
+        problems.sort(key=lambda p: (p["id"] is None, p["id"] or 0))
         first = problems[0] if problems else None
         return {
             "ok": not problems,
             "entries": n,
-            "first_bad": first["id"] if first else None,
-            "reason": f"entry {first['id']}: {first['reason']}" if first else None,
+            "first_bad": min((p["id"] for p in problems if p["id"] is not None), default=None),
+            "reason": None if first is None else (f"entry {first['id']}: {first['reason']}" if first["id"] is not None
+                                                  else f"ledger head: {first['reason']}"),
             "problems": problems,
             "warnings": warnings,
             "head": prev,
+            "head_id": head_id,
+            "anchor": anchor,
+            "expected_head": expected,
         }
+
+    def _verify_head(self, head_id: int, hashes: dict[int, str], problems: list[dict[str, Any]],
+                     warnings: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Check the anchor file and the high-water mark; return the anchor as JSON (or None)."""
+        try:
+            anchor = self.anchor()
+        except LedgerError as e:
+            problems.append({"id": None, "reason": str(e)})
+            return None
+        found, warned = head_problems(anchor, head_id, hashes.get, self._high_water(),
+                                      self.genesis.get("ledger_id"), self.anchor_path.name)
+        problems.extend({"id": eid, "reason": reason} for eid, reason in found)
+        warnings.extend({"id": eid, "reason": reason} for eid, reason in warned)
+        return anchor.to_json() if anchor else None
+
+    def _check_expected_head(self, expect_head: str | None, hashes: dict[int, str], head_id: int,
+                             problems: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if expect_head is None:
+            return None
+        try:
+            wanted = normalise_hash(expect_head)
+        except AnchorError as e:
+            raise LedgerError(f"--expect-head: {e}") from None
+        at = next((eid for eid, h in hashes.items() if h == wanted), None)
+        if at is None:
+            problems.append({"id": None, "reason": f"the expected head {wanted[:23]}... is not in this ledger: "
+                                                   "entries recorded before it were deleted or rewritten"})
+            return {"hash": wanted, "found": False}
+        return {"hash": wanted, "found": True, "id": at, "entries_after": head_id - at}
 
     def _check_delta(self, delta_hash: str, file_sha: str | None) -> str | None:
         path = self.delta_path(delta_hash)
@@ -641,16 +777,3 @@ class Ledger:
 
 def _delta_hash_of(path: Path) -> str:
     return Delta.load(path).content_hash()
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -12,12 +12,19 @@ Three JSON shapes are read (a list of records, one record, or JSON lines):
   ``locality_ground_truth``) are read as their flat equivalents.
 
 A ``{}`` in any prompt is filled with the subject. Keys not understood are kept
-in :attr:`EditRequest.meta`. Every error names the record it comes from.
+in :attr:`EditRequest.meta`. Every error names the record it comes from (and, in a
+JSON-lines file, its line).
+
+A request file is untrusted input: it must be a regular file of at most
+:data:`MAX_FILE_BYTES`, nested at most :data:`MAX_DEPTH` deep, with at most
+:data:`MAX_RECORDS` records whose texts stay within :data:`MAX_TEXT_CHARS`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +32,13 @@ from typing import Any
 
 class RequestError(ValueError):
     """A request (or a request file) cannot be used; the message names the record."""
+
+
+MAX_FILE_BYTES = 512 << 20  # CounterFact, the largest public set, is about 30 MB
+MAX_DEPTH = 32  # the deepest real record (CounterFact) is 4 levels
+MAX_RECORDS = 1_000_000
+MAX_TEXT_CHARS = 20_000  # one prompt, subject or target
+MAX_PROMPTS = 10_000  # paraphrases / neighbourhood / portability prompts of one record
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,12 @@ class EditRequest:
             self.prompt = self.prompt.rstrip()
         if self.target_true is not None and not str(self.target_true).strip():
             self.target_true = None
+        texts = [self.prompt, self.subject, self.target_new, self.target_true or "", *self.paraphrases,
+                 *(t for p in [*self.neighborhood, *self.portability] for t in (p.prompt, p.target))]
+        if max(map(len, texts)) > MAX_TEXT_CHARS:
+            raise RequestError(f"{where}: a prompt or target is longer than {MAX_TEXT_CHARS} characters")
+        if max(len(self.paraphrases), len(self.neighborhood), len(self.portability)) > MAX_PROMPTS:
+            raise RequestError(f"{where}: more than {MAX_PROMPTS} paraphrase, neighbourhood or portability prompts")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -265,25 +285,94 @@ def parse_requests(data: Any) -> list[EditRequest]:
 
 
 def load_requests(path: str | Path) -> list[EditRequest]:
-    """Read a JSON (list or object) or JSON-lines request file."""
+    """Read a JSON (list or object) or JSON-lines request file, within the module's limits."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise RequestError(f"cannot read request file {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise RequestError(f"request file {path} is not UTF-8 text") from None
+    text = _read_limited(path)
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise RequestError(f"request file {path} is nested too deeply (more than {MAX_DEPTH} levels)") from None
     except json.JSONDecodeError as first:
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        try:
-            data = [json.loads(ln) for ln in lines]
-        except json.JSONDecodeError:
+        if not _looks_like_json_lines(text, first):
             raise RequestError(
                 f"request file {path} is not valid JSON (line {first.lineno}, column {first.colno}: {first.msg})"
             ) from None
+        return _load_json_lines(path, text)
+    _check_depth(data, f"request file {path}")
+    if isinstance(data, list) and len(data) > MAX_RECORDS:
+        raise RequestError(f"request file {path} holds {len(data)} records; at most {MAX_RECORDS}")
     try:
         return parse_requests(data)
     except RequestError as e:
         raise RequestError(f"{path}: {e}") from None
+
+
+def _read_limited(path: Path) -> str:
+    """The file's text: a regular file (not /dev/zero, not a pipe) of at most MAX_FILE_BYTES."""
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise RequestError(f"request file {path} is not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise RequestError(f"request file {path} is {st.st_size} bytes; at most {MAX_FILE_BYTES}")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise RequestError(f"cannot read request file {path}: {e.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise RequestError(f"request file {path} is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(f"request file {path} is not UTF-8 text") from None
+
+
+def _looks_like_json_lines(text: str, error: json.JSONDecodeError) -> bool:
+    """Several JSON values, one per line: the document ends after its first line's value."""
+    if error.msg == "Extra data":
+        return True
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return False
+    try:
+        json.loads(lines[0])
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return True
+
+
+def _load_json_lines(path: Path, text: str) -> list[EditRequest]:
+    """One record per non-empty line; every error names the file's own line number."""
+    requests: list[EditRequest] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if len(requests) >= MAX_RECORDS:
+            raise RequestError(f"request file {path} holds more than {MAX_RECORDS} records")
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RequestError(f"request file {path}, line {lineno}, column {e.colno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise RequestError(f"request file {path}, line {lineno}: nested too deeply") from None
+        _check_depth(rec, f"request file {path}, line {lineno}")
+        try:
+            requests.append(parse_record(rec, len(requests)))
+        except RequestError as e:
+            raise RequestError(f"{path}, line {lineno}: {e}") from None
+    if not requests:
+        raise RequestError(f"{path}: the request file holds no records")
+    return requests
+
+
+def _check_depth(data: Any, where: str) -> None:
+    """Refuse values nested deeper than MAX_DEPTH (iteratively: no recursion to exhaust)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            if depth > MAX_DEPTH:
+                raise RequestError(f"{where} is nested too deeply (more than {MAX_DEPTH} levels)")
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((v, depth + 1) for v in items if isinstance(v, (list, dict)))

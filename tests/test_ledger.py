@@ -75,8 +75,11 @@ def test_entries_chain_from_the_genesis_and_verify(three: Ledger) -> None:
     assert all(e.content_hash.startswith("sha256:") and e.content_hash == content_hash(e.row) for e in entries)
     assert three.head_hash == entries[-1].content_hash
     report = three.verify()
+    anchor = {"format": "edit-auditor-ledger-head", "version": 1, "ledger_id": three.genesis["ledger_id"],
+              "last_id": 3, "head": entries[-1].content_hash, "high_water": 3}
     assert report == {"ok": True, "entries": 3, "first_bad": None, "reason": None, "problems": [],
-                      "warnings": [], "head": entries[-1].content_hash}
+                      "warnings": [], "head": entries[-1].content_hash, "head_id": 3, "anchor": anchor,
+                      "expected_head": None}
 
 
 def test_a_history_that_forks_is_reported_as_a_warning(ledger: Ledger) -> None:
@@ -88,7 +91,7 @@ def test_a_history_that_forks_is_reported_as_a_warning(ledger: Ledger) -> None:
 
 
 def test_schema_is_versioned_wal_and_append_only(three: Ledger) -> None:
-    assert three.schema_version == ["m001_initial"]
+    assert three.schema_version[:2] == ["m001_initial", "m002_head_anchor"]
     assert three.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn = sqlite3.connect(three.path)
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
