@@ -69,8 +69,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .corpus import CorpusError
     from .requests import RequestError
+    from .resources import ResourceMissing
 
-    return (CliError, CheckpointError, RequestError, UnsupportedArchitecture, CorpusError,
+    return (CliError, CheckpointError, RequestError, UnsupportedArchitecture, CorpusError, ResourceMissing,
             FileNotFoundError, PermissionError, IsADirectoryError)
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-RESOURCES: Path = Path(__file__).resolve().parent.parent / "resources"
+from .resources import resource_path, resources_dir
+
+RESOURCES: Path = resources_dir(strict=False)
 TEXT_DIR: Path = RESOURCES / "text"
 PPL_TEXT = "ME-PPL_1k.json"
 STATS_TEXT = "enwiki_2016.txt"
@@ -28,13 +30,13 @@ class CorpusError(ValueError):
 
 
 def ppl_text_path() -> Path:
-    """The shipped perplexity text (ME-PPL, 1,000 sentences)."""
-    return TEXT_DIR / PPL_TEXT
+    """The shipped perplexity text (ME-PPL, 1,000 sentences); ResourceMissing when absent."""
+    return resource_path(f"text/{PPL_TEXT}")
 
 
 def stats_text_path() -> Path:
-    """The shipped key-statistics text (2016 Wikipedia prose)."""
-    return TEXT_DIR / STATS_TEXT
+    """The shipped key-statistics text (2016 Wikipedia prose); ResourceMissing when absent."""
+    return resource_path(f"text/{STATS_TEXT}")
 
 
 def _json_text(raw: str, path: Path) -> str:

@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+from .resources import ResourceMissing, resource_path, resources_dir
+
+RESOURCES = resources_dir(strict=False)
 KEY_MODES = ("consistent", "original")
 
 
@@ -48,7 +50,8 @@ class RomeHParams:
 
 
 def family_file(family: str) -> Path:
-    return RESOURCES / "hparams" / f"{family}.json"
+    """``hparams/<family>.json`` of the shipped resources; ResourceMissing when it is not there."""
+    return resource_path(f"hparams/{family}.json")
 
 
 # field -> (lowest, highest, lowest allowed itself?); fields added later without an entry get only
@@ -73,8 +76,11 @@ MAX_TEMPLATES, MAX_TEMPLATE_CHARS = 100, 2000
 
 def load_hparams(family: str, overrides: dict[str, Any] | None = None) -> RomeHParams:
     """Defaults of ``family`` from ``resources/hparams``, then ``overrides`` (None values ignored)."""
-    path = family_file(family)
-    raw = json.loads(path.read_text()) if path.is_file() else {"layer": 4}
+    try:
+        path = family_file(family)
+    except ResourceMissing as e:
+        raise HParamsError(f"no default hyper-parameters for the {family} family: {e}") from None
+    raw = json.loads(path.read_text(encoding="utf-8"))
     raw = {k: v for k, v in raw.items() if not k.startswith("_")}
     try:
         raw = check_hparams(raw)

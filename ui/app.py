@@ -18,10 +18,12 @@ from pathlib import Path
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QStyleFactory
 
+from auditor.resources import resources_dir
+
 from . import settings
 from .cli_gui import add_arguments
 
-ICON_DIR = Path(__file__).resolve().parent.parent / "resources" / "icons"
+ICON_DIR = resources_dir(strict=False) / "icons"
 
 
 def make_app(argv: Sequence[str] | None = None) -> QApplication:

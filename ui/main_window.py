@@ -46,6 +46,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from auditor.resources import resources_dir
+
 from . import settings
 from .audit import AuditTrail
 from .charts import DenominatorChart, EditPoint, LiveEditChart, PerplexityChart
@@ -56,7 +58,7 @@ from .worker import Runner
 
 log = logging.getLogger(__name__)
 
-ICON = Path(__file__).resolve().parent.parent / "resources" / "icons" / "edit-auditor.svg"
+ICON = resources_dir(strict=False) / "icons" / "edit-auditor.svg"
 WORKSPACE_MARKER = "ledger.db"
 
 
