@@ -48,6 +48,7 @@ PROG = "edit-auditor"
 COMMAND_MODULES: tuple[str, ...] = (
     "auditor.cli_edit",
     "auditor.cli_ledger",
+    "auditor.cli_watch",
 )
 ENTRY_POINT_GROUP = "edit_auditor.commands"
 EXIT_USER_ERROR = 2

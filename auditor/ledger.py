@@ -230,6 +230,22 @@ def m002_head_anchor(db: sqlite_utils.Database) -> None:
                "BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: the high-water mark only goes up'); END")
 
 
+@migrations()
+def m004_watchlist(db: sqlite_utils.Database) -> None:
+    """The watchlist's history (watch.py): add/remove events, append-only and hash-chained on their
+    own; every edit entry's ``metrics.watch.head`` pins the watchlist state it was checked against."""
+    db.execute(
+        "CREATE TABLE watchlist (\n  id INTEGER PRIMARY KEY,\n  created_at TEXT,\n  operator TEXT,\n"
+        "  action TEXT,\n  item INTEGER,\n  prompt TEXT,\n  answer TEXT,\n  note TEXT,\n"
+        "  prev_hash TEXT,\n  content_hash TEXT,\n  FOREIGN KEY (item) REFERENCES watchlist(id)\n)"
+    )
+    for op in ("UPDATE", "DELETE"):
+        db.execute(
+            f"CREATE TRIGGER watchlist_append_only_{op.lower()} BEFORE {op} ON watchlist "
+            f"BEGIN SELECT RAISE(ABORT, 'the watchlist is append-only: {op} on watchlist refused'); END"
+        )
+
+
 # ---------------------------------------------------------------- entries
 
 

@@ -76,6 +76,9 @@ class Workspace:
         self.fingerprint = lm.fingerprint  # of self.lm.model as it is now
         self._synced_id = 0  # the last ledger entry reflected in self.lm.model
         self._editor: Editor | None = None
+        # called as hook(ws, result) -> dict after an applied edit, before its entry is written;
+        # the dicts go into the entry's metrics (the watchlist check always runs first: watch.py)
+        self.after_apply: list[Callable[["Workspace", "EditResult"], dict[str, Any]]] = []
 
     # ------------------------------------------------------------ create and open
 
@@ -240,8 +243,18 @@ class Workspace:
                 })
                 self._synced_id = e.entry.id  # type: ignore[attr-defined]
                 raise
+            if result.status == "applied":
+                self._after_apply(result)
             entry = self._append_result(result, note=note)
         return result, entry
+
+    def _after_apply(self, result: "EditResult") -> None:
+        """The watchlist check (watch.py), then ``self.after_apply`` hooks, into ``result.metrics``."""
+        from .watch import check
+
+        result.metrics["watch"] = check(self)
+        for hook in self.after_apply:
+            result.metrics.update(hook(self, result))
 
     def record(self, result: "EditResult", *, note: str | None = None) -> Entry:
         """Record a result computed on ``self.lm`` outside :meth:`edit` (e.g. by a GUI worker).
