@@ -155,6 +155,9 @@ class Editor:
         self._C: dict[tuple, torch.Tensor] = {}
         self._fingerprint: str | None = None
         self._ppl_by_fp: dict[str, float] = {}  # perplexity of each weight state seen
+        # AlphaEdit's running sum of earlier batches' K K^T per parameter (in, in) float64; a
+        # workspace sets it from its ledger before each batch (batch.py adds each applied batch)
+        self.key_memory: dict[str, torch.Tensor] = {}
 
     # -------------------------------------------------------------- shared pieces
 
@@ -197,6 +200,30 @@ class Editor:
             cancel=(cancel.is_set if cancel else None),
         )
         return C, info
+
+    def method_second_moment(self, hp: RomeHParams, layer: int, progress: ProgressFn | None = None,
+                             cancel: threading.Event | None = None) -> torch.Tensor:
+        """C of ``layer`` for MEMIT / AlphaEdit: the preserved keys' statistics, kept while they
+        edit down-projections (``stats.second_moment(..., ignore_edits=True)``), cached here."""
+        from .stats import second_moment
+
+        key = (layer, hp.mom2_n_tokens, hp.mom2_seq_len, hp.mom2_dtype)
+        if key not in self._C:
+            def on_tokens(done: int, total: int) -> None:
+                if progress:
+                    progress(Progress("stats", done, total, message=f"key statistics, layer {layer}"))
+
+            self._C[key] = second_moment(
+                self.lm, layer, text_path=self._stats_text, n_tokens=hp.mom2_n_tokens, seq_len=hp.mom2_seq_len,
+                dtype=hp.mom2_dtype, progress=on_tokens, cancel=(cancel.is_set if cancel else None),
+                ignore_edits=True)[0]
+        return self._C[key]
+
+    def edit_batch(self, requests: list[EditRequest], **kwargs: Any) -> Any:
+        """Many requests in one update (MEMIT, AlphaEdit): see :func:`auditor.batch.edit_batch`."""
+        from .batch import edit_batch
+
+        return edit_batch(self, requests, **kwargs)
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

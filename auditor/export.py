@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from .checkpoint import LoadedModel, fingerprint_model, fingerprint_tensors, resolve_dtype
-from .deltas import Delta, apply_delta
+from .deltas import apply_delta, load_delta
 from .ledger import app_version, fsync_dir, sha256_file
 
 if TYPE_CHECKING:
@@ -174,6 +174,8 @@ def export_patch(ws: "Workspace", out: str | Path, *, overwrite: bool = False) -
     meta = provenance(ws)
     genesis = ws.ledger.genesis
 
+    from .workspace import entry_params
+
     def write(tmp: Path) -> None:
         (tmp / "deltas").mkdir()
         items = []
@@ -183,7 +185,7 @@ def export_patch(ws: "Workspace", out: str | Path, *, overwrite: bool = False) -
             if not dst.exists():
                 shutil.copyfile(src, dst)
                 _fsync(dst)
-            items.append({"entry": e.id, "param": e.param, "delta_hash": e.delta_hash,
+            items.append({"entry": e.id, "param": e.param, "params": entry_params(e), "delta_hash": e.delta_hash,
                           "file": f"deltas/{src.name}", "file_sha256": sha256_file(dst)})
         _write_json(tmp / "entries.json", [e.to_json() for e in active])
         _write_json(tmp / "manifest.json", {
@@ -222,7 +224,7 @@ def apply_patch(base_model: LoadedModel | torch.nn.Module, patch_dir: str | Path
         path = patch_dir / item["file"]
         if not path.is_file() or sha256_file(path) != item["file_sha256"]:
             raise ExportError(f"{path}: missing or changed (entry {item['entry']})")
-        delta = Delta.load(path)
+        delta = load_delta(path)
         if delta.content_hash() != item["delta_hash"]:
             raise ExportError(f"{path}: does not match its delta hash (entry {item['entry']})")
         deltas.append(delta)

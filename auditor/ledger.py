@@ -51,7 +51,7 @@ from sqlite_utils.migrations import Migrations
 
 from .anchor import (AnchorError, HeadAnchor, anchor_path, fsync_dir, head_problems, normalise_hash, read_anchor,
                      write_anchor)
-from .deltas import Delta
+from .deltas import AnyDelta, load_delta
 
 MIGRATION_SET = "edit_auditor_ledger"
 migrations = Migrations(MIGRATION_SET)
@@ -118,6 +118,16 @@ COLUMNS: dict[str, str] = {
     "prev_hash": "text",  # content_hash of the previous entry (genesis hash for entry 1)
     "content_hash": "text",  # sha256 of the canonical JSON of every other column
 }
+# Columns added by later migrations (name -> type); appended to COLUMNS below. Such a column enters
+# an entry's content hash only when it holds a value, so the entries written before it existed
+# (where it reads NULL) keep the hashes they were written with.
+LATER_COLUMNS: dict[str, str] = {
+    # m003 (issue 8): a batch (MEMIT, AlphaEdit) is one entry listing its requests
+    "requests": "json",  # the batch's requests (flat form), in order; NULL for a single edit
+    "n_requests": "int",  # how many requests the entry holds; NULL for a single edit
+    "params": "json",  # every parameter the delta changes (a batch spans several layers)
+}
+COLUMNS.update(LATER_COLUMNS)
 REAL_COLUMNS = [c for c, t in COLUMNS.items() if t == "real"]
 JSON_COLUMNS = [c for c, t in COLUMNS.items() if t == "json"]
 FTS_COLUMNS = ["subject", "prompt", "target_new", "target_true"]
@@ -169,6 +179,8 @@ def _finite(value: Any) -> Any:
 def _normalise(name: str, value: Any) -> Any:
     """The value exactly as SQLite will give it back, so a hash taken now verifies later."""
     kind = COLUMNS[name]
+    if value is None and name in LATER_COLUMNS:
+        return None
     if kind == "json":
         # stored as its canonical text; a string that already is JSON text is kept
         return value if isinstance(value, str) else canonical_json(value)
@@ -184,7 +196,8 @@ def _normalise(name: str, value: Any) -> Any:
 
 def content_hash(row: dict[str, Any]) -> str:
     """The hash an entry's ``content_hash`` column must hold."""
-    body = {k: row.get(k) for k in COLUMNS if k != "content_hash"}
+    body = {k: row.get(k) for k in COLUMNS
+            if k != "content_hash" and not (k in LATER_COLUMNS and row.get(k) is None)}
     return sha256_text(canonical_json(body))
 
 
@@ -244,6 +257,18 @@ def m004_watchlist(db: sqlite_utils.Database) -> None:
             f"CREATE TRIGGER watchlist_append_only_{op.lower()} BEFORE {op} ON watchlist "
             f"BEGIN SELECT RAISE(ABORT, 'the watchlist is append-only: {op} on watchlist refused'); END"
         )
+
+
+@migrations()
+def m003_batches(db: sqlite_utils.Database) -> None:
+    """Issue 8: batch entries (requests, n_requests, params). Plain ALTER TABLE keeps the triggers.
+
+    A ledger created by this version already has them (m001 builds the table from COLUMNS).
+    """
+    have = {row[1] for row in db.execute("PRAGMA table_info(entries)").fetchall()}
+    for name in ("requests", "n_requests", "params"):
+        if name not in have:
+            db.execute(f"ALTER TABLE entries ADD COLUMN {name} {_SQL_TYPES[LATER_COLUMNS[name]]}")
 
 
 # ---------------------------------------------------------------- entries
@@ -469,7 +494,7 @@ class Ledger:
     def delta_path(self, delta_hash: str) -> Path:
         return self.deltas_dir / (delta_hash.split(":", 1)[-1] + ".safetensors")
 
-    def store_delta(self, delta: Delta) -> tuple[str, str]:
+    def store_delta(self, delta: AnyDelta) -> tuple[str, str]:
         """Write ``delta`` under its hash (if not there yet), fsynced; return (content hash, file sha256)."""
         h = delta.content_hash()
         path = self.delta_path(h)
@@ -484,13 +509,13 @@ class Ledger:
             fsync_dir(self.deltas_dir)
         return h, sha256_file(path)
 
-    def load_delta(self, delta_hash: str) -> Delta:
+    def load_delta(self, delta_hash: str) -> AnyDelta:
         """The stored delta, checked against its hash."""
         path = self.delta_path(delta_hash)
         if not path.is_file():
             raise LedgerError(f"delta {delta_hash} is missing from {self.deltas_dir}")
         try:
-            delta = Delta.load(path)
+            delta = load_delta(path)
         except Exception as e:  # noqa: BLE001 - a corrupt file raises many kinds
             raise LedgerError(f"{path}: unreadable delta file ({type(e).__name__}: {e})") from None
         if delta.content_hash() != delta_hash:
@@ -499,7 +524,7 @@ class Ledger:
 
     # -------------------------------------------------------- writing
 
-    def append(self, fields: dict[str, Any], *, delta: Delta | None = None) -> Entry:
+    def append(self, fields: dict[str, Any], *, delta: AnyDelta | None = None) -> Entry:
         """Append one entry; returns it as stored. ``delta`` is written first, then the entry."""
         unknown = set(fields) - set(COLUMNS)
         if unknown:
@@ -511,7 +536,7 @@ class Ledger:
         if delta is not None:
             row["delta_hash"], row["delta_file_sha256"] = self.store_delta(delta)
         for k in JSON_COLUMNS:
-            if row[k] is None:
+            if row[k] is None and k not in LATER_COLUMNS:
                 row[k] = {} if k in ("hparams", "diagnostics", "metrics", "timings", "request") else []
         row = {k: _normalise(k, v) for k, v in row.items()}
         conn = self.db.conn
@@ -792,4 +817,4 @@ class Ledger:
 
 
 def _delta_hash_of(path: Path) -> str:
-    return Delta.load(path).content_hash()
+    return load_delta(path).content_hash()

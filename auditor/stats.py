@@ -32,17 +32,23 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]  # (tokens done, tokens total)
 
 
-def key_weights_fingerprint(lm: LoadedModel, layer: int) -> str:
-    """Fingerprint of the parameters that determine the keys of ``layer``."""
+def key_weights_fingerprint(lm: LoadedModel, layer: int, *, ignore_edits: bool = False) -> str:
+    """Fingerprint of the parameters that determine the keys of ``layer``.
+
+    ``ignore_edits`` also leaves out the down-projections of the layers below: MEMIT and AlphaEdit
+    take C as the statistics of the preserved knowledge, computed once and kept while they edit
+    those matrices (as kmeng01/memit and jianghoucheng/AlphaEdit do).
+    """
     prefix = lm.spec.layers + "."
-    edited = lm.spec.weight_name(layer)
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    skipped = range(layer + 1) if ignore_edits else [layer]
+    skip = {n for i in skipped for n in (lm.spec.weight_name(i), lm.spec.down_proj_name(i) + ".bias")}
     chosen = []
     for name, t in named_unique_tensors(lm.model):
         m = pattern.match(name)
         if m and int(m.group(1)) > layer:
             continue
-        if name == edited or name == lm.spec.down_proj_name(layer) + ".bias":
+        if name in skip:
             continue
         chosen.append((name, t))
     return fingerprint_tensors(chosen)
@@ -115,6 +121,7 @@ def second_moment(
     dtype: str = "float64",
     progress: ProgressFn | None = None,
     cancel: Callable[[], bool] | None = None,
+    ignore_edits: bool = False,
 ) -> tuple[torch.Tensor, dict]:
     """C for ``layer`` (on the model's device, float32), and how it was obtained.
 
@@ -126,7 +133,7 @@ def second_moment(
     path = Path(text_path) if text_path else stats_text_path()
     text = read_text(path)
     corpus_hash = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-    weights_fp = key_weights_fingerprint(lm, layer)
+    weights_fp = key_weights_fingerprint(lm, layer, ignore_edits=ignore_edits)
     parts = {
         "weights": weights_fp,
         "layer": layer,
@@ -135,6 +142,8 @@ def second_moment(
         "seq_len": seq_len,
         "dtype": dtype,
     }
+    if ignore_edits:
+        parts["ignore_edits"] = True
     key = repr(sorted(parts.items()))
     file = _stats_path(key)
     info = {"cached": False, "file": str(file), **parts}

@@ -42,6 +42,7 @@ from .deltas import Delta, apply_delta
 from .ledger import Entry, Ledger, LedgerError
 
 if TYPE_CHECKING:
+    from .batch import BatchResult
     from .edit import EditResult, Editor
     from .requests import EditRequest
 
@@ -209,8 +210,9 @@ class Workspace:
             if e.kind == "edit" and e.status == "applied" and e.delta_hash:
                 apply_delta(self.lm.model, self.ledger.load_delta(e.delta_hash))
                 changed += 1
-            elif e.kind == "revert" and e.param:
-                self._rebuild(e.param, upto=e.id)
+            elif e.kind == "revert" and entry_params(e):
+                for param in entry_params(e):
+                    self._rebuild(param, upto=e.id)
                 changed += 1
             self._synced_id = e.id
         if changed:
@@ -256,6 +258,40 @@ class Workspace:
         for hook in self.after_apply:
             result.metrics.update(hook(self, result))
 
+    def edit_batch(self, requests: "list[EditRequest]", **batch_kwargs: Any) -> tuple["BatchResult", Entry]:
+        """Run one batch (MEMIT, AlphaEdit, ...; see :func:`auditor.batch.edit_batch`) on the current
+        model and record it as one entry listing its requests.
+
+        AlphaEdit's key memory is taken from the ledger (the applied, not reverted AlphaEdit batches)
+        before the batch runs. A batch that fails (:class:`~auditor.batch.BatchFailed`) or is
+        cancelled leaves the weights and the ledger as they were.
+        """
+        note = batch_kwargs.pop("note", None)
+        with self._locked():
+            self._sync()
+            self.editor.key_memory = self.key_memory()
+            result = self.editor.edit_batch(requests, **batch_kwargs)
+            fields = batch_fields(result)
+            fields["note"] = note
+            entry = self.ledger.append(fields, delta=result.delta)
+            self._synced_id = entry.id
+            self.fingerprint = result.fingerprint_after or fingerprint_model(self.lm.model)
+        return result, entry
+
+    def key_memory(self, upto: int | None = None) -> dict[str, torch.Tensor]:
+        """AlphaEdit's running sum of K K^T per parameter: every applied, not reverted AlphaEdit
+        batch's recorded keys (ids <= ``upto``), summed in ledger order (float64)."""
+        from .alphaedit import key_memory_add
+        from .deltas import DeltaSet
+
+        memory: dict[str, torch.Tensor] = {}
+        for e in self.ledger.active_at(upto if upto is not None else self._synced_id):
+            if e.row.get("method") == "alphaedit":
+                delta = self.ledger.load_delta(e.delta_hash)
+                if isinstance(delta, DeltaSet):
+                    key_memory_add(memory, delta)
+        return memory
+
     def record(self, result: "EditResult", *, note: str | None = None) -> Entry:
         """Record a result computed on ``self.lm`` outside :meth:`edit` (e.g. by a GUI worker).
 
@@ -296,12 +332,14 @@ class Workspace:
                 raise WorkspaceError(f"entry {entry_id} is already reverted")
             before = self.fingerprint
             head = self._synced_id
-            self._rebuild(target.param, upto=head, skip={entry_id})
+            for param in entry_params(target):
+                self._rebuild(param, upto=head, skip={entry_id})
             self._weights_changed()
             entry = self.ledger.append({
                 **{k: target.row[k] for k in ("method", "key_mode", "layer", "param", "request", "subject",
                                               "prompt", "target_new", "target_true", "delta_hash",
                                               "delta_file_sha256")},
+                **{k: target[k] for k in ("requests", "n_requests", "params") if target.row.get(k) is not None},
                 "kind": "revert", "status": "applied", "reverts": entry_id, "note": note,
                 "device": str(self.lm.device), "dtype": dtype_name(self.lm.dtype),
                 "fingerprint_before": before, "fingerprint_after": self.fingerprint,
@@ -311,13 +349,13 @@ class Workspace:
 
     def _rebuild(self, param: str, *, upto: int, skip: set[int] = frozenset()) -> None:
         """``param`` <- base tensor, then every active delta on it (ids <= upto) in ledger order."""
-        active = [e for e in self.ledger.active_at(upto) if e.param == param and e.id not in skip]
+        active = [e for e in self.ledger.active_at(upto) if param in entry_params(e) and e.id not in skip]
         weight = self.lm.model.get_parameter(param)
         base = self.base_tensor(param)
         with torch.no_grad():
             weight.copy_(base.to(device=weight.device, dtype=weight.dtype))
         for e in active:
-            apply_delta(self.lm.model, self.ledger.load_delta(e.delta_hash))
+            apply_delta(self.lm.model, self.ledger.load_delta(e.delta_hash), params=[param])
 
     def base_tensor(self, name: str) -> torch.Tensor:
         """The base checkpoint's tensor ``name`` in the workspace dtype, read from its safetensors."""
@@ -361,7 +399,7 @@ class Workspace:
         fp = fingerprint_model(fresh.model)
         recorded = self.recorded_fingerprint(upto)
         return {"fingerprint": fp, "recorded": recorded, "match": fp == recorded, "applied": len(active),
-                "head": upto}
+                "head": upto, "key_memory": key_memory_fingerprint(self.key_memory(upto))}
 
     def verify(self) -> dict[str, Any]:
         """The ledger's :meth:`~auditor.ledger.Ledger.verify`: hashes, chain and delta files."""
@@ -391,6 +429,46 @@ def open_ledger(directory: str | Path) -> Ledger:
         return Ledger(path)
     except LedgerError as e:
         raise WorkspaceError(str(e)) from None
+
+
+def entry_params(entry: Entry) -> list[str]:
+    """The parameters an entry's delta changes (a batch lists several in ``params``)."""
+    params = entry.row.get("params")
+    if params is not None:
+        return list(json.loads(params)) if isinstance(params, str) else list(params)
+    return [entry.param] if entry.param else []
+
+
+def key_memory_fingerprint(memory: dict[str, torch.Tensor]) -> str:
+    """Fingerprint of AlphaEdit's key memory (names, dtypes, shapes and bytes)."""
+    from .checkpoint import fingerprint_tensors
+
+    return fingerprint_tensors(sorted(memory.items()))
+
+
+def batch_fields(result: "BatchResult") -> dict[str, Any]:
+    """The ledger columns of one batch: its requests, per-layer diagnostics, per-request metrics."""
+    reqs = result.requests
+    summary = result.summary_diagnostics()
+    params = result.params
+    return {
+        "kind": "edit", "status": result.status, "error": result.error, "method": result.method,
+        "key_mode": None, "layer": result.layers[-1] if result.layers else None,
+        "param": params[0] if len(params) == 1 else None, "params": params,
+        "requests": [r.to_json() for r in reqs], "n_requests": len(reqs),
+        # newline-joined so that full-text search finds the batch by any of its requests
+        "subject": "\n".join(r.subject for r in reqs), "prompt": "\n".join(r.text for r in reqs),
+        "target_new": "\n".join(r.target_new for r in reqs),
+        "target_true": "\n".join(r.target_true or "" for r in reqs),
+        "hparams": result.hparams,
+        "update_norm": summary["update_norm"], "weight_norm": summary["weight_norm"],
+        **{k: result.metrics.get(k) for k in METRIC_COLUMNS},
+        "collapse_risk": bool(result.collapse_risk), "collapse_reasons": list(result.collapse_reasons or []),
+        "diagnostics": result.diagnostics,
+        "metrics": {**result.metrics, "per_request": result.per_request},
+        "timings": dict(result.timings or {}), "device": result.device, "dtype": result.dtype,
+        "fingerprint_before": result.fingerprint_before, "fingerprint_after": result.fingerprint_after,
+    }
 
 
 def _request_fields(request: "EditRequest") -> dict[str, Any]:

@@ -93,6 +93,7 @@ def test_a_history_that_forks_is_reported_as_a_warning(ledger: Ledger) -> None:
 def test_schema_is_versioned_wal_and_append_only(three: Ledger) -> None:
     assert three.schema_version[:2] == ["m001_initial", "m002_head_anchor"]
     assert "m004_watchlist" in three.schema_version
+    assert "m003_batches" in three.schema_version
     assert three.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn = sqlite3.connect(three.path)
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):

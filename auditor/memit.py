@@ -1,0 +1,63 @@
+"""MEMIT: many facts at once, spread over several MLP down-projections.
+
+Meng et al. 2023, "Mass-Editing Memory in a Transformer" (kmeng01/memit, ``memit_main.py``).
+For a batch of n requests:
+
+1. z*_i: the residual stream the last edited layer must output at request i's subject (the v* of
+   ``rome.optimise_value`` at that layer, see ``methods.target_shifts``);
+2. for each edited layer l, ascending, with the keys K (in, n) recomputed on the model as
+   updated so far and R (out, n) = (z* - z) / (number of layers left)::
+
+       Delta_l = R K^T (lambda C + K K^T)^-1                 (float64)
+
+   the minimiser of ||Delta K - R||^2 + lambda tr(Delta C Delta^T): the new facts against the
+   preserved keys' second moment C = E[k k^T] (stats.py). It is stored as the factors R and
+   (lambda C + K K^T)^-1 K, rank n.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .checkpoint import LoadedModel
+from .deltas import DeltaSet
+from .hparams import HParamsError, RomeHParams
+from .methods import (MethodContext, MethodOutput, check_finite, load_method_hparams, spread_over_layers,
+                      symmetric_condition)
+from .requests import EditRequest
+
+
+@dataclass
+class MemitHParams(RomeHParams):
+    # `layer` (inherited) is set to max(layers): z* is optimised there. The v* fields configure z*.
+    layers: list[int] = field(default_factory=lambda: [3, 4, 5, 6])  # edited layers (ascending)
+    mom2_update_weight: float = 15000.0  # lambda: weight of C (preserved keys) against the new keys
+
+
+class MemitMethod:
+    name = "memit"
+    max_batch = None
+
+    def hparams(self, lm: LoadedModel, overrides: dict | None = None) -> MemitHParams:
+        hp = load_method_hparams(MemitHParams, self.name, lm, overrides)
+        check_finite("mom2_update_weight", hp.mom2_update_weight)
+        if not hp.mom2_adjustment:
+            raise HParamsError("MEMIT needs the key statistics C (mom2_adjustment true)")
+        return hp
+
+    def layers(self, hp: MemitHParams) -> list[int]:
+        return list(hp.layers)
+
+    def compute(self, lm: LoadedModel, requests: list[EditRequest], hp: MemitHParams,
+                ctx: MethodContext) -> MethodOutput:
+        def solve(layer: int, _name: str, K: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, dict]:
+            C = ctx.second_moment(layer).to(K.device, torch.float64)  # (in, in)
+            A = hp.mom2_update_weight * C + K @ K.T  # (in, in)
+            right = torch.linalg.solve(A, K)  # (in, n): Delta = R right^T = R K^T A^-1 (A symmetric)
+            return right, {"condition": symmetric_condition(A)}
+
+        parts, diags, vectors = spread_over_layers(lm, requests, hp, ctx, solve)
+        return MethodOutput(DeltaSet(parts), list(hp.layers), {"layers": diags}, vectors.pop("per_request"),
+                            {}, vectors)
