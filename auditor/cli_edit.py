@@ -24,10 +24,12 @@ TABLE_COLUMNS = ("case_id", "subject", "target_new", "status", "denominator", "p
 
 
 def _errors() -> tuple[type[BaseException], ...]:
+    from .batch import BatchFailed
     from .edit import EditCancelled, EditFailed
     from .hparams import HParamsError
+    from .workspace import WorkspaceError
 
-    return (EditFailed, EditCancelled, HParamsError)
+    return (EditFailed, EditCancelled, HParamsError, BatchFailed, WorkspaceError)
 
 
 def __getattr__(name: str) -> Any:  # ERRORS is resolved lazily so `--help` stays fast
@@ -119,7 +121,13 @@ def cmd_edit(args: argparse.Namespace) -> int:
             print(json.dumps(record, default=str), flush=True)
 
     try:
-        if args.workspace:
+        if args.method != "rome" or args.batch_size not in (None, 1):
+            from .cli_batch import run_batches
+
+            if args.method == "rome":
+                raise fail("ROME edits one request per update: use --batch-size 1, or --method memit|alphaedit")
+            run_batches(args, requests, kwargs, emit, bar)
+        elif args.workspace:
             if args.independent:
                 raise fail("--independent measures methods on the unedited model and cannot be recorded; drop --workspace")
             from .workspace import Workspace
@@ -148,11 +156,26 @@ def cmd_edit(args: argparse.Namespace) -> int:
         if out:
             out.close()
     if not args.json:
-        print_table(records, TABLE_COLUMNS)
+        print_table([r for r in records if "summary" not in r], TABLE_COLUMNS)
+        for r in records:
+            if r.get("summary") == "batch":
+                print(f"batch {r['batch']}: {r['status']}, {r['n_requests']} requests, layers {r['layers']}, "
+                      f"efficacy {r['efficacy']}, perplexity ratio {r['ppl_ratio']}, "
+                      f"max update/weight norm {r['update_ratio_max']}")
         for r in records:
             if r.get("error"):
                 print(f"{r['case_id']}: {r['status']}: {r['error']}", file=sys.stderr)
     return 0 if all(r["status"] in ("applied", "dry-run") for r in records) else 1
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -167,7 +190,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_args(p, model=False)
     p.add_argument("--requests", required=True, type=Path, metavar="FILE",
                    help="JSON or JSON-lines file of edit requests")
-    p.add_argument("--method", default="rome", choices=("rome",), help="editing method (default: rome)")
+    p.add_argument("--method", default="rome", choices=("rome", "memit", "alphaedit"),
+                   help="editing method (default: rome); memit and alphaedit edit a batch per update")
+    p.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+                   help="requests per update for memit/alphaedit (default: all in one batch); "
+                        "batches run one after another; rome: 1")
     p.add_argument("--key-mode", default="consistent", choices=("consistent", "original"),
                    help="consistent: prefixed keys everywhere (Yang et al. 2024, default); "
                         "original: the reference implementation's unprefixed current key")

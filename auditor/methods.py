@@ -197,14 +197,16 @@ SolveFn = Callable[[int, str, torch.Tensor, torch.Tensor], tuple[torch.Tensor, d
 
 
 def spread_over_layers(lm: LoadedModel, requests: list[EditRequest], hp: RomeHParams, ctx: MethodContext,
-                       solve: SolveFn) -> tuple[list[Delta], list[dict], dict[str, Any]]:
+                       solve: SolveFn, shifts: tuple[torch.Tensor, list[dict]] | None = None,
+                       ) -> tuple[list[Delta], list[dict], dict[str, Any]]:
     """MEMIT's layer loop: for each edited layer, ascending, recompute the keys K and the remaining
     shift z* - z at the last layer, give this layer ``1 / (layers left)`` of it (R), solve for its
     update, and apply it so the next layer sees it. The model is restored bit for bit at the end;
-    the parts are returned for the caller to apply with ``apply_delta``.
+    the parts are returned for the caller to apply with ``apply_delta``. ``shifts``: the result of
+    :func:`target_shifts` when already computed (benchmarks comparing lambdas or layer sets).
     """
     layers = list(hp.layers)
-    shifts, details = target_shifts(lm, requests, hp, ctx)  # (n, hidden)
+    shifts, details = shifts or target_shifts(lm, requests, hp, ctx)  # (n, hidden)
     z_star = block_outputs(lm, hp.layer, requests) + shifts
     names = [lm.spec.weight_name(layer) for layer in layers]
     snapshot = {n: lm.model.get_parameter(n).detach().clone() for n in names}
