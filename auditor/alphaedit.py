@@ -27,7 +27,7 @@ import torch
 from .checkpoint import LoadedModel
 from .deltas import DeltaSet
 from .memit import MemitHParams
-from .methods import MethodContext, MethodOutput, check_finite, load_method_hparams, spread_over_layers
+from .methods import MethodContext, MethodOutput, load_method_hparams, spread_over_layers
 from .requests import EditRequest
 
 KEYS_PREFIX = "keys."  # DeltaSet.tensors name of a layer's keys: "keys.<param>" (in, n) float32
@@ -65,8 +65,6 @@ class AlphaEditMethod:
 
     def hparams(self, lm: LoadedModel, overrides: dict | None = None) -> AlphaEditHParams:
         hp = load_method_hparams(AlphaEditHParams, self.name, lm, overrides)
-        check_finite("nullspace_threshold", hp.nullspace_threshold, strict=True)
-        check_finite("L2", hp.L2, strict=True)
         return hp
 
     def layers(self, hp: AlphaEditHParams) -> list[int]:

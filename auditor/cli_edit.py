@@ -70,7 +70,9 @@ def _hparam_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             overrides[key] = value
     try:
-        return check_hparams(overrides)
+        from .methods import hparams_class
+
+        return check_hparams(overrides, hparams_class(getattr(args, "method", "rome")))
     except HParamsError as e:
         raise fail(f"hyper-parameters: {e}") from None
 

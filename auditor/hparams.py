@@ -95,11 +95,12 @@ def load_hparams(family: str, overrides: dict[str, Any] | None = None) -> RomeHP
     return hp
 
 
-def check_hparams(values: Mapping[str, Any] | Any) -> dict[str, Any]:
-    """``values`` checked field by field (None values dropped); raises HParamsError naming the field."""
+def check_hparams(values: Mapping[str, Any] | Any, cls: type = None) -> dict[str, Any]:
+    """``values`` checked field by field (None values dropped); raises HParamsError naming the field.
+    ``cls``: the dataclass whose fields are allowed (default RomeHParams; MemitHParams, ...)."""
     if not isinstance(values, Mapping):
         raise HParamsError(f"hyper-parameters must be a JSON object, not {type(values).__name__}")
-    known = {f.name: f for f in fields(RomeHParams)}
+    known = {f.name: f for f in fields(cls or RomeHParams)}
     out = {}
     for key, value in values.items():
         if value is None:
@@ -153,3 +154,12 @@ def _shown(value: Any) -> str:
 def _check(hp: RomeHParams) -> None:
     if hp.context_templates is not None and not all("{}" in t for t in hp.context_templates):
         raise HParamsError("every context template needs a '{}'")
+
+
+# ---------------------------------------------------------------- issue 8: MEMIT / AlphaEdit fields
+# (their dataclasses live in memit.py and alphaedit.py; `layers` is checked by methods.py)
+RANGES.update({
+    "mom2_update_weight": (0.0, 1e12, True),  # MEMIT's lambda
+    "nullspace_threshold": (0.0, 1e6, False),  # AlphaEdit
+    "L2": (0.0, 1e12, False),  # AlphaEdit
+})

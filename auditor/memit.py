@@ -24,7 +24,7 @@ import torch
 from .checkpoint import LoadedModel
 from .deltas import DeltaSet
 from .hparams import HParamsError, RomeHParams
-from .methods import (MethodContext, MethodOutput, check_finite, load_method_hparams, spread_over_layers,
+from .methods import (MethodContext, MethodOutput, load_method_hparams, spread_over_layers,
                       symmetric_condition)
 from .requests import EditRequest
 
@@ -42,7 +42,6 @@ class MemitMethod:
 
     def hparams(self, lm: LoadedModel, overrides: dict | None = None) -> MemitHParams:
         hp = load_method_hparams(MemitHParams, self.name, lm, overrides)
-        check_finite("mom2_update_weight", hp.mom2_update_weight)
         if not hp.mom2_adjustment:
             raise HParamsError("MEMIT needs the key statistics C (mom2_adjustment true)")
         return hp

@@ -32,7 +32,8 @@ import torch
 from . import rome
 from .checkpoint import LoadedModel
 from .deltas import AnyDelta, Delta, DeltaSet, apply_delta
-from .hparams import RESOURCES, HParamsError, RomeHParams, load_hparams
+from .hparams import HParamsError, RomeHParams, check_hparams, load_hparams
+from .resources import ResourceMissing, resource_path
 from .requests import EditRequest
 
 ProgressFn = Callable[[str, dict], None]  # (phase, details): "v" steps, "layer" updates
@@ -83,20 +84,21 @@ class EditMethod(Protocol):
 
 
 def load_method_hparams(cls: type, method: str, lm: LoadedModel, overrides: dict | None) -> Any:
-    """``resources/hparams/<method>_<family>.json``, then ``overrides``; ``layer`` := ``max(layers)``."""
-    path = RESOURCES / "hparams" / f"{method}_{lm.spec.family}.json"
-    if not path.is_file():
-        raise HParamsError(f"no {method} hyper-parameters for the {lm.spec.family} family ({path.name})")
-    raw = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
-    known = {f.name for f in fields(cls)} - {"layer"}
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key == "layer":
-            raise HParamsError(f"{method} edits several layers: set 'layers' (a list), not 'layer'")
-        if key not in known:
-            raise HParamsError(f"unknown hyper-parameter {key!r}; known: {', '.join(sorted(known))}")
-        raw[key] = value
+    """``resources/hparams/<method>_<family>.json``, then ``overrides``, each value through
+    ``hparams.check_hparams``; ``layer`` := ``max(layers)`` (z* is optimised there)."""
+    try:
+        path = resource_path(f"hparams/{method}_{lm.spec.family}.json")
+    except ResourceMissing as e:
+        raise HParamsError(f"no {method} hyper-parameters for the {lm.spec.family} family: {e}") from None
+    raw = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if not k.startswith("_")}
+    try:
+        raw = check_hparams(raw, cls)
+    except HParamsError as e:
+        raise HParamsError(f"{path}: {e}") from None
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "layer" in overrides:
+        raise HParamsError(f"{method} edits several layers: set 'layers' (a list), not 'layer'")
+    raw.update(check_hparams(overrides, cls))
     layers = raw.get("layers")
     if not isinstance(layers, list) or not layers or not all(isinstance(x, int) and not isinstance(x, bool)
                                                              for x in layers):
@@ -107,21 +109,30 @@ def load_method_hparams(cls: type, method: str, lm: LoadedModel, overrides: dict
     if bad:
         raise HParamsError(f"layer {bad[0]} is out of range: the model has {lm.n_layers} layers (0-{lm.n_layers - 1})")
     raw["layers"] = sorted(layers)
+    raw["layer"] = raw["layers"][-1]
     try:
-        hp = cls(layer=raw["layers"][-1], **raw)
+        hp = cls(**raw)
     except TypeError as e:
         raise HParamsError(f"{path.name}: {e}") from None
     load_hparams(lm.spec.family, {k: getattr(hp, k) for k in _rome_fields()})  # the shared checks
     return hp
 
 
+def hparams_class(method: str) -> type:
+    """The hyper-parameter dataclass of ``method`` (RomeHParams for rome and unknown names)."""
+    if method == "memit":
+        from .memit import MemitHParams
+
+        return MemitHParams
+    if method == "alphaedit":
+        from .alphaedit import AlphaEditHParams
+
+        return AlphaEditHParams
+    return RomeHParams
+
+
 def _rome_fields() -> list[str]:
     return [f.name for f in fields(RomeHParams)]
-
-
-def check_finite(name: str, value: float, minimum: float = 0.0, strict: bool = False) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum or (strict and value <= minimum):
-        raise HParamsError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g} (got {value!r})")
 
 
 # ------------------------------------------------------------------ batched keys and residuals

@@ -155,7 +155,9 @@ def _holds_answers(lm: "LoadedModel", items: list[WatchItem]) -> list[bool]:
 def _holds_edits(lm: "LoadedModel", entries: list["Entry"]) -> list[bool]:
     from .metrics import success
 
-    return [success(lm, [e.prompt], e.target_new, e.row.get("target_true"))[0] >= 1.0 for e in entries]
+    from .workspace import entry_facts  # a batch entry holds when all its requests hold
+
+    return [all(success(lm, [p], new, true)[0] >= 1.0 for p, new, true in entry_facts(e)) for e in entries]
 
 
 def learned(entry: "Entry") -> bool:

@@ -271,6 +271,8 @@ class Workspace:
             self._sync()
             self.editor.key_memory = self.key_memory()
             result = self.editor.edit_batch(requests, **batch_kwargs)
+            if result.status == "applied":
+                self._after_apply(result)  # type: ignore[arg-type]  # the watchlist, hooks
             fields = batch_fields(result)
             fields["note"] = note
             entry = self.ledger.append(fields, delta=result.delta)
@@ -437,6 +439,15 @@ def entry_params(entry: Entry) -> list[str]:
     if params is not None:
         return list(json.loads(params)) if isinstance(params, str) else list(params)
     return [entry.param] if entry.param else []
+
+
+def entry_facts(entry: Entry) -> list[tuple[str, str, str | None]]:
+    """(prompt with the subject, target_new, target_true) of every request an entry holds."""
+    reqs = entry.row.get("requests")
+    if reqs is None:
+        return [(entry.prompt, entry.target_new, entry.row.get("target_true"))]
+    reqs = json.loads(reqs) if isinstance(reqs, str) else reqs
+    return [(r["prompt"].replace("{}", r["subject"]), r["target_new"], r.get("target_true")) for r in reqs]
 
 
 def key_memory_fingerprint(memory: dict[str, torch.Tensor]) -> str:
