@@ -35,9 +35,6 @@ from .requests import EditRequest
 if TYPE_CHECKING:
     from .edit import Editor, Progress
 
-# Healthy MEMIT/AlphaEdit batches of 10-20 CounterFact facts on the demo model move each edited
-# matrix by 1-4 % of its norm (issue-8 notes); a ROME collapse moves it by the whole norm or more.
-MAX_UPDATE_RATIO = 0.5
 BATCH_METRICS = ("efficacy", "target_prob", "generalization", "locality", "portability", "prefixed_efficacy",
                  "efficacy_before")
 
@@ -265,7 +262,7 @@ def edit_batch(
 
 def batch_guard_reasons(guard: Any, diagnostics: dict, ppl_ratio: float | None) -> list[str]:
     """Scale-free collapse signals: the largest ||Delta|| / ||W|| and the perplexity ratio."""
-    limit = getattr(guard, "max_update_ratio", MAX_UPDATE_RATIO)
+    limit = guard.max_update_ratio
     out = []
     ratios = [(d["update_ratio"], d["layer"]) for d in diagnostics.get("layers", [])]
     if ratios and max(ratios)[0] > limit:

@@ -63,6 +63,10 @@ class CollapseGuard:
     # Single healthy edits move reference perplexity by a few percent at most; the butterfly
     # paper's collapses multiply it many times over.
     max_ppl_ratio: float = 1.5
+    # Batches (MEMIT, AlphaEdit; batch.py): the largest ||Delta_l|| / ||W_l||, free of the model's
+    # scale. On the demo model a healthy ROME edit moves W by ~5 % (8 / 171), the original-mode
+    # collapse by ~118 % (202 / 171); healthy batches stay in the low per cent (issue-8 notes).
+    max_update_ratio: float = 0.5
 
     def reasons(self, denominator: float | None, ppl_ratio: float | None) -> list[str]:
         out = []
