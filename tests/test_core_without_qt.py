@@ -49,6 +49,7 @@ def no_qt_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["QT_ATTEMPTS"] = str(site / "attempts.txt")
+    env["QT_QPA_PLATFORM"] = "offscreen"  # past the xcb library check (tests/test_system_libs.py)
     return env
 
 

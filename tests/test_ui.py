@@ -261,6 +261,7 @@ def test_collapse_risk_dry_run_asks_and_declining_leaves_the_model(window, qtbot
     assert "denominator" in box.informativeText()
     assert not window.runner.busy
     assert window.last_outcome.result.status == "dry-run" and window.last_outcome.result.collapse_risk
+    assert window.pending_collapse[2] == ws.ledger.head().id  # the dialog knows the reviewed entry
     click(window.decline_button)
     qtbot.waitUntil(lambda: window.collapse_dialog is None, timeout=5000)
     qtbot.wait(100)
@@ -270,6 +271,17 @@ def test_collapse_risk_dry_run_asks_and_declining_leaves_the_model(window, qtbot
     statuses = [r["status"] for r in window.audit.model.rows]
     assert statuses == ["applied", "dry-run"]
     assert window.audit.model.rows[-1]["collapse_risk"]
+
+    # "Apply anyway" on that review: exactly the delta on record, linked to it, nothing recomputed
+    dry, out = ws.ledger.head(), window.last_outcome
+    window.ask_collapse_override(out.result.request, out.options, out.result.collapse_reasons, "dry-run", dry.id)
+    click(window.override_button)
+    qtbot.waitUntil(lambda: not window.runner.busy and len(window.audit.model.rows) == 3, timeout=120_000)
+    applied = ws.ledger.head()
+    assert (applied.status, applied.delta_hash, applied.fingerprint_before) == ("applied", dry.delta_hash, fp)
+    assert applied["diagnostics"]["applies_entry"] == dry.id
+    assert fingerprint_model(ws.lm.model) == applied.fingerprint_after == window.current_fingerprint != fp
+    assert window.last_outcome is out  # no edit ran
 
 
 def test_export_and_revert_from_the_window_equal_the_command_line(window, qtbot, edited, tmp_path, capsys):

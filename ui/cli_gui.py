@@ -31,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
+    from .system_libs import check_window_libraries
+
+    missing = check_window_libraries()
+    if missing:
+        raise fail(missing)
     try:
         from .app import run
     except ImportError as e:

@@ -198,6 +198,7 @@ class EditPanel(QWidget):
         for name, f in self.fields.items():
             edit = f.editor
             edit.textChanged.connect(lambda *_a, f=f: f.set_error(None))
+        self.show_hparams(False)
         self.set_enabled_for_model(False)
 
     # ------------------------------------------------------------ model
@@ -205,6 +206,7 @@ class EditPanel(QWidget):
         """Layer range and the engine's default hyper-parameters for this model's family."""
         self.layer.setRange(0, max(0, n_layers - 1))
         self._defaults = dict(defaults)
+        self.show_hparams(True)
         self.reset_hparams()
         self.set_enabled_for_model(True)
         self._answer_timer.start()
@@ -217,6 +219,17 @@ class EditPanel(QWidget):
             if name in d:
                 w.setValue(d[name])
         self.mom2.setChecked(bool(d.get("mom2_adjustment", True)))
+
+    def show_hparams(self, shown: bool) -> None:
+        """Empty, disabled hyper-parameter fields until a model gives its family's defaults (a
+        spin box cannot be empty: at its minimum it shows a blank special value instead)."""
+        for w in (self.layer, *self.hp.values()):
+            w.setSpecialValueText("" if shown else " ")
+            if not shown:
+                w.setValue(w.minimum())
+            w.setEnabled(shown)
+        self.mom2.setEnabled(shown)
+        self.reset_button.setEnabled(shown)
 
     def set_enabled_for_model(self, enabled: bool) -> None:
         self.dry_button.setEnabled(enabled)
@@ -243,6 +256,12 @@ class EditPanel(QWidget):
         else:
             self.progress.setRange(0, 0)
             self.progress.setFormat(phase)
+
+    def show_steps(self, step: int, total: int, text: str) -> None:
+        """A stage of a longer job that is not an edit (opening a model, a first-run conversion)."""
+        self.progress.setRange(0, max(1, int(total)))
+        self.progress.setValue(min(int(step), int(total)))
+        self.progress.setFormat(f"{text} ({step}/{total})")
 
     def set_idle_text(self, text: str) -> None:
         self.progress.setRange(0, 1)

@@ -120,7 +120,7 @@ class MainWindow(QMainWindow):
         self.workspace = None
         self.rows: list[dict[str, Any]] = []
         self.current_fingerprint: str | None = None
-        self.pending_collapse: tuple[Any, dict] | None = None  # (request, options) awaiting the override
+        self.pending_collapse: tuple[Any, dict, int | None] | None = None  # (request, options, entry id) awaiting the override
         self.collapse_dialog: QMessageBox | None = None
         self.export_dialog: ExportDialog | None = None
         self.last_error = ""
@@ -373,12 +373,15 @@ class MainWindow(QMainWindow):
         def job(report, cancel):
             from auditor.workspace import Workspace
 
+            def loading(step, total, message):  # a first-run conversion takes a minute: show it
+                report(("load", step, total, message))
+
             if is_workspace(ws_dir):
                 report(f"opening workspace {ws_dir}")
-                ws = Workspace.open(ws_dir, device=device)
+                ws = Workspace.open(ws_dir, device=device, progress=loading)
             else:
                 report(f"creating workspace {ws_dir} for {text}")
-                ws = Workspace.init(text, ws_dir, dtype=dtype, device=device)
+                ws = Workspace.init(text, ws_dir, dtype=dtype, device=device, progress=loading)
             report("preparing the editor")
             warm_up(ws)
             return ws, ws.fingerprint
@@ -584,6 +587,9 @@ class MainWindow(QMainWindow):
             self.live_chart.add(p)
             self.panel.show_progress(p)
             self.statusBar().showMessage(self.panel.progress.text() or getattr(p, "message", ""))
+        elif name == "open" and isinstance(p, tuple) and p[0] == "load":
+            self.panel.show_steps(*p[1:])
+            self.statusBar().showMessage(p[3])
         elif name == "export" and isinstance(p, tuple) and self.export_dialog is not None:
             self.export_dialog.set_progress(p[1])
         elif isinstance(p, str):
@@ -592,17 +598,19 @@ class MainWindow(QMainWindow):
     @Slot(str, object)
     def _on_finished(self, name: str, value) -> None:
         if name == "open":
+            self.panel.set_idle_text("idle")
             self.set_workspace(*value)
         elif name == "answer":
             self.panel.show_answer(*value)
         elif name == "edit":
             self._edit_finished(value)
-        elif name == "revert":
+        elif name in ("revert", "apply"):
             entry, fp = value
             self.current_fingerprint = fp
             self.refresh_entries()
             self.audit.select_entry(entry.id)
-            self.statusBar().showMessage(f"Reverted: new entry {entry.id}")
+            done = "Reverted" if name == "revert" else f"Applied as reviewed in entry {entry['diagnostics']['applies_entry']}"
+            self.statusBar().showMessage(f"{done}: new entry {entry.id}")
         elif name == "verify":
             self.audit.show_verify(value)
             self.tabs.setCurrentWidget(self.audit)
@@ -615,6 +623,8 @@ class MainWindow(QMainWindow):
     @Slot(str, str)
     def _on_failed(self, name: str, message: str) -> None:
         self.last_error = message
+        if name == "open":
+            self.panel.set_idle_text("could not open the model")
         if name == "export" and self.export_dialog is not None:
             self.export_dialog.finished_error(message)
         if name == "edit":
@@ -649,7 +659,8 @@ class MainWindow(QMainWindow):
         self.result_label.setText(self._summary(res, entry_id))
         self.statusBar().showMessage(f"Edit {res.status}" + (f" (entry {entry_id})" if entry_id is not None else ""))
         if res.collapse_risk and res.status in ("dry-run", "rejected"):
-            self.ask_collapse_override(res.request, out.options, res.collapse_reasons, res.status)
+            self.ask_collapse_override(res.request, out.options, res.collapse_reasons, res.status,
+                                       getattr(out.entry, "id", None))
         elif res.status == "failed":
             self.show_error(res.error or "the edit failed", title="Edit failed")
 
@@ -669,9 +680,11 @@ class MainWindow(QMainWindow):
         return text
 
     # ================================================================ collapse override
-    def ask_collapse_override(self, request, options: dict, reasons: list[str], status: str) -> None:
-        """Show the flagged result and its reasons; only "Apply anyway" applies it."""
-        self.pending_collapse = (request, dict(options))
+    def ask_collapse_override(self, request, options: dict, reasons: list[str], status: str,
+                              entry_id: int | None = None) -> None:
+        """Show the flagged result and its reasons; only "Apply anyway" applies it: the very delta
+        recorded in ``entry_id`` (auditor.reviewed), not a recomputation."""
+        self.pending_collapse = (request, dict(options), entry_id)
         box = QMessageBox(self)
         box.setIcon(QMessageBox.Icon.Warning)
         box.setWindowTitle("Collapse risk")
@@ -693,9 +706,28 @@ class MainWindow(QMainWindow):
         if pending is None or button is not self.override_button:
             self.statusBar().showMessage("Not applied: the model is unchanged.")
             return
-        request, options = pending
-        options.update(dry_run=False, allow_collapse=True)
-        self.start_edit(request, options)
+        request, options, entry_id = pending
+        if entry_id is None:  # nothing on record to apply (no workspace entry): compute it again
+            options.update(dry_run=False, allow_collapse=True)
+            self.start_edit(request, options)
+            return
+        self.apply_reviewed(entry_id)
+
+    def apply_reviewed(self, entry_id: int) -> bool:
+        """Apply the delta the user reviewed in entry ``entry_id``, linked to it, in the worker."""
+        ws = self.workspace
+        if ws is None:
+            return False
+
+        def job(report, cancel):
+            from auditor.reviewed import apply_reviewed
+
+            return apply_reviewed(ws, entry_id), ws.fingerprint
+
+        if self.runner.start("apply", job, no_grad=True):
+            self.statusBar().showMessage(f"Applying the delta reviewed in entry {entry_id}…")
+            return True
+        return False
 
     # ================================================================ misc
     def show_error(self, message: str, title: str = "Edit Auditor") -> None:

@@ -1,0 +1,63 @@
+"""Apply exactly the delta a user reviewed: the "Apply anyway" of a flagged dry run.
+
+A dry run (or an edit the collapse guard rejected) is recorded with its delta, its measurements
+and the model fingerprint it was computed on, and the weights are restored. When the user has
+read that record and decides to apply it anyway, computing the edit again would apply a delta
+nobody reviewed (the v* optimisation is not bit-reproducible across devices and thread counts).
+:func:`apply_reviewed` instead loads the recorded delta (checked against its hash), applies it with
+:func:`deltas.apply_delta` to the same weights it was computed on, and records a new ``applied``
+entry carrying the same ``delta_hash`` and measurements, linked to the reviewed entry by
+``diagnostics["applies_entry"]`` (hashed into the chain like every column).
+
+Example::
+
+    result, dry = ws.edit(request, dry_run=True)          # flagged: collapse risk
+    entry = apply_reviewed(ws, dry.id, note="reviewed by ana")
+    assert entry.delta_hash == dry.delta_hash
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .deltas import apply_delta
+from .ledger import Entry
+
+if TYPE_CHECKING:
+    from .workspace import Workspace
+
+REVIEWABLE = ("dry-run", "rejected")
+# columns of the reviewed entry that describe the applied edit unchanged
+COPIED = ("method", "key_mode", "layer", "param", "hparams", "request", "subject", "prompt", "target_new",
+          "target_true", "denominator", "denominator_raw", "numerator_norm", "update_norm", "weight_norm",
+          "key_cosine", "efficacy", "target_prob", "generalization", "locality", "portability",
+          "prefixed_efficacy", "ppl_before", "ppl_after", "ppl_ratio", "collapse_risk", "collapse_reasons",
+          "metrics", "timings", "device", "dtype", "delta_hash", "delta_file_sha256")
+
+
+def apply_reviewed(ws: "Workspace", entry_id: int, *, note: str | None = None) -> Entry:
+    """Apply the delta recorded in ``entry_id`` (a dry run or a rejected edit) as a new entry."""
+    from .workspace import WorkspaceError
+
+    with ws._locked():
+        ws._sync()
+        reviewed = ws.ledger.get(entry_id)
+        if reviewed.kind != "edit" or reviewed.status not in REVIEWABLE or not reviewed.delta_hash:
+            raise WorkspaceError(f"entry {entry_id} is a {reviewed.status} {reviewed.kind} without a reviewable "
+                                 "delta; only a dry run or a rejected edit can be applied as reviewed")
+        if reviewed.fingerprint_before != ws.fingerprint:
+            raise WorkspaceError(f"the model changed since entry {entry_id} was computed; its delta was reviewed "
+                                 "on other weights. Run the edit again")
+        delta = ws.ledger.load_delta(reviewed.delta_hash)  # checked against its hash
+        before = ws.fingerprint
+        apply_delta(ws.lm.model, delta)
+        ws._weights_changed()
+        diagnostics = {**reviewed["diagnostics"], "applies_entry": entry_id}
+        entry = ws.ledger.append({
+            **{k: reviewed.row[k] for k in COPIED}, "kind": "edit", "status": "applied",
+            "diagnostics": diagnostics, "error": None,
+            "note": note or f"applied as reviewed in entry {entry_id} (collapse-risk override)",
+            "fingerprint_before": before, "fingerprint_after": ws.fingerprint,
+        })
+        ws._synced_id = entry.id
+        return entry
