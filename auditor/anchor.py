@@ -14,6 +14,11 @@ consistent. So the head is kept in three more places, each checked by ``ledger v
   the chain (Crosby and Wallach, "Efficient Data Structures for Tamper-Evident Logging", USENIX
   Security 2009: a log is tamper-evident only against commitments held by someone else).
 
+Optionally the head file is signed: with ``EDIT_AUDITOR_HEAD_KEY`` naming a key file (kept away
+from the workspace, e.g. ``~/.config/edit-auditor/head.key``), every head file carries an
+HMAC-SHA256 of its fields, and ``verify`` refuses one that is unsigned or signed with another key, so
+rewriting rows, high-water mark and head file together no longer passes without the key.
+
 Example::
 
     write_anchor(anchor_path(db), HeadAnchor(ledger_id, last_id=3, head="sha256:...", high_water=3))
@@ -22,6 +27,8 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -31,6 +38,8 @@ from typing import Any, Callable
 
 ANCHOR_FORMAT = "edit-auditor-ledger-head"
 ANCHOR_VERSION = 1
+KEY_ENV = "EDIT_AUDITOR_HEAD_KEY"  # path of the key file that signs head files (optional)
+MIN_KEY_BYTES = 16
 
 
 class AnchorError(ValueError):
@@ -43,9 +52,38 @@ class HeadAnchor:
     last_id: int  # id of the newest entry (0 while the ledger is empty)
     head: str  # that entry's content hash (the genesis hash while the ledger is empty)
     high_water: int  # the highest id ever given out; the next entry gets a larger one
+    signature: str | None = None  # "hmac-sha256:<hex>" over the fields above, when a key is configured
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": ANCHOR_FORMAT, "version": ANCHOR_VERSION, **asdict(self)}
+        body = {"format": ANCHOR_FORMAT, "version": ANCHOR_VERSION, **asdict(self)}
+        if self.signature is None:
+            del body["signature"]
+        return body
+
+    def signed(self, key: bytes) -> "HeadAnchor":
+        return HeadAnchor(self.ledger_id, self.last_id, self.head, self.high_water, _mac(self, key))
+
+    def signature_matches(self, key: bytes) -> bool:
+        return self.signature is not None and hmac.compare_digest(self.signature, _mac(self, key))
+
+
+def _mac(anchor: HeadAnchor, key: bytes) -> str:
+    body = json.dumps([anchor.ledger_id, anchor.last_id, anchor.head, anchor.high_water], separators=(",", ":"))
+    return "hmac-sha256:" + hmac.new(key, body.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def signing_key() -> bytes | None:
+    """The key named by ``EDIT_AUDITOR_HEAD_KEY`` (None when the variable is not set)."""
+    path = os.environ.get(KEY_ENV)
+    if not path:
+        return None
+    try:
+        key = Path(path).expanduser().read_bytes()
+    except OSError as e:
+        raise AnchorError(f"{KEY_ENV}={path}: cannot read the head signing key ({e.strerror})") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise AnchorError(f"{KEY_ENV}={path}: a signing key has at least {MIN_KEY_BYTES} bytes")
+    return key
 
 
 def anchor_path(db_path: str | Path) -> Path:
@@ -66,8 +104,10 @@ def read_anchor(path: Path) -> HeadAnchor | None:
         data = json.loads(raw[:65536].decode("utf-8"))
         if not isinstance(data, dict) or data.get("format") != ANCHOR_FORMAT:
             raise ValueError("not a ledger head file")
+        signature = data.get("signature")
         anchor = HeadAnchor(ledger_id=str(data["ledger_id"]), last_id=int(data["last_id"]),
-                            head=str(data["head"]), high_water=int(data["high_water"]))
+                            head=str(data["head"]), high_water=int(data["high_water"]),
+                            signature=None if signature is None else str(signature))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise AnchorError(f"{path}: unreadable ledger head file ({type(e).__name__}: {e})") from None
     if anchor.last_id < 0 or anchor.high_water < anchor.last_id or not anchor.head.startswith("sha256:"):
@@ -140,8 +180,21 @@ def head_problems(anchor: HeadAnchor | None, newest_id: int, hash_of: Callable[[
     elif anchor.last_id < newest_id:
         warnings.append((anchor.last_id + 1, f"{name} still names entry {anchor.last_id}: later entries were "
                                              "committed without it being updated (a crash?); the next append updates it"))
+    problems.extend(signature_problems(anchor, name))
     high = max(high_water, anchor.high_water if anchor else 0)
     if high > newest_id and not any(eid == newest_id + 1 for eid, _ in problems):
         problems.append((newest_id + 1, f"missing: ids up to {high} were given out, but the newest entry is "
                                         f"{newest_id}: entries were deleted"))
     return problems, warnings
+
+
+def signature_problems(anchor: HeadAnchor | None, name: str) -> list[tuple[int | None, str]]:
+    """With a signing key configured, an unsigned or wrongly signed head file is a problem."""
+    key = signing_key()
+    if key is None or anchor is None:
+        return []
+    if anchor.signature is None:
+        return [(None, f"{name} is not signed, but a signing key is configured ({KEY_ENV}): it was rewritten")]
+    if not anchor.signature_matches(key):
+        return [(None, f"the signature of {name} does not match the signing key: it was rewritten without it")]
+    return []

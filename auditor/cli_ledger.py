@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from .cli import add_json_arg, add_model_args, emit, print_json, print_table
+from .anchor import AnchorError
 from .export import ExportError
 from .ledger import LedgerError
 from .workspace import Workspace, WorkspaceError, open_ledger
 
-ERRORS: tuple[type[BaseException], ...] = (WorkspaceError, LedgerError, ExportError)
+ERRORS: tuple[type[BaseException], ...] = (WorkspaceError, LedgerError, ExportError, AnchorError)
 EXIT_CHECK_FAILED = 1
 LIST_COLUMNS = ["id", "created_at", "kind", "status", "subject", "target_new", "layer", "efficacy",
                 "ppl_ratio", "collapse_risk", "reverts"]

@@ -50,7 +50,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from .anchor import (AnchorError, HeadAnchor, anchor_path, fsync_dir, head_problems, normalise_hash, read_anchor,
-                     write_anchor)
+                     signing_key, write_anchor)
 from .deltas import AnyDelta, load_delta
 
 MIGRATION_SET = "edit_auditor_ledger"
@@ -616,8 +616,9 @@ class Ledger:
                 old = None
             if old is None or old.last_id <= newest:
                 high = max(newest, self._high_water(), old.high_water if old else 0)
-                write_anchor(self.anchor_path, HeadAnchor(str(self.genesis.get("ledger_id")), newest,
-                                                          head_hash, high))
+                anchor = HeadAnchor(str(self.genesis.get("ledger_id")), newest, head_hash, high)
+                key = signing_key()
+                write_anchor(self.anchor_path, anchor.signed(key) if key else anchor)
         finally:
             conn.execute("COMMIT")
 

@@ -161,3 +161,30 @@ def test_a_ledger_from_before_the_anchor_is_adopted(tmp_path: Path) -> None:
         assert "m002_head_anchor" in reopened.schema_version
         assert read_anchor(reopened.anchor_path).head == head
         assert reopened.verify()["ok"] and reopened.append(fields(3)).id == 3
+
+
+def test_a_signed_head_stops_the_thorough_attacker_without_the_key(tmp_path: Path, monkeypatch, capsys) -> None:
+    from auditor.anchor import KEY_ENV
+
+    key = tmp_path / "head.key"
+    key.write_bytes(bytes(range(32)))
+    monkeypatch.setenv(KEY_ENV, str(key))
+    with Ledger.create(tmp_path / "ws" / "ledger.db", GENESIS) as led:
+        for i in range(3):
+            led.append(fields(i))
+        anchor = read_anchor(led.anchor_path)
+        assert anchor.signature.startswith("hmac-sha256:") and anchor.signature_matches(key.read_bytes())
+        assert led.verify()["ok"]
+        # the thorough attacker of the test above, who has the database and the head file, not the key
+        tamper(led.path, "DELETE FROM entries WHERE id = 3", "UPDATE high_water SET last_id = 2")
+        two = led.get(2)
+        forged = HeadAnchor(led.genesis["ledger_id"], 2, two.content_hash, 2)
+        write_anchor(led.anchor_path, forged)
+        assert "is not signed" in led.verify()["reason"]
+        write_anchor(led.anchor_path, forged.signed(b"another key of sixteen bytes"))
+        assert "does not match the signing key" in led.verify()["reason"]
+        code, out = verify_cli(led, capsys)
+        assert code == 1 and out.startswith("FAILED: ledger head: the signature of ledger.head does not match")
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "absent.key"))
+    assert main(["ledger", "verify", "--workspace", str(tmp_path / "ws")]) == 2
+    assert "cannot read the head signing key" in capsys.readouterr().err
