@@ -72,13 +72,22 @@ class Lab:
     def requests(self, data: str | bytes | list | dict, name: str = "requests.json") -> Path:
         return self.file(name, data if isinstance(data, (str, bytes)) else json.dumps(data))
 
-    def ledger(self, n: int = 3) -> Path:
-        """A workspace folder holding a real ledger of ``n`` entries (no model needed)."""
+    def ledger(self, n: int = 3, *, deltas: bool = False, base: str = "demo") -> Path:
+        """A workspace folder holding a real ledger of ``n`` entries (no model needed); with
+        ``deltas`` each is an applied edit with a real rank-one delta file."""
+        from auditor.deltas import Delta
+
         folder = self.tmp / "ledger-ws"
         with Ledger.create(folder / "ledger.db", {"base_fingerprint": "sha256:" + "ab" * 32, "dtype": "float32",
-                                                  "base_source": "demo"}) as led:
+                                                  "base_source": base}) as led:
             for i in range(n):
-                led.append({"status": "dry-run", "subject": f"Landmark {i}", "target_new": "Italy"})
+                g = torch.Generator().manual_seed(i)
+                delta = Delta("model.layers.4.mlp.down_proj.weight", False, torch.randn(8, generator=g),
+                              torch.randn(16, generator=g)) if deltas else None
+                led.append({"status": "applied" if deltas else "dry-run", "subject": f"Landmark {i}",
+                            "target_new": "Italy", "param": delta.param if delta else None}, delta=delta)
+            if base != "demo":
+                led.set_setting("base_path", base)
         return folder
 
 
@@ -168,6 +177,28 @@ def moved_head_file(lab: Lab) -> Path:
         pass
     (folder / "ledger.head").write_bytes((other / "ledger.head").read_bytes())
     return folder
+
+
+def delta_file(folder: Path) -> Path:
+    return sorted((folder / "deltas").glob("*.safetensors"))[0]
+
+
+def missing_delta(lab: Lab) -> Path:
+    folder = lab.ledger(2, deltas=True)
+    delta_file(folder).unlink()
+    return folder
+
+
+def corrupt_delta(lab: Lab) -> Path:
+    folder = lab.ledger(2, deltas=True)
+    path = delta_file(folder)
+    path.write_bytes(path.read_bytes()[:-9])
+    return folder
+
+
+def workspace_on(lab: Lab, base: Path | str) -> list[str]:
+    """``replay`` of a workspace whose base checkpoint is ``base`` (not the one it recorded)."""
+    return ["replay", "--workspace", str(lab.ledger(1, base=str(base))), "--device", "cpu"]
 
 
 def non_export_folder(lab: Lab) -> Path:
@@ -342,6 +373,12 @@ CASES: list[tuple[str, Build, int, str]] = [
     ("ws-edit-missing-workspace", lambda l: ["edit", "--workspace", str(l.tmp / "none"), "--requests",
                                              str(l.requests([RECORD])), "--device", "cpu"], 2, "not a workspace"),
     ("ws-expect-head-garbage", lambda l: verify(l.ledger(2), "--expect-head", "lots"), 2, "is not a sha256 hash"),
+    ("ws-base-missing", lambda l: workspace_on(l, l.tmp / "moved-away"), 2, "cannot load the base checkpoint"),
+    ("ws-base-is-another-model", lambda l: workspace_on(l, l.base), 2, "is not the one this workspace was built on"),
+    ("ws-base-is-hostile", lambda l: workspace_on(l, l.checkpoint(num_hidden_layers=10**9)), 2,
+     "num_hidden_layers = 1000000000 is outside"),
+    ("ws-revert-an-unknown-entry", lambda l: ["revert", "--workspace", str(l.ws), "99", "--device", "cpu"], 2,
+     "no ledger entry 99"),
     ("ws-export-deleted-head", lambda l: ["export", "--workspace", str(deleted_head(l)), "--out", str(l.tmp / "o")],
      2, "the ledger does not verify"),
     ("ws-export-changed-entry", lambda l: ["export", "--workspace", str(swapped_delta_ledger(l)), "--out",
@@ -351,6 +388,8 @@ CASES: list[tuple[str, Build, int, str]] = [
     ("verify-deleted-head-and-file", lambda l: verify((lambda f: ((f / "ledger.head").unlink(), f)[1])(deleted_head(l))),
      1, ""),
     ("verify-changed-entry", lambda l: verify(swapped_delta_ledger(l)), 1, ""),
+    ("verify-missing-delta-file", lambda l: verify(missing_delta(l)), 1, ""),
+    ("verify-truncated-delta-file", lambda l: verify(corrupt_delta(l)), 1, ""),
     ("verify-head-file-garbage", lambda l: verify((lambda f: (l.file(str((f / "ledger.head").relative_to(l.tmp)),
                                                                      b"\x00garbage"), f)[1])(l.ledger(2))), 1, ""),
     ("verify-head-file-of-another-ledger", lambda l: verify(moved_head_file(l)), 1, ""),
