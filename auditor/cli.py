@@ -49,6 +49,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "auditor.cli_edit",
     "auditor.cli_ledger",
     "auditor.cli_watch",
+    "auditor.cli_reviewed",
 )
 ENTRY_POINT_GROUP = "edit_auditor.commands"
 EXIT_USER_ERROR = 2

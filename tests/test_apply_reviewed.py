@@ -66,3 +66,21 @@ def test_apply_anyway_is_refused_when_it_would_not_be_the_reviewed_edit(ws: Work
     with pytest.raises(WorkspaceError, match="only a dry run or a rejected edit"):
         apply_reviewed(ws, 2)  # already an applied edit
     assert len(ws.ledger) == n and ws.verify()["ok"]
+
+
+def test_the_command_line_applies_a_reviewed_dry_run(ws: Workspace, capsys) -> None:
+    import json
+
+    from auditor.cli import main
+
+    dry = ws.record(synthetic_result(ws, 5, 41, status="dry-run"))
+    assert main(["apply-reviewed", "--workspace", str(ws.directory), str(dry.id), "--note", "cli",
+                 "--device", "cpu", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["applies_entry"] == dry.id and out["delta_hash"] == dry.delta_hash and out["status"] == "applied"
+    entry = ws.ledger.get(out["id"])
+    assert entry["diagnostics"]["applies_entry"] == dry.id and entry.note == "cli"
+    assert out["ledger_head"] == ws.ledger.head_hash
+    # applying it twice: the weights are no longer those it was reviewed on
+    assert main(["apply-reviewed", "--workspace", str(ws.directory), str(dry.id), "--device", "cpu"]) == 2
+    assert "the model changed since entry" in capsys.readouterr().err
