@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import add_json_arg, add_model_args, fail, load_from_args, print_table
+from .hparams import KEY_MODES
 
 TABLE_COLUMNS = ("case_id", "subject", "target_new", "status", "denominator", "ppl_ratio",
                  "efficacy", "generalization", "locality", "prefixed_efficacy", "collapse_risk", "seconds")
@@ -197,9 +198,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive, default=None, metavar="N",
                    help="requests per update for memit/alphaedit (default: all in one batch); "
                         "batches run one after another; rome: 1")
-    p.add_argument("--key-mode", default="consistent", choices=("consistent", "original"),
-                   help="consistent: prefixed keys everywhere (Yang et al. 2024, default); "
-                        "original: the reference implementation's unprefixed current key")
+    p.add_argument("--key-mode", default="consistent", choices=KEY_MODES,
+                   help="consistent: prefixed keys everywhere (r-ROME, Gupta et al. 2024; default); "
+                        "original: the reference implementation's unprefixed current key; "
+                        "joint: a rank-two update mapping both the bare and the prefixed key to v*")
     p.add_argument("--layer", type=int, default=None, help="layer to edit (default: the family's)")
     p.add_argument("--steps", dest="v_num_grad_steps", type=int, default=None, metavar="N",
                    help="maximum v* optimisation steps")

@@ -17,7 +17,6 @@ measurements on the demo model (see ``CollapseGuard``).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,8 @@ from .requests import EditRequest
 log = logging.getLogger(__name__)
 
 METHODS = ("rome",)
+HELD_OUT_SEED = 1_000_003  # added to context_seed: the prefixes of prefixed_efficacy, never seen by v*
+HELD_OUT_N = 5  # how many held-out prefixes prefixed_efficacy averages over
 
 
 class EditCancelled(Exception):
@@ -183,10 +184,18 @@ class Editor:
         """Fixed templates from the hyper-parameters, or generated once per editor (seeded)."""
         if hp.context_templates:
             return list(hp.context_templates)
-        key = (hp.context_n, hp.context_len, hp.context_seed)
+        key = (hp.context_n, hp.context_len, hp.context_seed, hp.context_style)
         if key not in self._templates:
-            self._templates[key] = rome.generate_context_templates(self.lm, *key)
+            self._templates[key] = rome.generate_context_templates(self.lm, *key[:3], style=hp.context_style)
         return self._templates[key]
+
+    def held_out_templates(self, hp: RomeHParams, used: list[str]) -> list[str]:
+        """Prefixes ("... {}") from a seed the v* templates never use, minus any that ``used`` holds."""
+        key = ("held-out", HELD_OUT_N, hp.context_len, hp.context_seed)
+        if key not in self._templates:
+            self._templates[key] = rome.generate_context_templates(
+                self.lm, HELD_OUT_N, hp.context_len, hp.context_seed + HELD_OUT_SEED)[1:]
+        return [t for t in self._templates[key] if t not in used]
 
     def second_moment(self, hp: RomeHParams, progress: ProgressFn | None = None,
                       cancel: threading.Event | None = None) -> tuple[torch.Tensor | None, dict]:
@@ -310,7 +319,8 @@ class Editor:
                 raise rome.Cancelled
             t = time.perf_counter()
             emit(Progress("eval", message="edit quality"))
-            result.metrics.update(self._measure_after(request, templates, before, measure_ppl, emit))
+            held_out = self.held_out_templates(hp, templates) if request.prompt.index("{}") == 0 else []
+            result.metrics.update(self._measure_after(request, held_out, before, measure_ppl, emit))
             timings["eval"] = time.perf_counter() - t
             result.collapse_reasons = self.guard.reasons(result.diagnostics["denominator"],
                                                          result.metrics.get("ppl_ratio"))
@@ -362,14 +372,10 @@ class Editor:
             before["ppl"] = self.perplexity()
         return before
 
-    def _measure_after(self, request: EditRequest, templates: list[str], before: dict,
+    def _measure_after(self, request: EditRequest, held_out: list[str], before: dict,
                        measure_ppl: bool, emit: ProgressFn) -> dict:
-        prefix = None
-        if request.prompt.index("{}") == 0 and len(templates) > 1:
-            rng = random.Random(f"{request.subject}|{request.prompt}")
-            prefix = rng.choice(templates[1:])
         m = metrics.evaluate(self.lm, request, before_neighborhood=before["neighborhood"],
-                             prefix_template=prefix)
+                             prefix_templates=held_out)
         m["efficacy_before"] = before.get("efficacy")
         m["ppl_before"] = before["ppl"]
         if measure_ppl:

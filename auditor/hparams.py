@@ -20,7 +20,7 @@ from typing import Any
 from .resources import ResourceMissing, resource_path, resources_dir
 
 RESOURCES = resources_dir(strict=False)
-KEY_MODES = ("consistent", "original")
+KEY_MODES = ("consistent", "original", "joint")
 
 
 class HParamsError(ValueError):
@@ -44,6 +44,14 @@ class RomeHParams:
     context_len: int = 10  # tokens per generated prefix
     context_seed: int = 0  # seed of the prefix generator
     context_templates: list[str] | None = None  # fixed templates ("... {}"); None = generate
+    # --- issue 10 (ROME round two); see auditor/rome.py for the references
+    v_fast: bool = True  # v* loop recomputes only what delta can change (same v* to float tolerance)
+    kl_direction: str = "reference"  # "reference": KL(P_new||P_init) as kmeng01/rome; "forward": KL(P_init||P_new)
+    early_stop_on: str = "nll"  # stop the v* loop when this falls below early_stop_loss: "nll" or "total" (reference)
+    context_style: str = "memit"  # "memit": context_n prefixes of context_len tokens from fixed starts;
+    #                               "rome": kmeng01/rome's 20 ([[5, 10], [10, 10]]) from the start token
+    mom2_ridge: float = 0.0  # u = (C + ridge * mean(diag C) * I)^-1 k: a ridge relative to C's mean eigenvalue
+    joint_lambda: float = 0.0  # key mode "joint": weight of C in R K^T (lambda C + K K^T)^-1 (0: fit both keys)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,4 +170,16 @@ RANGES.update({
     "mom2_update_weight": (0.0, 1e12, True),  # MEMIT's lambda
     "nullspace_threshold": (0.0, 1e6, False),  # AlphaEdit
     "L2": (0.0, 1e12, False),  # AlphaEdit
+})
+
+
+# issue 10's options (ROME round two): their allowed values and ranges, checked by check_value
+CHOICES.update({
+    "kl_direction": ("reference", "forward"),
+    "early_stop_on": ("nll", "total"),
+    "context_style": ("memit", "rome"),
+})
+RANGES.update({
+    "mom2_ridge": (0.0, 1.0, True),
+    "joint_lambda": (0.0, 1e6, True),
 })

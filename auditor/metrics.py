@@ -1,15 +1,16 @@
 """Edit quality, as CounterFact (Meng et al. 2022) and EasyEdit (Yao et al. 2023) define it.
 
-* efficacy (reliability): on the edit prompt the new target beats the true one (mean
-  token log-probability, CounterFact's "efficacy score"); without a true target,
-  EasyEdit's teacher-forced token accuracy of the new target;
-* generalization: the same on each paraphrase, averaged;
+* efficacy: on the edit prompt the new target beats the true one (mean token
+  log-probability, CounterFact's "efficacy score"); None without a true target.
+  EasyEdit's teacher-forced token accuracy of the new target (its "reliability") is a
+  second measurement with its own name, ``rewrite_accuracy``;
+* generalization: the same on each paraphrase, averaged (``paraphrase_accuracy``: EasyEdit's);
 * locality: on neighbourhood prompts, the share of answer tokens whose greedy
   (teacher-forced) prediction is the same after the edit as before it;
 * portability: teacher-forced token accuracy of each portability answer after the edit;
 * target probability: the geometric mean of the new target's token probabilities.
 
-All scores come from one batched, gradient-free forward pass per prompt set.
+All scores of one evaluation come from one batched, gradient-free pass (:func:`evaluate`).
 """
 
 from __future__ import annotations
@@ -80,36 +81,83 @@ def locality_reference(lm: LoadedModel, probes: list[Probe]) -> list[list[int]]:
     return [s.predicted for s in score(lm, [p.prompt for p in probes], [p.target for p in probes])]
 
 
+class _Plan:
+    """(prompt, target) pairs of several measurements, scored in one batched pass."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+        self.targets: list[str] = []
+
+    def add(self, prompts: list[str], targets: list[str]) -> slice:
+        start = len(self.prompts)
+        self.prompts += prompts
+        self.targets += targets
+        return slice(start, len(self.prompts))
+
+    def add_success(self, prompts: list[str], new: str, true: str | None) -> tuple[slice, slice | None]:
+        n = len(prompts)
+        return self.add(prompts, [new] * n), (self.add(prompts, [true] * n) if true is not None else None)
+
+
+def _beats(scores: list[TargetScore], new: slice, true: slice | None) -> list[float] | None:
+    """CounterFact's success per prompt (1/0: new beats true), None without a true target."""
+    if true is None:
+        return None
+    return [float(a.mean_logp > b.mean_logp) for a, b in zip(scores[new], scores[true])]
+
+
 def evaluate(
     lm: LoadedModel,
     request: EditRequest,
     *,
     before_neighborhood: list[list[int]] | None,
-    prefix_template: str | None,
+    prefix_template: str | None = None,
+    prefix_templates: list[str] | None = None,
 ) -> dict:
-    """Scores of the model as it is now. ``prefix_template`` ("... {}") is used for the
-    prefixed edit prompt when the subject starts the prompt (Yang et al. 2024)."""
+    """Scores of the model as it is now, from one batched pass. Each key has one definition:
+
+    * ``efficacy``: CounterFact's success on the edit prompt (1/0: new beats true);
+      None without a true target;
+    * ``rewrite_accuracy``: EasyEdit's teacher-forced token accuracy of the new target on the
+      edit prompt (EasyEdit calls it reliability / rewrite_acc);
+    * ``generalization``: CounterFact's success averaged over the paraphrases (None without a
+      true target or paraphrases); ``paraphrase_accuracy``: EasyEdit's token accuracy averaged;
+    * ``prefixed_efficacy``: CounterFact's success averaged over ``prefix_templates`` ("... {}"),
+      prefixes the v* optimisation did not see (Yang et al. 2024 test first-token subjects
+      behind a prefix); ``prefixed_target_prob`` the mean target probability behind them;
+    * ``target_prob``, ``locality``, ``portability``: see the module docstring.
+    """
     new, true = request.target_new, request.target_true
-    edit = score(lm, [request.text], [new])[0]
+    prefixes = list(prefix_templates or ([prefix_template] if prefix_template else []))
+    plan = _Plan()
+    edit_new, edit_true = plan.add_success([request.text], new, true)
+    para_new, para_true = plan.add_success(list(request.paraphrases), new, true)
+    neigh = plan.add([p.prompt for p in request.neighborhood], [p.target for p in request.neighborhood])
+    port = plan.add([p.prompt for p in request.portability], [p.target for p in request.portability])
+    prefixed = [t.replace("{}", request.text, 1) for t in prefixes]
+    pre_new, pre_true = plan.add_success(prefixed, new, true)
+    scores = score(lm, plan.prompts, plan.targets, batch_size=32)
+    edit = scores[edit_new][0]
+    efficacy = _beats(scores, edit_new, edit_true)
+    para = _beats(scores, para_new, para_true)
     m: dict = {
-        "efficacy": success(lm, [request.text], new, true)[0],
+        "efficacy": efficacy[0] if efficacy else None,
+        "rewrite_accuracy": edit.accuracy,
         "target_prob": edit.prob,
-        "generalization": _mean(success(lm, request.paraphrases, new, true)),
+        "generalization": _mean(para) if para else None,
+        "paraphrase_accuracy": _mean([s.accuracy for s in scores[para_new]]),
         "locality": None,
-        "portability": None,
+        "portability": _mean([s.accuracy for s in scores[port]]),
         "prefixed_efficacy": None,
     }
     if request.neighborhood and before_neighborhood is not None:
-        after = locality_reference(lm, request.neighborhood)
+        after = [s.predicted for s in scores[neigh]]
         shares = [sum(a == b for a, b in zip(x, y)) / len(x) for x, y in zip(before_neighborhood, after)]
         m["locality"] = _mean(shares)
-    if request.portability:
-        ps = score(lm, [p.prompt for p in request.portability], [p.target for p in request.portability])
-        m["portability"] = _mean([s.accuracy for s in ps])
-    if prefix_template is not None:
-        prefixed = prefix_template.replace("{}", request.text, 1)
-        m["prefixed_efficacy"] = success(lm, [prefixed], new, true)[0]
-        m["prefixed_target_prob"] = score(lm, [prefixed], [new])[0].prob
+    if prefixed:
+        m["prefixed_efficacy"] = _mean(_beats(scores, pre_new, pre_true) or []) if true is not None else None
+        m["prefixed_target_prob"] = _mean([s.prob for s in scores[pre_new]])
+        m["prefixed_n"] = len(prefixed)
     return m
 
 

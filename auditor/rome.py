@@ -1,8 +1,11 @@
 """ROME: one fact written into one MLP down-projection as a rank-one update.
 
 References: Meng et al. 2022, "Locating and Editing Factual Associations in GPT"
-(kmeng01/rome: ``compute_u.py``, ``compute_v.py``, ``rome_main.py``); Yang et al.
-2024, "Understanding the Collapse of LLMs in Model Editing" (arXiv 2406.11263).
+(kmeng01/rome: ``compute_u.py``, ``compute_v.py``, ``rome_main.py``); Meng et al. 2023,
+"Mass-Editing Memory in a Transformer" (MEMIT, kmeng01/memit); Gupta, Baskaran and
+Anumanchipalli 2024, "Rebuilding ROME: Resolving Model Collapse during Sequential Model
+Editing" (r-ROME, arXiv 2403.07175); Yang et al. 2024, "Understanding the Collapse of LLMs
+in Model Editing" (arXiv 2406.11263).
 
 With W the edited matrix in ``[out, in]`` orientation and b its bias (if any)::
 
@@ -10,7 +13,8 @@ With W the edited matrix in ``[out, in]`` orientation and b its bias (if any)::
     k_bar    mean of k_i over the context templates ("{}" and random prefixes)
     u        C^-1 k_bar, scaled to unit length (C = E[k k^T], see stats.py)
     k*       the *current* key: the bare prompt's key in ``original`` mode (the reference
-             implementation), k_bar in ``consistent`` mode (Yang et al.'s fix, r-ROME)
+             implementation), k_bar in ``consistent`` mode (r-ROME, Gupta et al. 2024; Yang
+             et al. 2024 trace the first-token collapse to the same inconsistency)
     v*       the module output that makes the model say the new target (optimised)
     W'       W + (v* - (W k* + b)) u^T / (u . k*)         so that W' k* + b = v*
 
@@ -18,14 +22,25 @@ With W the edited matrix in ``[out, in]`` orientation and b its bias (if any)::
 bare key sits at position 0 and is anomalous; in ``original`` mode the denominator
 then collapses and the update explodes.
 
+``joint`` mode maps both the bare key and k_bar to v* with a rank-two least-squares update
+(MEMIT's normal equations, :func:`joint_update`), so that an edit of a prompt that begins with
+its subject also holds on the bare prompt.
+
+Fidelity to kmeng01/rome (``original`` mode, tests/test_rome_parity.py): the KL term's
+direction (``kl_direction``), early stop on the total loss (``early_stop_on``) and its 20
+context prefixes (``context_style="rome"``) are options; their defaults are documented in
+hparams.py. The v* loop recomputes only what delta can change (suffix_forward.py).
+
 Nothing here changes the model: :func:`compute_rome` returns the delta and the
 caller applies it (``deltas.apply_delta``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -37,7 +52,9 @@ from .deltas import Delta
 from .hparams import RomeHParams
 from .requests import EditRequest
 
-CONTEXT_STARTS = ("The", "Therefore", "Because", "I", "You")  # as kmeng01/rome's context generator
+log = logging.getLogger(__name__)
+
+CONTEXT_STARTS = ("The", "Therefore", "Because", "I", "You")  # kmeng01/memit's context starts
 
 
 class RomeError(RuntimeError):
@@ -94,28 +111,59 @@ def pad_id(lm: LoadedModel) -> int:
 # ------------------------------------------------------------------ context templates
 
 
-@torch.no_grad()
-def generate_context_templates(lm: LoadedModel, n: int, length: int, seed: int) -> list[str]:
-    """``["{}"]`` plus ``n`` prefixes sampled from the model (top-5, seeded) ending in ``". {}"``.
+ROME_CONTEXT_LENGTHS = ((5, 10), (10, 10))  # kmeng01/rome hparams: (tokens incl. the start token, how many)
 
-    Sampling draws from a CPU generator, so the same model gives the same prefixes on
-    any device up to floating-point differences of the logits.
+
+def _top5_sample(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One token per row from the 5 most likely, in proportion to their probabilities: (B,)."""
+    if not torch.isfinite(logits).all():
+        raise RomeError("the model's logits are not finite (NaN or inf in the weights?); no edit was made")
+    top = torch.topk(logits.float().cpu(), 5, dim=-1)  # (B, 5)
+    choice = torch.multinomial(torch.softmax(top.values, -1), 1, generator=gen)  # (B, 1)
+    return top.indices.gather(1, choice)[:, 0]
+
+
+@torch.no_grad()
+def generate_context_templates(lm: LoadedModel, n: int, length: int, seed: int, *, style: str = "memit") -> list[str]:
+    """``["{}"]`` plus prefixes sampled from the model (top-5, seeded), each ending in ``". {}"``.
+
+    ``style="memit"``: ``n`` prefixes of ``length`` new tokens, started from "The", "Therefore",
+    "Because", "I", "You" in turn (kmeng01/memit ``get_context_templates``, also EasyEdit's MEMIT).
+    ``style="rome"``: kmeng01/rome's 20 (``rome_main.get_context_templates`` with
+    ``[[5, 10], [10, 10]]``): 10 sequences of 5 tokens and 10 of 10, counting the start token
+    (the tokenizer's BOS, else EOS), which is dropped from the text; ``n``/``length`` are unused.
+    Sampling draws from a CPU generator, so the same model gives the same prefixes on any
+    device up to floating-point differences of the logits.
     """
     gen = torch.Generator().manual_seed(seed)
+    if style == "rome":
+        return ["{}"] + _rome_prefixes(lm, gen)
+    if style != "memit":
+        raise ValueError(f"unknown context style {style!r}; use 'memit' or 'rome'")
     templates = ["{}"]
     for i in range(n):
         ids = encode(lm, CONTEXT_STARTS[i % len(CONTEXT_STARTS)])
         for _ in range(length):
             logits = lm.model(input_ids=torch.tensor([ids], device=lm.device), use_cache=False).logits[0, -1]
-            if not torch.isfinite(logits).all():
-                raise RomeError("the model's logits are not finite (NaN or inf in the weights?); no edit was made")
-            top = torch.topk(logits.float().cpu(), 5)
-            choice = torch.multinomial(torch.softmax(top.values, -1), 1, generator=gen).item()
-            ids.append(int(top.indices[choice]))
+            ids.append(int(_top5_sample(logits[None], gen)[0]))
         text = lm.tokenizer.decode(ids, skip_special_tokens=True)
-        text = " ".join(text.replace("{", " ").replace("}", " ").split())
-        templates.append(text + ". {}")
+        templates.append(" ".join(text.replace("{", " ").replace("}", " ").split()) + ". {}")
     return templates
+
+
+def _rome_prefixes(lm: LoadedModel, gen: torch.Generator) -> list[str]:
+    tok = lm.tokenizer
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    out = []
+    for length, count in ROME_CONTEXT_LENGTHS:  # every row of a group has the same length: no padding
+        ids = torch.full((count, 1), start, dtype=torch.long)
+        while ids.shape[1] < length:
+            logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits[:, -1]  # (count, V)
+            ids = torch.cat([ids, _top5_sample(logits, gen)[:, None]], 1)
+        for row in ids.tolist():
+            text = unicodedata.normalize("NFKD", tok.decode(row[1:], skip_special_tokens=True))
+            out.append(text.replace("\n\n", " ").replace("{", "").replace("}", "") + ". {}")
+    return out
 
 
 # ------------------------------------------------------------------ keys
@@ -179,7 +227,18 @@ class KeySide:
     denominator_raw: float  # u_raw . k_cur
 
 
+def regularised(C: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``C + ridge * mean(diag C) * I`` in float64: a ridge relative to C's average eigenvalue, so
+    u = C^-1 k stays stable when the statistics hold few tokens per key dimension (ridge 0: C)."""
+    C64 = C.double()
+    if ridge > 0:
+        C64 = C64 + ridge * C64.diagonal().mean() * torch.eye(C64.shape[0], dtype=C64.dtype, device=C64.device)
+    return C64
+
+
 def key_side(keys: Keys, C: torch.Tensor | None, key_mode: str) -> KeySide:
+    """u from k_bar and C (already regularised by the caller if wanted); k* of ``key_mode``.
+    ``joint`` shares consistent mode's u and k* here (its update is :func:`joint_update`)."""
     k_bar = keys.mean
     if C is not None:
         u_raw = torch.linalg.solve(C.to(k_bar.device, torch.float64), k_bar.double()).float()
@@ -188,11 +247,36 @@ def key_side(keys: Keys, C: torch.Tensor | None, key_mode: str) -> KeySide:
     u = u_raw / u_raw.norm()
     if key_mode == "original":
         k_cur = keys.bare
-    elif key_mode == "consistent":
+    elif key_mode in ("consistent", "joint"):
         k_cur = k_bar
     else:
-        raise ValueError(f"unknown key mode {key_mode!r}; use 'consistent' or 'original'")
+        raise ValueError(f"unknown key mode {key_mode!r}; use 'consistent', 'original' or 'joint'")
     return KeySide(u, u_raw, k_cur, float(u @ k_cur), float(u_raw @ k_cur))
+
+
+@dataclass
+class JointUpdate:
+    left: torch.Tensor  # (out, 2) residuals R = [v* - W k_bare - b, v* - W k_bar - b]
+    right: torch.Tensor  # (in, 2) C^-1 K (lambda I + K^T C^-1 K)^-1
+    gram: torch.Tensor  # (2, 2) K^T C^-1 K
+
+
+def joint_update(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor | None, lam: float) -> JointUpdate:
+    """Map several keys to their values at once (the ``joint`` key mode, MEMIT-style).
+
+    Minimises ``||Delta K - R||^2 + lam * tr(Delta C Delta^T)`` over Delta, i.e. (Meng et al.
+    2023, MEMIT, eq. 14 with C as the regulariser) ``Delta = R K^T (lam C + K K^T)^-1``, computed
+    through Woodbury's identity as ``R (lam I + K^T C^-1 K)^-1 K^T C^-1``: a rank-``K.shape[1]``
+    update, solved against the small Gram matrix. ``lam -> 0`` fits every key exactly with the
+    C^-1-smallest change; with one key that is ROME's own update ``r u^T / (u . k)``.
+    K: (in, m) keys as columns; R: (out, m) wanted changes of the output; C: (in, in) or None.
+    """
+    K64 = K.double()
+    CiK = torch.linalg.solve(C.to(K64.device, torch.float64), K64) if C is not None else K64.clone()  # (in, m)
+    gram = K64.T @ CiK  # (m, m)
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    right = torch.linalg.solve(lam * eye + gram, CiK.T).T  # (in, m), symmetric system
+    return JointUpdate(left=R.float(), right=right.float(), gram=gram)
 
 
 # ------------------------------------------------------------------ v*
@@ -205,9 +289,113 @@ class ValueResult:
     losses: list[float] = field(default_factory=list)  # total loss per step
     target_probs: list[float] = field(default_factory=list)
     steps: int = 0
+    path: str = "full"  # "suffix" (only what delta can change is recomputed) or "full"
+    seconds_setup: float = 0.0  # the fast path's one-time pass (included in the v* time)
 
 
 StepFn = Callable[[int, int, float, float, dict], None]  # (step, total, loss, target_prob, terms)
+
+
+@dataclass
+class VPrompts:
+    """The v* prompts: every template of the edit prompt followed by the target's tokens but the
+    last (kmeng01/rome ``compute_v.py``: one row per template, all target tokens teacher-forced),
+    then the KL prompt "{subject} is a" (last row)."""
+
+    seqs: list[list[int]]  # token ids per row
+    lookups: list[int]  # position of the subject's last token per row
+    spans: list[int]  # rewriting rows: the logits at spans[i] + j predict target[j]
+    target: list[int]  # target_new's token ids
+
+    @property
+    def n_rw(self) -> int:
+        return len(self.spans)
+
+
+def v_prompts(lm: LoadedModel, request: EditRequest, templates: list[str]) -> VPrompts:
+    target = encode_target(lm, request.target_new)
+    seqs, lookups, spans = [], [], []
+    for t in templates:
+        p = t.replace("{}", request.prompt, 1)
+        ids = encode(lm, p.replace("{}", request.subject, 1))
+        seqs.append(ids + target[:-1])
+        lookups.append(subject_index(lm, p, request.subject))
+        spans.append(len(ids) - 1)
+    seqs.append(encode(lm, request.subject + " is a"))
+    lookups.append(subject_index(lm, "{} is a", request.subject))
+    return VPrompts(seqs, lookups, spans, target)
+
+
+class _FullForward:
+    """The whole decoder every step, delta added by a hook on the edited module (as the reference)."""
+
+    path = "full"
+
+    def __init__(self, lm: LoadedModel, layer: int, vp: VPrompts):
+        self.lm, self.vp = lm, vp
+        self.ids, self.mask = pad_batch(vp.seqs, pad_id(lm), lm.device)
+        dev = lm.device
+        self.rows = torch.arange(len(vp.seqs), device=dev)
+        self.look = torch.tensor(vp.lookups, device=dev)
+        self.gather = torch.stack([torch.arange(len(vp.target), device=dev) + s for s in vp.spans])  # (n_rw, L)
+        self.kl_col = vp.lookups[-1]
+        self.module = lm.spec.module(lm.model, layer)
+        self.v_init: torch.Tensor | None = None
+        self.delta: torch.Tensor | None = None
+
+    def _edit_output(self, _mod, _args, out):
+        if self.v_init is None:
+            self.v_init = out[0, self.vp.lookups[0]].detach().float().clone()
+        out = out.clone()
+        out[self.rows, self.look] = out[self.rows, self.look] + self.delta.to(out.dtype)
+        return out
+
+    def __call__(self, delta: torch.Tensor) -> torch.Tensor:
+        self.delta = delta
+        handle = self.module.register_forward_hook(self._edit_output)
+        try:
+            return self.lm.model.base_model(input_ids=self.ids, attention_mask=self.mask,
+                                            use_cache=False).last_hidden_state  # (B, T, H)
+        finally:
+            handle.remove()
+
+
+class _SuffixForward:
+    """Only the layers above the edited one, only from each row's lookup column on (suffix_forward.py)."""
+
+    path = "suffix"
+
+    def __init__(self, lm: LoadedModel, layer: int, vp: VPrompts):
+        from .suffix_forward import SuffixForward, align
+
+        batch = align(vp.seqs, vp.lookups, pad_id(lm), lm.device)
+        self.run = SuffixForward(lm, layer, batch)
+        self.v_init = self.run.v_init
+        dev = lm.device
+        offsets = [s - look for s, look in zip(vp.spans, vp.lookups)]  # columns after the lookup column
+        self.gather = torch.stack([torch.arange(len(vp.target), device=dev) + o for o in offsets])  # (n_rw, L)
+        self.kl_col = 0
+
+    def __call__(self, delta: torch.Tensor) -> torch.Tensor:
+        return self.run(delta)  # (B, S, H)
+
+
+def _make_forward(lm: LoadedModel, layer: int, vp: VPrompts, fast: bool) -> "_FullForward | _SuffixForward":
+    if fast:
+        try:
+            return _SuffixForward(lm, layer, vp)
+        except (TypeError, AttributeError, KeyError, IndexError) as e:  # a decoder whose forward we cannot split
+            log.warning("v*: the suffix-only forward is unavailable for this model (%s); running the full pass", e)
+    return _FullForward(lm, layer, vp)
+
+
+def _kl(kl_logp: torch.Tensor, kl_init: torch.Tensor, direction: str) -> torch.Tensor:
+    """KL on the "{subject} is a" prompt. ``reference``: KL(P_new || P_init), which is what
+    kmeng01/rome computes with ``kl_div(log_init, log_new, log_target=True)`` (PyTorch's
+    ``kl_div(input, target)`` is KL(target || input)); ``forward``: KL(P_init || P_new)."""
+    if direction == "reference":
+        return F.kl_div(kl_init, kl_logp, log_target=True, reduction="sum")
+    return F.kl_div(kl_logp, kl_init, log_target=True, reduction="sum")
 
 
 def optimise_value(
@@ -218,43 +406,31 @@ def optimise_value(
     hp: RomeHParams,
     on_step: StepFn | None = None,
     cancelled: Callable[[], bool] | None = None,
+    *,
+    fast: bool | None = None,
 ) -> ValueResult:
-    """Find v* = v_init + delta making the model say ``target_new`` after every template."""
-    target = encode_target(lm, request.target_new)
-    prompts = [t.replace("{}", request.prompt, 1) for t in templates]
-    seqs, lookups, spans = [], [], []
-    for p in prompts:
-        ids = encode(lm, p.replace("{}", request.subject, 1))
-        seqs.append(ids + target[:-1])
-        lookups.append(subject_index(lm, p, request.subject))
-        spans.append(len(ids) - 1)  # logits at spans[i] + j predict target[j]
-    kl_template = "{} is a"
-    seqs.append(encode(lm, request.subject + " is a"))
-    lookups.append(subject_index(lm, kl_template, request.subject))
-    n_rw = len(prompts)
-    ids, mask = pad_batch(seqs, pad_id(lm), lm.device)
-    target_t = torch.tensor(target, device=lm.device)
-    module = lm.spec.module(lm.model, layer)
-    out_dim = lm.spec.value_dim(lm.model, layer)
-    delta = torch.zeros(out_dim, device=lm.device, dtype=torch.float32, requires_grad=True)
-    v_init: list[torch.Tensor] = []
-    rows = torch.arange(len(seqs), device=lm.device)
-    look = torch.tensor(lookups, device=lm.device)
+    """Find v* = v_init + delta making the model say ``target_new`` after every template.
 
-    def edit_output(_mod, _args, out):
-        if not v_init:
-            v_init.append(out[0, lookups[0]].detach().float().clone())
-        out = out.clone()
-        out[rows, look] = out[rows, look] + delta.to(out.dtype)
-        return out
-
-    gather_pos = torch.stack([torch.arange(len(target), device=lm.device) + s for s in spans])  # (n_rw, L)
+    The loss is kmeng01/rome's: mean NLL of the target tokens + ``kl_factor`` * KL on
+    "{subject} is a" + ``v_weight_decay`` * ||delta|| / ||v_init||^2; Adam, delta clamped to
+    ``clamp_norm_factor`` * ||v_init||. ``fast`` (default ``hp.v_fast``) recomputes only what
+    delta can change (suffix_forward.py); the result is the same to float tolerance.
+    """
+    vp = v_prompts(lm, request, templates)
+    use_fast = getattr(hp, "v_fast", True) if fast is None else fast
+    t0 = time.perf_counter()
+    forward = _make_forward(lm, layer, vp, use_fast)
+    res = ValueResult(v_star=torch.empty(0), v_init=torch.empty(0), path=forward.path,
+                      seconds_setup=time.perf_counter() - t0)
+    n_rw = vp.n_rw
+    target_t = torch.tensor(vp.target, device=lm.device)
+    delta = torch.zeros(lm.spec.value_dim(lm.model, layer), device=lm.device, dtype=torch.float32,
+                        requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    trunk = lm.model.base_model  # the decoder stack with its final norm (no LM head)
     head = lm.model.get_output_embeddings()
-    res = ValueResult(v_star=torch.empty(0), v_init=torch.empty(0))
+    kl_direction = getattr(hp, "kl_direction", "reference")
+    stop_on_total = getattr(hp, "early_stop_on", "nll") == "total"
     kl_init: torch.Tensor | None = None
-    handle = module.register_forward_hook(edit_output)
     step = 0
     try:
         with torch.enable_grad():
@@ -262,18 +438,19 @@ def optimise_value(
                 if cancelled is not None and cancelled():
                     raise Cancelled
                 opt.zero_grad()
-                hidden = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (B, T, H)
+                hidden = forward(delta)  # (B, W, H)
+                v_init = forward.v_init
                 width = hidden.shape[-1]
-                sel = hidden[:n_rw].gather(1, gather_pos.unsqueeze(-1).expand(-1, -1, width))  # (n_rw, L, H)
+                sel = hidden[:n_rw].gather(1, forward.gather.unsqueeze(-1).expand(-1, -1, width))  # (n_rw, L, H)
                 logp = torch.log_softmax(head(sel).float(), -1)  # (n_rw, L, V): the head only where needed
                 tok_logp = logp.gather(2, target_t.expand(n_rw, -1).unsqueeze(-1)).squeeze(-1)  # (n_rw, L)
                 nll_each = -tok_logp.mean(1)  # (n_rw,)
                 nll = nll_each.mean()
-                kl_logp = torch.log_softmax(head(hidden[n_rw, lookups[n_rw]]).float(), -1)
+                kl_logp = torch.log_softmax(head(hidden[n_rw, forward.kl_col]).float(), -1)  # (V,)
                 if kl_init is None:
                     kl_init = kl_logp.detach().clone()
-                kl = hp.kl_factor * F.kl_div(kl_logp, kl_init, log_target=True, reduction="sum")
-                wd = hp.v_weight_decay * (delta.norm() / v_init[0].norm() ** 2)
+                kl = hp.kl_factor * _kl(kl_logp, kl_init, kl_direction)
+                wd = hp.v_weight_decay * (delta.norm() / v_init.norm() ** 2)
                 loss = nll + kl + wd
                 lv = loss.item()
                 if not math.isfinite(lv):
@@ -285,12 +462,13 @@ def optimise_value(
                 if on_step:
                     on_step(step + 1, hp.v_num_grad_steps, lv, prob,
                             {"nll": nll.item(), "kl": kl.item(), "weight_decay": wd.item()})
-                if nll.item() < hp.early_stop_loss or step == hp.v_num_grad_steps - 1:
+                criterion = lv if stop_on_total else nll.item()
+                if criterion < hp.early_stop_loss or step == hp.v_num_grad_steps - 1:
                     break
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
-                    max_norm = hp.clamp_norm_factor * v_init[0].norm()
+                    max_norm = hp.clamp_norm_factor * v_init.norm()
                     if delta.norm() > max_norm:
                         delta.mul_(max_norm / delta.norm())
     except torch.OutOfMemoryError:
@@ -298,10 +476,8 @@ def optimise_value(
     except RuntimeError as e:  # overflow inside the optimiser and the like: a numeric failure
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise RomeError(f"the v* optimisation failed at step {step} (not finite: {first})") from None
-    finally:
-        handle.remove()
-    res.v_init = v_init[0]
-    res.v_star = (v_init[0] + delta.detach()).float()
+    res.v_init = forward.v_init
+    res.v_star = (forward.v_init + delta.detach()).float()
     if not torch.isfinite(res.v_star).all():
         raise RomeError("v* is not finite; the edit was stopped")
     return res
@@ -340,11 +516,17 @@ def compute_rome(
     on_step: StepFn | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> RomeOutput:
-    """The rank-one delta for ``request``; the model is the same at the end as at the start."""
+    """The delta for ``request``; the model is the same at the end as at the start.
+
+    ``original`` / ``consistent``: the rank-one ROME update ``(v* - W k* - b) u^T / (u . k*)``.
+    ``joint``: the rank-two update of :func:`joint_update` mapping both the bare key and k_bar
+    to v* (so that the bare prompt and prefixed prompts both give the new fact).
+    """
     layer = hp.layer
     t0 = time.perf_counter()
     keys = compute_keys(lm, request, layer, templates)
-    ks = key_side(keys, C if hp.mom2_adjustment else None, key_mode)
+    C_used = regularised(C, getattr(hp, "mom2_ridge", 0.0)) if (C is not None and hp.mom2_adjustment) else None
+    ks = key_side(keys, C_used, key_mode)
     t1 = time.perf_counter()
     val = optimise_value(lm, request, layer, templates, hp, on_step, cancelled)
     t2 = time.perf_counter()
@@ -352,19 +534,31 @@ def compute_rome(
     residual = val.v_star - cur_out  # (out,)
     if not math.isfinite(ks.denominator) or ks.denominator == 0.0:
         raise RomeError(f"the denominator u.k* is {ks.denominator}; no update can be formed")
-    left = residual / ks.denominator  # (out,)
-    right = ks.u  # (in,)
+    extra: dict = {}
+    if key_mode == "joint":
+        K = torch.stack([keys.bare, keys.mean], 1)  # (in, 2)
+        R = torch.stack([val.v_star - module_output(lm, layer, keys.bare), residual], 1)  # (out, 2)
+        ju = joint_update(K, R, C_used, getattr(hp, "joint_lambda", 0.0))
+        left, right = ju.left, ju.right
+        extra = {"joint_gram": ju.gram.tolist(), "joint_gram_condition": float(torch.linalg.cond(ju.gram))}
+    else:
+        left = residual / ks.denominator  # (out,)
+        right = ks.u  # (in,)
     if not (torch.isfinite(left).all() and torch.isfinite(right).all()):
         raise RomeError("the update is not finite; the edit was stopped")
     W = lm.spec.weight(lm.model, layer)
     delta = Delta(param=lm.spec.weight_name(layer), transposed=lm.spec.transposed,
                   left=left.detach().cpu(), right=right.detach().cpu())
+    update_norm = float(torch.linalg.matrix_norm(delta.dense().double())) if left.dim() == 2 \
+        else float(left.norm() * right.norm())
+    weight_norm = float(W.float().norm())
     diagnostics = {
         "denominator": ks.denominator,
         "denominator_raw": ks.denominator_raw,
         "numerator_norm": float(residual.norm() * ks.u.norm()),
-        "update_norm": float(left.norm() * right.norm()),
-        "weight_norm": float(W.float().norm()),
+        "update_norm": update_norm,
+        "weight_norm": weight_norm,
+        "relative_update": update_norm / weight_norm,
         "key_cosine": float(F.cosine_similarity(keys.bare, keys.mean, dim=0)),
         "key_norm_bare": float(keys.bare.norm()),
         "key_norm_mean": float(keys.mean.norm()),
@@ -373,8 +567,10 @@ def compute_rome(
         "loss_curve": val.losses,
         "target_prob_curve": val.target_probs,
         "v_steps": val.steps,
+        "v_path": val.path,
         "v_init_norm": float(val.v_init.norm()),
         "v_star_norm": float(val.v_star.norm()),
+        **extra,
     }
-    timings = {"keys": t1 - t0, "v": t2 - t1, "update": time.perf_counter() - t2}
+    timings = {"keys": t1 - t0, "v": t2 - t1, "v_setup": val.seconds_setup, "update": time.perf_counter() - t2}
     return RomeOutput(delta, val.v_star, ks.k_cur, keys, diagnostics, timings)

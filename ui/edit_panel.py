@@ -116,8 +116,9 @@ class EditPanel(QWidget):
         self.method = QComboBox()
         self.method.addItems(["rome"])
         self.key_mode = QComboBox()
-        self.key_mode.addItems(["consistent", "original"])
-        self.key_mode.setToolTip("consistent: r-ROME (Yang et al. 2024), the default; original: kmeng01/rome")
+        self.key_mode.addItems(["consistent", "original", "joint"])
+        self.key_mode.setToolTip("consistent: r-ROME (Gupta et al. 2024), the default; original: kmeng01/rome; "
+                                 "joint: also holds on a bare prompt that begins with its subject")
         self.layer = QSpinBox()
         self.layer.setRange(0, 0)
         self.hp: dict[str, QSpinBox | QDoubleSpinBox] = {}
