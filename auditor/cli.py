@@ -50,6 +50,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "auditor.cli_ledger",
     "auditor.cli_watch",
     "auditor.cli_reviewed",
+    "auditor.cli_sequence",
 )
 ENTRY_POINT_GROUP = "edit_auditor.commands"
 EXIT_USER_ERROR = 2

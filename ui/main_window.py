@@ -54,6 +54,7 @@ from .charts import DenominatorChart, EditPoint, LiveEditChart, PerplexityChart
 from .dialogs import ExportDialog, SettingsDialog
 from .edit_panel import EditPanel
 from .entries import fmt, number, revertible, rows_of
+from .sequence_view import STEP_MESSAGE, SequenceView, sequence_job
 from .worker import Runner
 
 log = logging.getLogger(__name__)
@@ -290,6 +291,11 @@ class MainWindow(QMainWindow):
         self.tabs = QTabWidget()
         self.tabs.addTab(run_page, "Edit run")
         self.tabs.addTab(self.audit, "Audit trail")
+        self.sequence_view = SequenceView()
+        self.sequence_view.run_requested.connect(self.start_sequence)
+        self.sequence_view.stop_requested.connect(self.runner.cancel)
+        self.sequence_view.report_requested.connect(self.start_report)
+        self.tabs.addTab(self.sequence_view, "Sequence")
         self.stack = QStackedWidget()
         self.stack.addWidget(self._build_welcome())
         self.stack.addWidget(self.tabs)
@@ -510,6 +516,21 @@ class MainWindow(QMainWindow):
         self.result_label.setText(f"{what}: <b>{request.subject}</b> → <b>{request.target_new}</b>…")
         return self.runner.start("edit", job)
 
+    def start_sequence(self, path: str, options: dict) -> bool:
+        """Run a file of edits with the collapse monitor on (the Sequence view draws it live)."""
+        if self.workspace is None or self.runner.busy:
+            self.statusBar().showMessage("Open a model first." if self.workspace is None else "Busy.")
+            return False
+        self.sequence_view.start(path)
+        return self.runner.start("sequence", sequence_job(self.workspace, path, options))
+
+    def start_report(self, out: str) -> bool:
+        from auditor.report import load_runs, write_report
+
+        ws = self.workspace
+        return ws is not None and self.runner.start(
+            "report", lambda report, cancel: write_report(load_runs(workspaces=[ws.directory]), out), no_grad=True)
+
     def revert(self, entry_id: int) -> None:
         ws = self.workspace
         if ws is None:
@@ -579,6 +600,7 @@ class MainWindow(QMainWindow):
             a.setEnabled(not busy)
         self.audit.revert_button.setEnabled(not busy and revertible(self.audit.current))
         self.audit.verify_button.setEnabled(not busy)
+        self.sequence_view.set_busy(busy, stoppable=busy and self.runner.name == "sequence")
 
     @Slot(object)
     def _on_progress(self, p) -> None:
@@ -590,6 +612,8 @@ class MainWindow(QMainWindow):
         elif name == "open" and isinstance(p, tuple) and p[0] == "load":
             self.panel.show_steps(*p[1:])
             self.statusBar().showMessage(p[3])
+        elif name == "sequence" and isinstance(p, tuple) and p[0] == STEP_MESSAGE:
+            self.sequence_view.add_step(p[1])
         elif name == "export" and isinstance(p, tuple) and self.export_dialog is not None:
             self.export_dialog.set_progress(p[1])
         elif isinstance(p, str):
@@ -604,6 +628,10 @@ class MainWindow(QMainWindow):
             self.panel.show_answer(*value)
         elif name == "edit":
             self._edit_finished(value)
+        elif name in ("sequence", "report"):
+            self.sequence_view.finish(value) if name == "sequence" else self.statusBar().showMessage(f"Report: {value}")
+            self.current_fingerprint = self.workspace.fingerprint
+            self.refresh_entries()
         elif name in ("revert", "apply"):
             entry, fp = value
             self.current_fingerprint = fp
@@ -631,6 +659,9 @@ class MainWindow(QMainWindow):
             self.refresh_entries()  # an edit the engine refused is on the record as failed
             self.result_label.setText(f"<span style='color:#c0392b'><b>Edit failed:</b> {message}</span>")
             self.panel.set_idle_text("failed")
+        if name == "sequence":
+            self.sequence_view.show_message(f"Sequence failed: {message}", error=True)
+            self.refresh_entries()
         if name == "answer":
             self.statusBar().showMessage(f"Could not compute the answer: {message}")
             return

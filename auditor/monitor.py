@@ -1,0 +1,247 @@
+"""The sequence monitor: is the model still healthy after this many edits?
+
+Yang et al., "The Butterfly Effect of Model Editing" (Findings of ACL 2024, arXiv 2402.09656)
+show that models collapse under sequences of edits, often after a few hard ones, and that
+perplexity on a fixed text warns of it cheaply; Gupta et al., "Model Editing at Scale leads to
+Gradual and Catastrophic Forgetting" (2024, arXiv 2401.07453) show earlier edits being lost and
+the edited matrix's norm growing along the way. After each edit :class:`Monitor` records, all
+relative to the *base* model so that they do not depend on one model's scale:
+
+* ``ppl_ratio``: reference perplexity (perplexity.py) / the base model's;
+* ``retention``: share of the workspace's earlier applied edits that still hold (watch.py);
+* ``watch_pass_rate``: share of the user's watched answers that still hold (watch.py);
+* ``norm_ratio`` / ``cond_ratio``: Frobenius norm and condition number (s_max / s_min, from
+  ``torch.linalg.svdvals``) of every edited matrix / the same of the base matrix (the largest
+  over the edited matrices is the step's figure);
+* ``trend``: least-squares slope per edit, over the last ``trend_window`` steps, of
+  ``log(ppl_ratio)``, ``log(norm_ratio)``, ``log(cond_ratio)`` and ``retention``.
+
+:class:`Thresholds` turns those into a verdict; the sequence runner (sequence.py) stops on it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from .edit import EditResult
+    from .workspace import Workspace
+
+# figure name -> (Thresholds field, "max" | "min"): the figures a run can stop on
+FIGURES: dict[str, tuple[str, str]] = {
+    "ppl": ("max_ppl_ratio", "max"),
+    "retention": ("min_retention", "min"),
+    "watch": ("min_watch_pass_rate", "min"),
+    "norm": ("max_norm_ratio", "max"),
+    "cond": ("max_cond_ratio", "max"),
+    "trend": ("max_ppl_trend", "max"),
+}
+# the step record's key that holds each figure's value
+FIGURE_KEYS = {"ppl": "ppl_ratio", "retention": "retention", "watch": "watch_pass_rate",
+               "norm": "norm_ratio", "cond": "cond_ratio", "trend": "ppl_trend"}
+
+
+class MonitorError(ValueError):
+    """A bad threshold specification; ``str(e)`` is one line."""
+
+
+@dataclass
+class Thresholds:
+    # Reference perplexity / the base model's. 20 healthy consistent ROME edits of the demo model
+    # moved it by 1.6% (72.05 -> 73.20); the butterfly paper's collapses multiply it many times over.
+    max_ppl_ratio: float = 1.25
+    # Share of the earlier edits (those that held when made) whose new target still beats the true
+    # one on the edit prompt. Healthy demo sequences lose the odd conflicting edit (4 known facts:
+    # 2 of 3 kept, "capital of Germany is Paris" undoes "capital of France is Rome"); losing more
+    # than half is the catastrophic forgetting of Gupta et al.
+    min_retention: float = 0.5
+    # Share of the user's watched answers that still hold: they "must not change", so all of them.
+    min_watch_pass_rate: float = 1.0
+    # ||W||_F / ||W_base||_F of the most changed edited matrix. Healthy demo edits add about 1% each
+    # (4 known facts: 1.041); one collapsed (original-key) edit adds an update of norm ~200 to a
+    # matrix of norm 171, i.e. about x1.5 on its own.
+    max_norm_ratio: float = 1.35
+    # cond(W) / cond(W_base) of the most changed edited matrix (a collapsed rank-one update of
+    # huge norm inflates the largest singular value, hence the condition number). Healthy demo
+    # edits: 1.04, 1.33, 1.38, 1.45 after 1-4 edits.
+    max_cond_ratio: float = 5.0
+    # Slope per edit of log(ppl_ratio) over the last `trend_window` steps: 0.02 = a sustained
+    # 2% per edit, which crosses max_ppl_ratio within about a dozen edits.
+    max_ppl_trend: float = 0.02
+    trend_window: int = 5  # steps in the trend's least-squares fit (at least 3 are needed)
+
+    def value(self, figure: str) -> float:
+        return float(getattr(self, FIGURES[figure][0]))
+
+    def crossed(self, figure: str, value: float | None) -> bool:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        limit = self.value(figure)
+        return value > limit if FIGURES[figure][1] == "max" else value < limit
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def parse_stop_on(text: str | None, thresholds: Thresholds | None = None) -> tuple[list[str], Thresholds]:
+    """``"ppl,retention=0.5,norm"`` -> (figures to stop on, thresholds with the overrides).
+
+    ``"all"`` (or None) stops on every figure with the defaults, ``"none"`` on nothing.
+    """
+    th = thresholds or Thresholds()
+    if text is None or text.strip() == "all":
+        return list(FIGURES), th
+    if text.strip() == "none":
+        return [], th
+    names = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in FIGURES:
+            raise MonitorError(f"unknown --stop-on figure {name!r}; known: {', '.join(FIGURES)}, all, none")
+        if value:
+            try:
+                setattr(th, FIGURES[name][0], float(value))
+            except ValueError:
+                raise MonitorError(f"--stop-on {name}={value}: not a number") from None
+        names.append(name)
+    return names, th
+
+
+def slope(values: list[float]) -> float | None:
+    """Least-squares slope per step of ``values`` (None with fewer than 3 points)."""
+    ys = [v for v in values if v is not None and math.isfinite(v)]
+    n = len(ys)
+    if n < 3:
+        return None
+    mx, my = (n - 1) / 2, sum(ys) / n
+    sxx = sum((i - mx) ** 2 for i in range(n))
+    return sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sxx
+
+
+@torch.no_grad()
+def matrix_figures(weight: torch.Tensor) -> dict[str, float]:
+    """Frobenius norm and condition number (s_max / s_min) of one matrix, in float32."""
+    s = torch.linalg.svdvals(weight.detach().float())  # (min(m, n),) descending
+    smin = float(s[-1])
+    return {"norm": float(torch.linalg.matrix_norm(weight.detach().float())),
+            "cond": float(s[0]) / smin if smin > 0 else math.inf}
+
+
+@dataclass
+class Monitor:
+    """Measures a workspace after each edit against its base (one run of a sequence)."""
+
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    stop_on: list[str] = field(default_factory=lambda: list(FIGURES))
+    run: str = ""  # the run's id, written into every entry it measures
+    label: str = ""  # how the run is named in reports ("rome/consistent")
+    ppl_base: float | None = None
+    _base: dict[str, dict[str, float]] = field(default_factory=dict)  # param -> base norm, cond
+    history: list[dict[str, Any]] = field(default_factory=list)  # the step figures so far
+    watch_start: set[int] = field(default_factory=set)  # watched items that held when the run started
+
+    def start(self, ws: "Workspace") -> None:
+        """Measure the base's perplexity (edited matrices swapped back to base for the probe), and
+        which watched answers hold now: only those can be broken by the run."""
+        self.ppl_base = base_perplexity(ws)
+        self.watch_start = set(_watch_now(ws)["holding"])
+
+    def base_figures(self, ws: "Workspace", param: str) -> dict[str, float]:
+        if param not in self._base:
+            self._base[param] = matrix_figures(ws.base_tensor(param))
+        return self._base[param]
+
+    def measure(self, ws: "Workspace", result: "EditResult | None" = None) -> dict[str, Any]:
+        """The monitored figures of the workspace's model as it is now (after ``result``)."""
+        if self.ppl_base is None:
+            self.start(ws)
+        watch = (result.metrics.get("watch") if result is not None else None) or _watch_now(ws)
+        ppl = ws.editor.perplexity()
+        matrices = {}
+        for param in sorted({e.param for e in ws.ledger.active() if e.param} |
+                            ({result.delta.param} if result is not None and result.delta is not None else set())):
+            base, now = self.base_figures(ws, param), matrix_figures(ws.lm.model.get_parameter(param))
+            matrices[param] = {"norm_ratio": now["norm"] / base["norm"], "cond_ratio": now["cond"] / base["cond"],
+                               "norm": now["norm"], "cond": now["cond"]}
+        fig = {
+            "run": self.run, "label": self.label,
+            "ppl": ppl, "ppl_base": self.ppl_base, "ppl_ratio": ppl / self.ppl_base,
+            "retention": watch.get("retention"), "watch_pass_rate": self._pass_rate(watch),
+            "edits_lost": watch.get("edits_lost", []), "watch_failed": [f["item"] for f in watch.get("failed", [])],
+            "norm_ratio": max((m["norm_ratio"] for m in matrices.values()), default=1.0),
+            "cond_ratio": max((m["cond_ratio"] for m in matrices.values()), default=1.0),
+            "matrices": matrices,
+        }
+        fig["trend"] = self._trend(fig)
+        fig["ppl_trend"] = fig["trend"]["ppl"]
+        fig["crossed"] = self.crossed(fig)
+        fig["thresholds"] = self.thresholds.to_dict()
+        fig["stop_on"] = list(self.stop_on)
+        return fig
+
+    def _pass_rate(self, watch: dict[str, Any]) -> float | None:
+        """Share of the watched answers that held at the start of the run and still hold."""
+        if not self.watch_start:
+            return None
+        return len(self.watch_start & set(watch.get("holding", []))) / len(self.watch_start)
+
+    def _trend(self, fig: dict[str, Any]) -> dict[str, float | None]:
+        window = self.history[-(self.thresholds.trend_window - 1):] + [fig] if self.thresholds.trend_window > 1 else [fig]
+
+        def logs(key: str) -> list[float]:
+            return [math.log(f[key]) if f.get(key) and f[key] > 0 else float("nan") for f in window]
+
+        return {"ppl": slope(logs("ppl_ratio")), "norm": slope(logs("norm_ratio")),
+                "cond": slope(logs("cond_ratio")), "retention": slope([f.get("retention") for f in window])}
+
+    def crossed(self, fig: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every threshold the figures cross: ``[{"figure", "value", "threshold", "stops", "reason"}]``."""
+        out = []
+        for name, (attr, kind) in FIGURES.items():
+            value = fig.get(FIGURE_KEYS[name])
+            if self.thresholds.crossed(name, value):
+                limit = self.thresholds.value(name)
+                out.append({"figure": name, "value": value, "threshold": limit, "stops": name in self.stop_on,
+                            "reason": f"{FIGURE_KEYS[name]} {value:.4g} {'>' if kind == 'max' else '<'} {limit:g}"})
+        return out
+
+    def record(self, fig: dict[str, Any]) -> None:
+        """Keep ``fig`` in the trend's history (steps that changed the model only)."""
+        self.history.append(fig)
+
+    def hook(self, ws: "Workspace", result: "EditResult") -> dict[str, Any]:
+        """For ``Workspace.after_apply``: the figures go into the entry's metrics as ``monitor``."""
+        return {"monitor": self.measure(ws, result)}
+
+
+def _watch_now(ws: "Workspace") -> dict[str, Any]:
+    from .watch import check
+
+    return check(ws)
+
+
+@torch.no_grad()
+def base_perplexity(ws: "Workspace") -> float:
+    """Reference perplexity of the base model, measured on the workspace's model with every edited
+    matrix temporarily set back to its base tensor (restored bit for bit afterwards)."""
+    if ws.fingerprint == ws.base_fingerprint:
+        return ws.editor.perplexity()
+    params = sorted({e.param for e in ws.ledger.active() if e.param})
+    saved = {p: ws.lm.model.get_parameter(p).detach().clone() for p in params}
+    try:
+        for p in params:
+            w = ws.lm.model.get_parameter(p)
+            w.copy_(ws.base_tensor(p).to(device=w.device, dtype=w.dtype))
+        return ws.editor.ppl.compute()
+    finally:
+        for p, t in saved.items():
+            ws.lm.model.get_parameter(p).copy_(t)
+
+
+def threshold_fields() -> list[str]:
+    return [f.name for f in fields(Thresholds)]

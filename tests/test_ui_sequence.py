@@ -1,0 +1,105 @@
+"""The window's Sequence view, through its real widgets (offscreen): live curves, thresholds, a stop.
+
+The run uses a tiny random Llama checkpoint (five layers) (real ROME edits in about a second each) so that
+the view can be driven end to end without minutes of demo-model edits; the monitor stops it
+on a norm threshold set low in the "Stop on" field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+
+from ui.app import process_until as spin  # noqa: E402
+
+TINY_HP = {"mom2_n_tokens": 4096, "mom2_seq_len": 64, "v_num_grad_steps": 6, "context_n": 2,
+           "context_len": 4}
+CAPITALS = [("France", "Rome"), ("Germany", "Oslo"), ("Italy", "Lima"), ("Spain", "Cairo"), ("Peru", "Bern")]
+
+
+def five_layer_llama(folder: Path, tokenizer_dir: Path) -> Path:
+    """A tiny random Llama with 5 layers, so the family's default layer (4) exists."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import tiny_config_kwargs
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = AutoConfig.for_model("llama", **{**tiny_config_kwargs("llama", len(tokenizer)), "num_hidden_layers": 5})
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def window(qtbot, tokenizer_dir, isolated_cache, tmp_path):
+    from ui import settings
+    from ui.main_window import MainWindow
+
+    from auditor.workspace import Workspace
+
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
+    settings.settings().clear()
+    Workspace.init(five_layer_llama(tmp_path / "tiny", tokenizer_dir), tmp_path / "ws", device="cpu").close()
+    w = MainWindow(restore_last=False)
+    qtbot.addWidget(w)
+    w.show()
+    w.open_path(tmp_path / "ws")
+    assert spin(lambda: w.workspace is not None and not w.runner.busy, 300), w.last_error
+    yield w
+    if w.runner.busy:
+        w.runner.cancel()
+        w.runner.wait()
+    w.workspace.close()
+
+
+def test_sequence_view_draws_live_and_shows_the_stop(window, tmp_path: Path) -> None:
+    path = tmp_path / "requests.json"
+    path.write_text(json.dumps([{"prompt": "The capital of {} is", "subject": s, "target_new": t,
+                                 "target_true": "Paris"} for s, t in CAPITALS]))
+    view = window.sequence_view
+    window.tabs.setCurrentWidget(view)
+    view.hparams = TINY_HP
+    QTest.keyClicks(view.requests_path, str(path))
+    view.stop_on.clear()
+    QTest.keyClicks(view.stop_on, "norm=1.3,ppl")
+    QTest.mouseClick(view.allow_collapse, Qt.MouseButton.LeftButton)  # random weights: tiny denominators
+    assert view.threshold_lines["norm_ratio"].isVisible() and view.threshold_lines["norm_ratio"].value() == 1.3
+    assert not view.threshold_lines["cond_ratio"].isVisible()  # not a figure this run stops on
+    n_entries = len(window.workspace.ledger)
+    assert view.run_button.isEnabled() and not view.stop_button.isEnabled()
+    QTest.mouseClick(view.run_button, Qt.MouseButton.LeftButton)
+    assert window.runner.busy and window.runner.name == "sequence", (window.last_error, view.status.text())
+    assert view.stop_button.isEnabled() and not view.run_button.isEnabled()
+    assert spin(lambda: len(view.steps) >= 1, 300)  # a step is drawn while the run goes on
+    assert spin(lambda: not window.runner.busy, 600), window.last_error
+    assert not window.last_error, window.last_error
+    final = view.final
+    assert final["stopped"] and "norm_ratio" in final["reason"], [(s["norm_ratio"], s["status"], s["errors"]) for s in view.steps]
+    assert "Stopped at step" in view.status.text() and "norm_ratio" in view.status.text()
+    x, y = view.curves["norm_ratio"].getData()
+    assert list(x) == [s["edits"] for s in view.steps] and len(x) == final["stopped_at_step"]
+    assert y[-1] > 1.3 and all(v <= 1.3 for v in y[:-1])
+    # the offending step is on record and rolled back; the window shows the new entries
+    assert len(window.workspace.ledger) == n_entries + final["stopped_at_step"] + 1
+    assert window.audit.model.rowCount() == len(window.workspace.ledger)
+    assert window.workspace.fingerprint == final["fingerprint_before_step"]
+    assert view.run_button.isEnabled() and not view.stop_button.isEnabled()
+
+
+def test_stop_on_field_rejects_bad_input_and_starts_nothing(window) -> None:
+    view = window.sequence_view
+    QTest.keyClicks(view.requests_path, "whatever.json")
+    view.stop_on.clear()
+    QTest.keyClicks(view.stop_on, "bogus=2")
+    QTest.mouseClick(view.run_button, Qt.MouseButton.LeftButton)
+    assert not window.runner.busy and "unknown --stop-on figure 'bogus'" in view.status.text()

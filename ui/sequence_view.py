@@ -1,0 +1,262 @@
+"""The "Sequence" view: run a file of edits with the collapse monitor on, and watch it live.
+
+The view collects the run's options (requests file, method, key mode, batch size, what to stop
+on, the per-edit guard override) and emits ``run_requested(path, options)``; the window starts
+:func:`sequence_job` in its worker. Each step's record (auditor.sequence) arrives through the
+worker's progress messages as ``("sequence-step", record)`` and is buffered; the curves of every
+monitored figure (auditor.monitor, the same figures as the capacity report) are redrawn by a
+~50 ms timer, each with its threshold as a dashed red line. When the run ends,
+:meth:`SequenceView.finish` shows whether and why it stopped. ``report_requested(path)`` asks
+for the capacity report of the workspace (auditor.report). No science here.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, Callable
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from auditor.monitor import FIGURE_KEYS, MonitorError, Thresholds, parse_stop_on
+from auditor.report import PLOTS, THRESHOLD_OF
+
+from .charts import BLUE, RED, REDRAW_MS, IntAxis
+
+STEP_MESSAGE = "sequence-step"
+
+
+def sequence_job(ws: Any, path: str, options: dict[str, Any]) -> Callable:
+    """The worker job of one run: ``job(report, cancel) -> final record``."""
+
+    def job(report: Callable[[Any], None], cancel: Any) -> dict[str, Any]:
+        import torch
+
+        from auditor.monitor import Monitor
+        from auditor.requests import load_requests
+        from auditor.sequence import run_sequence
+
+        requests = load_requests(path)
+        stop_on, thresholds = parse_stop_on(options.get("stop_on"))
+        with torch.enable_grad():  # ROME's v* optimisation needs gradients
+            return run_sequence(ws, requests, Monitor(thresholds=thresholds, stop_on=stop_on),
+                                batch_size=options.get("batch_size", 1), cancel=cancel,
+                                on_step=lambda rec: report((STEP_MESSAGE, rec)), method=options.get("method", "rome"),
+                                key_mode=options.get("key_mode", "consistent"), hparams=options.get("hparams"),
+                                allow_collapse=bool(options.get("allow_collapse")))
+
+    return job
+
+
+class SequenceView(QWidget):
+    run_requested = Signal(str, dict)
+    stop_requested = Signal()
+    report_requested = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.hparams: dict[str, Any] | None = None  # overrides for every edit of the run (tests, scripts)
+        self.steps: list[dict[str, Any]] = []
+        self.final: dict[str, Any] | None = None
+        self._dirty = False
+        box = QVBoxLayout(self)
+        box.addLayout(self._build_form())
+        self.status = QLabel("No sequence run yet.")
+        self.status.setObjectName("sequenceStatus")
+        self.status.setWordWrap(True)
+        self.status.setTextFormat(Qt.TextFormat.RichText)
+        box.addWidget(self.status)
+        self.charts = pg.GraphicsLayoutWidget()
+        self.charts.setMinimumHeight(360)
+        box.addWidget(self.charts, 1)
+        self.plots: dict[str, pg.PlotItem] = {}
+        self.curves: dict[str, pg.PlotDataItem] = {}
+        self.threshold_lines: dict[str, pg.InfiniteLine] = {}
+        for i, (key, (title, ylabel)) in enumerate(PLOTS.items()):
+            plot = self.charts.addPlot(row=i // 3, col=i % 3, axisItems={"bottom": IntAxis("bottom")})
+            plot.setTitle(title, size="9pt")
+            plot.setLabel("left", ylabel)
+            plot.setLabel("bottom", "edits")
+            plot.showGrid(x=True, y=True, alpha=0.2)
+            self.plots[key] = plot
+            self.curves[key] = plot.plot([], [], pen=pg.mkPen(BLUE, width=2), symbol="o", symbolSize=5,
+                                         symbolBrush=BLUE, symbolPen=None)
+            line = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen(RED, width=1.5, style=Qt.PenStyle.DashLine))
+            line.setVisible(False)
+            plot.addItem(line)
+            self.threshold_lines[key] = line
+        self._timer = QTimer(self)
+        self._timer.setInterval(REDRAW_MS)
+        self._timer.timeout.connect(self._redraw)
+        self._timer.start()
+        self.set_thresholds(Thresholds(), list(FIGURE_KEYS))
+        self.set_busy(False)
+
+    def _build_form(self) -> QFormLayout:
+        form = QFormLayout()
+        self.requests_path = QLineEdit()
+        self.requests_path.setPlaceholderText("a JSON / JSON-lines file of edit requests, applied in order")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.requests_path, 1)
+        row.addWidget(browse)
+        form.addRow("Requests", row)
+        self.method = QComboBox()
+        self.method.addItems(_methods())
+        self.key_mode = QComboBox()
+        self.key_mode.addItems(["consistent", "original"])
+        self.batch_size = QSpinBox()
+        self.batch_size.setRange(1, 10_000)
+        row = QHBoxLayout()
+        for label, widget in (("method", self.method), ("key mode", self.key_mode), ("batch size", self.batch_size)):
+            row.addWidget(QLabel(label))
+            row.addWidget(widget)
+        row.addStretch(1)
+        form.addRow("Edits", row)
+        self.stop_on = QLineEdit("all")
+        self.stop_on.setToolTip("figures that stop the run: all, none, or e.g. ppl=1.5,retention,norm")
+        self.stop_on.textChanged.connect(self._stop_on_changed)
+        self.allow_collapse = QCheckBox("apply edits the per-edit guard flags")
+        row = QHBoxLayout()
+        row.addWidget(self.stop_on, 1)
+        row.addWidget(self.allow_collapse)
+        form.addRow("Stop on", row)
+        self.run_button = QPushButton("Run sequence")
+        self.run_button.clicked.connect(self._run_clicked)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.clicked.connect(self.stop_requested)
+        self.report_button = QPushButton("Capacity report…")
+        self.report_button.clicked.connect(self._report_clicked)
+        row = QHBoxLayout()
+        for b in (self.run_button, self.stop_button, self.report_button):
+            row.addWidget(b)
+        row.addStretch(1)
+        form.addRow(row)
+        return form
+
+    # ------------------------------------------------------------ input
+
+    def options(self) -> dict[str, Any]:
+        return {"method": self.method.currentText(), "key_mode": self.key_mode.currentText(),
+                "batch_size": self.batch_size.value(), "stop_on": self.stop_on.text().strip() or "all",
+                "allow_collapse": self.allow_collapse.isChecked(), "hparams": self.hparams}
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Edit requests", "", "Requests (*.json *.jsonl);;All files (*)")
+        if path:
+            self.requests_path.setText(path)
+
+    def _stop_on_changed(self) -> bool:
+        try:
+            names, thresholds = parse_stop_on(self.stop_on.text().strip() or "all")
+        except MonitorError as e:
+            self.stop_on.setStyleSheet("border: 1.5px solid #c0392b;")
+            self.stop_on.setToolTip(str(e))
+            return False
+        self.stop_on.setStyleSheet("")
+        self.set_thresholds(thresholds, names)
+        return True
+
+    def _run_clicked(self) -> None:
+        path = self.requests_path.text().strip()
+        if not path:
+            self.show_message("Choose a requests file first.", error=True)
+            return
+        if not self._stop_on_changed():
+            self.show_message(f"Stop on: {self.stop_on.toolTip()}", error=True)
+            return
+        self.run_requested.emit(path, self.options())
+
+    def _report_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Capacity report", "report.html", "HTML (*.html)")
+        if path:
+            self.report_requested.emit(path)
+
+    # ------------------------------------------------------------ run state
+
+    def set_busy(self, busy: bool, stoppable: bool = False) -> None:
+        """Run and report while the window is idle; Stop while this view's run goes on."""
+        self.run_button.setEnabled(not busy)
+        self.stop_button.setEnabled(stoppable)
+        self.report_button.setEnabled(not busy)
+
+    def set_thresholds(self, thresholds: Thresholds, stop_on: list[str]) -> None:
+        """Draw each figure's threshold (dashed red; only for the figures the run stops on)."""
+        for key, line in self.threshold_lines.items():
+            name = THRESHOLD_OF.get(key)
+            shown = name is not None and name in stop_on
+            line.setVisible(shown)
+            if shown:
+                line.setPos(thresholds.value(name))
+
+    def start(self, path: str) -> None:
+        self.steps.clear()
+        self.final = None
+        self._dirty = True
+        self.show_message(f"Running {html.escape(path)}…")
+
+    def add_step(self, record: dict[str, Any]) -> None:
+        """Buffer one step record (drawn on the next timer tick)."""
+        self.steps.append(record)
+        self._dirty = True
+        crossed = ", ".join(c["reason"] for c in record.get("crossed", []))
+        self.show_message(f"Step {record['step']}: {record['edits']} edit(s) applied"
+                          + (f"; crossed: {html.escape(crossed)}" if crossed else ""))
+
+    def finish(self, final: dict[str, Any]) -> None:
+        self.final = final
+        self.flush()
+        if final.get("cancelled"):
+            self.show_message("Cancelled: the edits already applied stay on record.")
+        elif final.get("stopped"):
+            self.show_message(f"<b>Stopped at step {final.get('stopped_at_step')}</b>: "
+                              f"{html.escape(final['reason'])}. The step was rolled back "
+                              f"(revert entries {', '.join(map(str, final.get('reverts', [])))}).", error=True)
+        else:
+            self.show_message(f"Done: {final['edits_applied']} edit(s) applied, no threshold crossed.")
+
+    def show_message(self, text: str, *, error: bool = False) -> None:
+        self.status.setText(f"<span style='color:{RED}'>{text}</span>" if error else text)
+
+    # ------------------------------------------------------------ drawing
+
+    def flush(self) -> None:
+        self._dirty = True
+        self._redraw()
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        xs, ys = [], []
+        for s in self.steps:
+            v = s.get(key)
+            if s.get("changed", True) and isinstance(v, (int, float)) and math.isfinite(v):
+                xs.append(s["edits"])
+                ys.append(float(v))
+        return xs, ys
+
+    def _redraw(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        for key, curve in self.curves.items():
+            curve.setData(*self.series(key))
+
+
+def _methods() -> list[str]:
+    from auditor import edit
+
+    return list(getattr(edit, "METHODS", ("rome",)))
