@@ -44,9 +44,9 @@ def __getattr__(name: str) -> Any:  # ERRORS is resolved lazily so `--help` stay
 
 
 def _methods() -> tuple[str, ...]:
-    from . import edit
+    from .methods import METHOD_NAMES
 
-    return tuple(getattr(edit, "METHODS", ("rome",)))
+    return tuple(METHOD_NAMES)
 
 
 def cmd_sequence(args: argparse.Namespace) -> int:
@@ -141,7 +141,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the workspace to edit (every step is recorded in its ledger)")
     p.add_argument("--requests", required=True, type=Path, metavar="FILE",
                    help="JSON or JSON-lines file of edit requests, applied in order")
-    p.add_argument("--method", default="rome", help="editing method (default: rome)")
+    p.add_argument("--method", default="rome",
+                   help="editing method: rome (one entry per request), memit or alphaedit (one entry per "
+                        "batch) (default: rome)")
     p.add_argument("--key-mode", default="consistent", choices=("consistent", "original"),
                    help="ROME key mode (default: consistent)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N",

@@ -163,8 +163,7 @@ class Monitor:
         watch = (result.metrics.get("watch") if result is not None else None) or _watch_now(ws)
         ppl = ws.editor.perplexity()
         matrices = {}
-        for param in sorted({e.param for e in ws.ledger.active() if e.param} |
-                            ({result.delta.param} if result is not None and result.delta is not None else set())):
+        for param in sorted(_active_params(ws) | set(_result_params(result))):
             base, now = self.base_figures(ws, param), matrix_figures(ws.lm.model.get_parameter(param))
             matrices[param] = {"norm_ratio": now["norm"] / base["norm"], "cond_ratio": now["cond"] / base["cond"],
                                "norm": now["norm"], "cond": now["cond"]}
@@ -219,6 +218,20 @@ class Monitor:
         return {"monitor": self.measure(ws, result)}
 
 
+def _active_params(ws: "Workspace") -> set[str]:
+    from .workspace import entry_params
+
+    return {p for e in ws.ledger.active() for p in entry_params(e)}
+
+
+def _result_params(result: Any) -> list[str]:
+    """The parameters an engine result changed (a batch's DeltaSet may span several layers)."""
+    if result is None or result.delta is None:
+        return []
+    params = getattr(result.delta, "params", None)
+    return list(params) if params is not None else [result.delta.param]
+
+
 def _watch_now(ws: "Workspace") -> dict[str, Any]:
     from .watch import check
 
@@ -231,7 +244,7 @@ def base_perplexity(ws: "Workspace") -> float:
     matrix temporarily set back to its base tensor (restored bit for bit afterwards)."""
     if ws.fingerprint == ws.base_fingerprint:
         return ws.editor.perplexity()
-    params = sorted({e.param for e in ws.ledger.active() if e.param})
+    params = sorted(_active_params(ws))
     saved = {p: ws.lm.model.get_parameter(p).detach().clone() for p in params}
     try:
         for p in params:

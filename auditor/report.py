@@ -84,7 +84,7 @@ class Run:
 
 def runs_from_workspace(directory: str | Path) -> list[Run]:
     """The sequence runs recorded in a workspace's ledger (read without loading the model)."""
-    from .workspace import WorkspaceError, open_ledger
+    from .workspace import WorkspaceError, entry_facts, open_ledger
 
     try:
         ledger = open_ledger(directory)
@@ -105,7 +105,8 @@ def runs_from_workspace(directory: str | Path) -> list[Run]:
                 continue
             run = runs.setdefault(mon["run"], Run(label=mon.get("label") or mon["run"], run=mon["run"],
                                                   source=str(directory), thresholds=mon.get("thresholds", {})))
-            run.steps.append({**mon, "edits": len(run.steps) + 1, "entry": e.id})
+            done = (run.steps[-1]["edits"] if run.steps else 0) + len(entry_facts(e))
+            run.steps.append({**mon, "edits": done, "entry": e.id})
     finally:
         ledger.close()
     return list(runs.values())

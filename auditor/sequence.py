@@ -74,14 +74,14 @@ def run_sequence(ws: "Workspace", requests: list["EditRequest"], monitor: Monito
                 final.update(stopped=True, cancelled=True, reason="cancelled by the user")
                 break
             applied = [e for e in entries if e.kind == "edit" and e.status == "applied"]
-            applied_total += len(applied)
+            applied_total += _n_edits(applied)
             record = _step_record(monitor, step, batch, entries, applied, applied_total, ws)
             stops = [c for c in record["crossed"] if c["stops"]] if applied else []
             if stops:
                 reason = "; ".join(c["reason"] for c in stops)
                 reverts = [ws.revert(e.id, note=f"sequence {monitor.run}: step {step} rolled back: {reason}")
                            for e in reversed(applied)]
-                applied_total -= len(applied)
+                applied_total -= _n_edits(applied)
                 record["rolled_back"] = [e.id for e in applied]
                 if on_step:
                     on_step(record)
@@ -101,9 +101,20 @@ def run_sequence(ws: "Workspace", requests: list["EditRequest"], monitor: Monito
 
 
 def _edit_batch(ws: "Workspace", batch: list["EditRequest"], **kwargs: Any) -> list["Entry"] | None:
-    """One step's edits as ledger entries (a failed edit is recorded too); None when cancelled."""
+    """One step's edits as ledger entries (a failed edit is recorded too); None when cancelled.
+
+    ROME: one entry per request, in order. MEMIT / AlphaEdit: the step is one batch, one entry
+    (a batch that fails to compute leaves no entry: batch.py)."""
+    from .batch import BatchFailed
     from .edit import EditCancelled, EditFailed
 
+    if kwargs.get("method", "rome") != "rome":
+        try:
+            return [ws.edit_batch(batch, **kwargs)[1]]
+        except BatchFailed:
+            return []
+        except EditCancelled:
+            return None
     entries = []
     for request in batch:
         try:
@@ -114,6 +125,13 @@ def _edit_batch(ws: "Workspace", batch: list["EditRequest"], **kwargs: Any) -> l
             return None
         entries.append(entry)
     return entries
+
+
+def _n_edits(entries: list["Entry"]) -> int:
+    """Requests in these entries (a MEMIT / AlphaEdit batch entry holds several)."""
+    from .workspace import entry_facts
+
+    return sum(len(entry_facts(e)) for e in entries)
 
 
 def _step_record(monitor: Monitor, step: int, batch: list["EditRequest"], entries: list["Entry"],

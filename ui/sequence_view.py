@@ -257,6 +257,6 @@ class SequenceView(QWidget):
 
 
 def _methods() -> list[str]:
-    from auditor import edit
+    from auditor.methods import METHOD_NAMES
 
-    return list(getattr(edit, "METHODS", ("rome",)))
+    return list(METHOD_NAMES)
