@@ -51,6 +51,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "auditor.cli_watch",
     "auditor.cli_reviewed",
     "auditor.cli_sequence",
+    "auditor.cli_trace",
 )
 ENTRY_POINT_GROUP = "edit_auditor.commands"
 EXIT_USER_ERROR = 2

@@ -66,7 +66,7 @@ DEFAULT_SEED = 1  # seed of the noise draws (kmeng01/rome seeds its RandomState 
 EMBEDDING_SAMPLE_TOKENS = 4000  # tokens of the reference text behind the embedding std
 ATTN_NAMES = ("self_attn", "attn", "attention")  # attention submodule of a block, per family
 BATCH_TOKENS = 2048  # token positions per restoration forward pass (batch rows x positions run)
-BLOCK_SPREAD = 5  # most blocks recomputed in vain for a row batched with rows that change earlier blocks
+PASS_OVERHEAD = 1000  # cost of one more forward pass, in (batch row x position x block) units
 
 State = tuple[str, int, int]  # (kind, layer, token): one state set back to its clean value
 
@@ -361,8 +361,9 @@ class Tracer:
         A row only changes blocks from its first changed block on and positions from its first
         restored token on; a pass runs from the smallest of each over its rows (exact for the
         others, which merely recompute corrupted values). Rows are sorted by (token, block) and
-        cut when the first token changes, the blocks spread over more than ``BLOCK_SPREAD`` or
-        the pass exceeds ``batch_tokens``.
+        a row joins the current pass when it has the same first token, the pass stays within
+        ``batch_tokens`` and the blocks it would recompute in vain cost less than another pass
+        (``PASS_OVERHEAD``).
         """
         keys = []
         for i, row in enumerate(rows):
@@ -375,7 +376,8 @@ class Tracer:
             if plan:
                 chunk, f0, c_t0 = plan[-1]
                 fits = (len(chunk) + 1) * self.samples * (T - t0) <= self.batch_tokens
-                if c_t0 == t0 and first - f0 <= BLOCK_SPREAD and fits:
+                waste = (first - f0) * self.samples * (T - t0)
+                if c_t0 == t0 and waste <= PASS_OVERHEAD and fits:
                     chunk.append(i)
                     continue
             plan.append(([i], first, t0))
