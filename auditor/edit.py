@@ -27,7 +27,7 @@ import torch
 from . import metrics, rome
 from .checkpoint import LoadedModel, fingerprint_model
 from .deltas import Delta, apply_delta
-from .hparams import KEY_MODES, HParamsError, RomeHParams, load_hparams
+from .hparams import KEY_MODES, HParamsError, RomeHParams
 from .requests import EditRequest
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,8 @@ class Editor:
         # AlphaEdit's running sum of earlier batches' K K^T per parameter (in, in) float64; a
         # workspace sets it from its ledger before each batch (batch.py adds each applied batch)
         self.key_memory: dict[str, torch.Tensor] = {}
+        self.hparams_file: Any = None  # the family's hyper-parameter file (None: resources/hparams/<family>.json)
+        self.layer_suggestion: Any = None  # the causal-trace suggestion used when that file is missing
 
     # -------------------------------------------------------------- shared pieces
 
@@ -175,7 +177,12 @@ class Editor:
         return self._ppl
 
     def hparams(self, overrides: dict | None = None) -> RomeHParams:
-        hp = load_hparams(self.lm.spec.family, overrides)
+        """The family's hyper-parameters; without a family file the layer comes from causal tracing."""
+        from .layer_suggestion import hparams_with_suggestion
+
+        hp, suggestion = hparams_with_suggestion(self.lm, overrides, hparams_file=self.hparams_file,
+                                                 fingerprint=self.fingerprint)
+        self.layer_suggestion = suggestion or self.layer_suggestion
         if not 0 <= hp.layer < self.lm.n_layers:
             raise HParamsError(f"layer {hp.layer} is out of range: the model has {self.lm.n_layers} layers (0-{self.lm.n_layers - 1})")
         return hp
