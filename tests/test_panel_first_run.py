@@ -43,15 +43,16 @@ def test_opening_a_model_shows_its_stages_in_the_window(qtbot, tmp_path, demo_di
     w = MainWindow(restore_last=False)
     qtbot.addWidget(w)
     seen: list = []
-    w.runner.progress.connect(lambda p: seen.append((p, w.panel.progress.text())))  # after the window's slot
+    w.runner.progress.connect(lambda p: seen.append((p, w.panel.progress.text(), w.welcome_status.text())))
     assert w.panel.layer.text().strip() == ""
     w.open_path(str(demo_dir))
     qtbot.waitUntil(lambda: w.workspace is not None and not w.runner.busy, timeout=600_000)
-    loads = [(p, text) for p, text in seen if isinstance(p, tuple) and p[0] == "load"]
+    loads = [(p, bar, page) for p, bar, page in seen if isinstance(p, tuple) and p[0] == "load"]
     assert loads, seen
-    (_, step, total, message), shown = loads[-1]
+    (_, step, total, message), bar, page = loads[-1]  # (this slot runs after the window's)
     assert (step, total) == (1, 1) and message == f"loading {demo_dir.name}"
-    assert shown == f"loading {demo_dir.name} (1/1)"  # what the bar showed then
+    assert bar == page == f"loading {demo_dir.name} (1/1)"  # what the bar and the welcome page showed
+    assert w.welcome_status.text() == ""
     assert w.panel.progress.text() == "idle"
     assert w.panel.layer.text() == str(load_hparams("llama").layer)
     w.workspace.close()

@@ -236,6 +236,9 @@ class MainWindow(QMainWindow):
         box.addWidget(text)
         box.addSpacing(12)
         box.addLayout(row)
+        self.welcome_status = QLabel("")  # what the open job is doing (a first run converts the demo)
+        self.welcome_status.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        box.addWidget(self.welcome_status)
         box.addStretch(2)
         return page
 
@@ -611,6 +614,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(self.panel.progress.text() or getattr(p, "message", ""))
         elif name == "open" and isinstance(p, tuple) and p[0] == "load":
             self.panel.show_steps(*p[1:])
+            self.welcome_status.setText(self.panel.progress.text())
             self.statusBar().showMessage(p[3])
         elif name == "sequence" and isinstance(p, tuple) and p[0] == STEP_MESSAGE:
             self.sequence_view.add_step(p[1])
@@ -623,6 +627,7 @@ class MainWindow(QMainWindow):
     def _on_finished(self, name: str, value) -> None:
         if name == "open":
             self.panel.set_idle_text("idle")
+            self.welcome_status.clear()
             self.set_workspace(*value)
         elif name == "answer":
             self.panel.show_answer(*value)
@@ -653,6 +658,7 @@ class MainWindow(QMainWindow):
         self.last_error = message
         if name == "open":
             self.panel.set_idle_text("could not open the model")
+            self.welcome_status.setText(f"Could not open the model: {message}")
         if name == "export" and self.export_dialog is not None:
             self.export_dialog.finished_error(message)
         if name == "edit":
