@@ -48,7 +48,7 @@ from PySide6.QtWidgets import (
 
 from auditor.resources import resources_dir
 
-from . import settings
+from . import settings, trace_view
 from .audit import AuditTrail
 from .charts import DenominatorChart, EditPoint, LiveEditChart, PerplexityChart
 from .dialogs import ExportDialog, SettingsDialog
@@ -299,6 +299,7 @@ class MainWindow(QMainWindow):
         self.sequence_view.stop_requested.connect(self.runner.cancel)
         self.sequence_view.report_requested.connect(self.start_report)
         self.tabs.addTab(self.sequence_view, "Sequence")
+        self.trace_view = trace_view.install(self)  # the "Trace" tab: causal tracing (ui/trace_view.py)
         self.stack = QStackedWidget()
         self.stack.addWidget(self._build_welcome())
         self.stack.addWidget(self.tabs)
