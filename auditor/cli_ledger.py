@@ -128,6 +128,12 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else EXIT_CHECK_FAILED
 
 
+def cmd_ledger_reanchor(args: argparse.Namespace) -> int:
+    anchor = open_ledger(args.workspace).reanchor(args.expect_head)
+    emit(args, {"head_file": "ledger.head", **anchor.to_json()})
+    return 0
+
+
 def cmd_ledger_schema(args: argparse.Namespace) -> int:
     ledger = open_ledger(args.workspace)
     if args.json:
@@ -241,6 +247,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "fail unless it is the head or an entry of the chain")
     add_json_arg(q)
     q.set_defaults(func=cmd_ledger_verify)
+    q = sub.add_parser("reanchor", help="rewrite a lost or damaged ledger.head from a head kept elsewhere",
+                       description="Write ledger.head again, only when every entry verifies and HASH (printed "
+                                   "by an append, in an export's metadata) is the ledger's head exactly.")
+    _workspace_arg(q)
+    q.add_argument("--expect-head", required=True, metavar="HASH", help="the ledger's head, as recorded elsewhere")
+    add_json_arg(q)
+    q.set_defaults(func=cmd_ledger_reanchor)
     q = sub.add_parser("schema", help="print the ledger's SQL schema and applied migrations",
                        description="The tables, indexes and triggers, as created by the migrations.")
     _workspace_arg(q)

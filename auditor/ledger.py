@@ -622,6 +622,27 @@ class Ledger:
         finally:
             conn.execute("COMMIT")
 
+    def reanchor(self, expected_head: str) -> HeadAnchor:
+        """A new ``ledger.head`` for a ledger whose head file was lost or damaged (a copy of
+        ``ledger.db`` alone, a disk error), written only when every entry verifies and
+        ``expected_head``, a head kept elsewhere, is the ledger's head exactly."""
+        try:
+            wanted = normalise_hash(expected_head)
+        except AnchorError as e:
+            raise LedgerError(f"--expect-head: {e}") from None
+        report = self.verify(expect_head=wanted)
+        found = [p for p in report["problems"] if p["id"] is not None]
+        if found:
+            raise LedgerError(f"refusing to re-anchor: entry {found[0]['id']}: {found[0]['reason']}")
+        if report["head"] != wanted:
+            raise LedgerError(f"refusing to re-anchor: {wanted[:23]}... is not the ledger's head "
+                              f"(entry {report['head_id']}, {report['head'][:23]}...)")
+        anchor = HeadAnchor(str(self.genesis.get("ledger_id")), report["head_id"], wanted,
+                            max(report["head_id"], self._high_water()))
+        key = signing_key()
+        write_anchor(self.anchor_path, anchor.signed(key) if key else anchor)
+        return anchor
+
     # -------------------------------------------------------- reading
 
     def _rows(self, sql: str, params: Any = ()) -> Iterator[dict[str, Any]]:

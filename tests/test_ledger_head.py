@@ -188,3 +188,25 @@ def test_a_signed_head_stops_the_thorough_attacker_without_the_key(tmp_path: Pat
     monkeypatch.setenv(KEY_ENV, str(tmp_path / "absent.key"))
     assert main(["ledger", "verify", "--workspace", str(tmp_path / "ws")]) == 2
     assert "cannot read the head signing key" in capsys.readouterr().err
+
+
+def test_a_lost_head_file_is_rewritten_only_against_the_right_head(three: Ledger, capsys) -> None:
+    head = three.head_hash
+    three.anchor_path.unlink()  # e.g. ledger.db copied alone
+    assert verify_cli(three, capsys)[0] == 1
+    ws = str(three.path.parent)
+    assert main(["ledger", "reanchor", "--workspace", ws, "--expect-head", three.get(2).content_hash]) == 2
+    assert "is not the ledger's head (entry 3" in capsys.readouterr().err
+    assert not three.anchor_path.exists()
+    assert main(["ledger", "reanchor", "--workspace", ws, "--expect-head", head]) == 0
+    capsys.readouterr()
+    assert read_anchor(three.anchor_path) == HeadAnchor(three.genesis["ledger_id"], 3, head, 3)
+    assert verify_cli(three, capsys)[0] == 0 and three.append(fields(4)).id == 4
+
+
+def test_reanchor_cannot_hide_deleted_entries(three: Ledger) -> None:
+    tamper(three.path, "DELETE FROM entries WHERE id = 3")
+    three.anchor_path.unlink()
+    with pytest.raises(LedgerError, match="refusing to re-anchor: entry 3: missing: ids up to 3 were given out"):
+        three.reanchor(three.head_hash)  # the truncated ledger's own head
+    assert not three.anchor_path.exists()
