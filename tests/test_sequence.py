@@ -125,7 +125,7 @@ def test_capacity_report_from_the_workspace(seq: Any, tmp_path: Path) -> None:
     assert [r.stopped for r in runs] == [False, True, True]
     assert runs[0].label == "rome/consistent" and runs[2].label == "rome/original"
     healthy = runs[0]
-    for key in ("ppl_ratio", "norm_ratio", "cond_ratio", "retention"):
+    for key in ("ppl_ratio", "norm_ratio", "cond_ratio"):
         xs, ys = healthy.series(key)
         assert len(xs) >= 9 and max(ys) > min(ys), key  # the plotted data is not constant
     assert runs[2].first_crossing("norm_ratio") or runs[2].first_crossing("cond_ratio") \
