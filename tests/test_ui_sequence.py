@@ -103,3 +103,23 @@ def test_stop_on_field_rejects_bad_input_and_starts_nothing(window) -> None:
     QTest.keyClicks(view.stop_on, "bogus=2")
     QTest.mouseClick(view.run_button, Qt.MouseButton.LeftButton)
     assert not window.runner.busy and "unknown --stop-on figure 'bogus'" in view.status.text()
+
+
+def test_watch_panel_adds_and_removes_items(window) -> None:
+    from auditor.watch import Watchlist
+
+    panel = window.sequence_view.watch
+    assert panel.isEnabled() and panel.table.rowCount() == 0
+    QTest.keyClicks(panel.prompt, "The capital of France is")
+    QTest.keyClicks(panel.answer, "Paris")
+    QTest.mouseClick(panel.add_button, Qt.MouseButton.LeftButton)
+    assert panel.table.rowCount() == 1 and panel.table.item(0, 2).text() == "Paris"
+    QTest.keyClicks(panel.prompt, "The capital of France is")
+    QTest.keyClicks(panel.answer, "Paris")
+    QTest.mouseClick(panel.add_button, Qt.MouseButton.LeftButton)
+    assert "already watched" in panel.error.text() and panel.table.rowCount() == 1
+    panel.table.selectRow(0)
+    QTest.mouseClick(panel.remove_button, Qt.MouseButton.LeftButton)
+    assert panel.table.rowCount() == 0
+    wl = Watchlist(window.workspace.ledger)
+    assert [e["action"] for e in wl.history()] == ["add", "remove"] and wl.verify()["ok"]

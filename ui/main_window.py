@@ -415,6 +415,7 @@ class MainWindow(QMainWindow):
         lm = ws.lm
         self.panel.set_model(lm.n_layers, load_hparams(lm.spec.family).to_dict())
         self.audit.search_fn = lambda text: {e.id for e in ws.ledger.search(text)}
+        self.sequence_view.watch.set_ledger(ws.ledger)
         self._set_workspace_actions(True)
         self.refresh_info()
         self.refresh_entries()

@@ -7,7 +7,8 @@ worker's progress messages as ``("sequence-step", record)`` and is buffered; the
 monitored figure (auditor.monitor, the same figures as the capacity report) are redrawn by a
 ~50 ms timer, each with its threshold as a dashed red line. When the run ends,
 :meth:`SequenceView.finish` shows whether and why it stopped. ``report_requested(path)`` asks
-for the capacity report of the workspace (auditor.report). No science here.
+for the capacity report of the workspace (auditor.report). The watchlist panel (watch_panel.py)
+sits above the curves. No science here.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from auditor.monitor import FIGURE_KEYS, MonitorError, Thresholds, parse_stop_on
 from auditor.report import PLOTS, THRESHOLD_OF
 
 from .charts import BLUE, RED, REDRAW_MS, IntAxis
+from .watch_panel import WatchPanel
 
 STEP_MESSAGE = "sequence-step"
 
@@ -75,6 +77,8 @@ class SequenceView(QWidget):
         self._dirty = False
         box = QVBoxLayout(self)
         box.addLayout(self._build_form())
+        self.watch = WatchPanel()
+        box.addWidget(self.watch)
         self.status = QLabel("No sequence run yet.")
         self.status.setObjectName("sequenceStatus")
         self.status.setWordWrap(True)
