@@ -114,7 +114,7 @@ class EditPanel(QWidget):
 
         # ---- method and hyper-parameters
         self.method = QComboBox()
-        self.method.addItems(["rome"])
+        self.method.addItems(["rome", "memit", "alphaedit"])  # the last two run as a batch of one
         self.key_mode = QComboBox()
         self.key_mode.addItems(["consistent", "original", "joint"])
         self.key_mode.setToolTip("consistent: r-ROME (Gupta et al. 2024), the default; original: kmeng01/rome; "

@@ -57,6 +57,11 @@ def flatten(entry: Any) -> dict[str, Any]:
         if isinstance(nested, dict):
             for k, v in nested.items():
                 flat.setdefault(k, v)
+    if top.get("n_requests"):  # a batch entry (MEMIT, AlphaEdit): what it contains, on one line
+        reqs = top.get("requests") or []
+        shown = ", ".join(f"{r.get('subject')} → {r.get('target_new')}" for r in reqs[:3])
+        flat["subject"] = f"batch of {top['n_requests']}: {shown}" + (", …" if len(reqs) > 3 else "")
+        flat["target_new"] = f"{len(reqs)} targets"
     for canonical, names in ALIASES.items():
         if canonical not in flat or flat[canonical] is None:
             for n in names:

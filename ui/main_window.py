@@ -50,6 +50,7 @@ from auditor.resources import resources_dir
 
 from . import settings, trace_view
 from .audit import AuditTrail
+from .batch_panel import BatchPanel
 from .charts import DenominatorChart, EditPoint, LiveEditChart, PerplexityChart
 from .dialogs import ExportDialog, SettingsDialog
 from .edit_panel import EditPanel
@@ -291,6 +292,10 @@ class MainWindow(QMainWindow):
         self.audit.verify_requested.connect(self.verify)
         self.audit.export_requested.connect(self.show_export)
 
+        self.batch_panel = BatchPanel()  # MEMIT / AlphaEdit batches (ui/batch_panel.py)
+        self.batch_panel.run_requested.connect(self.start_batch)
+        self.batch_panel.cancel_requested.connect(self.runner.cancel)
+
         self.tabs = QTabWidget()
         self.tabs.addTab(run_page, "Edit run")
         self.tabs.addTab(self.audit, "Audit trail")
@@ -300,6 +305,7 @@ class MainWindow(QMainWindow):
         self.sequence_view.report_requested.connect(self.start_report)
         self.tabs.addTab(self.sequence_view, "Sequence")
         self.trace_view = trace_view.install(self)  # the "Trace" tab: causal tracing (ui/trace_view.py)
+        self.tabs.addTab(self.batch_panel, "Batch")
         self.stack = QStackedWidget()
         self.stack.addWidget(self._build_welcome())
         self.stack.addWidget(self.tabs)
@@ -329,6 +335,7 @@ class MainWindow(QMainWindow):
         for a in (self.verify_action, self.export_action):
             a.setEnabled(enabled)
         self.audit.setEnabled(enabled)
+        self.batch_panel.set_enabled_for_model(enabled)
         self.stack.setCurrentIndex(1 if enabled else 0)
 
     # ================================================================ opening
@@ -498,6 +505,9 @@ class MainWindow(QMainWindow):
         if self.runner.busy:
             self.statusBar().showMessage("Busy: wait for the running job to finish.")
             return False
+        if options.get("method", "rome") != "rome":  # MEMIT / AlphaEdit: a batch of one
+            return self.start_batch([request], {"method": options["method"], "batch_size": 1,
+                                                "dry_run": bool(options.get("dry_run"))})
         ws.editor.guard = settings.guard()
         n = settings.get(settings.ANSWER_TOKENS)
         prompt = request.text
@@ -535,6 +545,34 @@ class MainWindow(QMainWindow):
         ws = self.workspace
         return ws is not None and self.runner.start(
             "report", lambda report, cancel: write_report(load_runs(workspaces=[ws.directory]), out), no_grad=True)
+
+    def start_batch(self, requests: list, options: dict) -> bool:
+        """Run ``requests`` in batches of ``options["batch_size"]`` with ``options["method"]``
+        (MEMIT, AlphaEdit), one after another, each recorded as one ledger entry."""
+        ws = self.workspace
+        if ws is None:
+            self.show_error("Open a model first.")
+            return False
+        if self.runner.busy:
+            self.statusBar().showMessage("Busy: wait for the running job to finish.")
+            return False
+        ws.editor.guard = settings.guard()
+        size, method = max(1, int(options.get("batch_size") or len(requests))), options["method"]
+        dry_run, hparams = bool(options.get("dry_run", False)), options.get("hparams") or None
+
+        def job(report, cancel):
+            import torch
+
+            for number, start in enumerate(range(0, len(requests), size), start=1):
+                with torch.enable_grad():
+                    result, entry = ws.edit_batch(requests[start:start + size], method=method,
+                                                  hparams=hparams, dry_run=dry_run, progress=report,
+                                                  cancel=cancel)
+                report(("batch", number, start, result, entry.id))
+            return ws.fingerprint
+
+        self.tabs.setCurrentWidget(self.batch_panel)
+        return self.runner.start("batch", job)
 
     def revert(self, entry_id: int) -> None:
         ws = self.workspace
@@ -598,8 +636,10 @@ class MainWindow(QMainWindow):
         if busy and not editing:
             self.panel.dry_button.setEnabled(False)
             self.panel.apply_button.setEnabled(False)
+        self.batch_panel.set_busy(busy)
         if not busy:
             self.panel.set_enabled_for_model(self.workspace is not None)
+            self.batch_panel.set_enabled_for_model(self.workspace is not None)
         for a in (self.open_model_action, self.open_gguf_action, self.open_ws_action, self.demo_action,
                   self.welcome_demo):
             a.setEnabled(not busy)
@@ -620,6 +660,13 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(p[3])
         elif name == "sequence" and isinstance(p, tuple) and p[0] == STEP_MESSAGE:
             self.sequence_view.add_step(p[1])
+        elif name == "batch":
+            if isinstance(p, tuple) and p[:1] == ("batch",):
+                self.batch_panel.show_batch(*p[1:])
+                self.current_fingerprint = self.workspace.fingerprint
+                self.refresh_entries()
+            else:
+                self.batch_panel.show_progress(p)
         elif name == "export" and isinstance(p, tuple) and self.export_dialog is not None:
             self.export_dialog.set_progress(p[1])
         elif isinstance(p, str):
@@ -639,6 +686,11 @@ class MainWindow(QMainWindow):
             self.sequence_view.finish(value) if name == "sequence" else self.statusBar().showMessage(f"Report: {value}")
             self.current_fingerprint = self.workspace.fingerprint
             self.refresh_entries()
+        elif name == "batch":
+            self.current_fingerprint = value
+            self.refresh_entries()
+            self.batch_panel.set_idle_text("done")
+            self.statusBar().showMessage("Batches done")
         elif name in ("revert", "apply"):
             entry, fp = value
             self.current_fingerprint = fp
@@ -670,6 +722,9 @@ class MainWindow(QMainWindow):
         if name == "sequence":
             self.sequence_view.show_message(f"Sequence failed: {message}", error=True)
             self.refresh_entries()
+        if name == "batch":  # the failed batch changed nothing; earlier batches stay recorded
+            self.refresh_entries()
+            self.batch_panel.set_idle_text("failed")
         if name == "answer":
             self.statusBar().showMessage(f"Could not compute the answer: {message}")
             return
@@ -680,6 +735,7 @@ class MainWindow(QMainWindow):
     @Slot(str)
     def _on_cancelled(self, name: str) -> None:
         self.panel.set_idle_text("cancelled")
+        self.batch_panel.set_idle_text("cancelled")
         self.result_label.setText("Cancelled: the weights and the ledger are as they were.")
         self.statusBar().showMessage(f"{name.capitalize()} cancelled")
 
