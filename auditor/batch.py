@@ -215,7 +215,8 @@ def edit_batch(
         t = time.perf_counter()
         emit(Progress("eval", message="edit quality"))
         result.per_request = [
-            {**out.per_request[i], **editor._measure_after(r, templates, {**before[i], "ppl": None}, False, emit)}
+            {**out.per_request[i], **editor._measure_after(r, _held_out(editor, hp, templates, r),
+                                                           {**before[i], "ppl": None}, False, emit)}
             for i, r in enumerate(requests)]
         for per in result.per_request:
             for k in ("ppl_before", "ppl_after", "ppl_ratio"):
@@ -271,6 +272,11 @@ def batch_guard_reasons(guard: Any, diagnostics: dict, ppl_ratio: float | None) 
     if ppl_ratio is not None and ppl_ratio > guard.max_ppl_ratio:
         out.append(f"perplexity ratio {ppl_ratio:.4g} > {guard.max_ppl_ratio:g}")
     return out
+
+
+def _held_out(editor: "Editor", hp: Any, templates: list[str], request: EditRequest) -> list[str]:
+    """Prefixes for ``prefixed_efficacy`` (first-token subjects only), as ``Editor.edit`` uses."""
+    return editor.held_out_templates(hp, templates) if request.prompt.index("{}") == 0 else []
 
 
 def _check_finite(delta: AnyDelta) -> None:
