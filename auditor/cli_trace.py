@@ -125,7 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=("hidden", "mlp", "attn"), default=None,
                    help="restore only this kind of state (default: all three)")
     p.add_argument("--samples", type=int, default=None, metavar="N",
-                   help="noise samples per probability (default: trace.DEFAULT_SAMPLES, as the paper)")
+                   help="noise samples per probability (default: 5; the paper used 10)")
     p.add_argument("--layer", type=int, default=None, help="layer to mark on the PNG (e.g. the edited one)")
     p.add_argument("--png", type=Path, default=None, metavar="FILE", help="write the heatmaps as a PNG")
     p.add_argument("--suggest-layer", action="store_true",

@@ -18,7 +18,8 @@ output. As in the paper, ``mlp`` and ``attn`` restore a *window* of layers aroun
 the computation to show an effect. The paper used w = 10 for GPT-2 XL (48 layers); we scale it to
 the depth, ``default_window(n) = round(10 n / 48)``, so the demo model (30 layers) uses w = 6.
 
-Every probability is the mean over ``samples`` noise draws (the paper: 10). The same draws are
+Every probability is the mean over ``samples`` noise draws (the paper: 10; default here 5, see
+``DEFAULT_SAMPLES``). The same draws are
 used by the corrupted run and by every restoration, so the differences between cells are not noise.
 
 Speed (the paper runs one forward pass per cell): restorations are batched, one batch row per
@@ -61,12 +62,13 @@ from .edit import EditCancelled, Progress
 
 KINDS = ("hidden", "mlp", "attn")
 NOISE_FACTOR = 3.0  # noise std = NOISE_FACTOR x std of token embeddings (the paper's 3 sigma)
-DEFAULT_SAMPLES = 10  # noise draws per probability (kmeng01/rome: samples=10)
+DEFAULT_SAMPLES = 5  # noise draws per probability; kmeng01/rome uses 10 (samples=10): 5 keeps a full
+# trace of a 10-token prompt of the demo near half a minute of CPU (bench/bench_trace.py)
 DEFAULT_SEED = 1  # seed of the noise draws (kmeng01/rome seeds its RandomState with 1)
 EMBEDDING_SAMPLE_TOKENS = 4000  # tokens of the reference text behind the embedding std
 ATTN_NAMES = ("self_attn", "attn", "attention")  # attention submodule of a block, per family
 BATCH_TOKENS = 2048  # token positions per restoration forward pass (batch rows x positions run)
-PASS_OVERHEAD = 1000  # cost of one more forward pass, in (batch row x position x block) units
+PASS_OVERHEAD = 200  # cost of one more forward pass, in (batch row x position x block) units (measured: 100-200 best)
 
 State = tuple[str, int, int]  # (kind, layer, token): one state set back to its clean value
 

@@ -1,12 +1,14 @@
 """Seconds of a full causal trace (three kinds) of a 10-token prompt on the demo model.
 
 Prints the time of the clean and corrupted runs (``prepare``), of each kind's restorations,
-and of all three kinds batched together, with the load average, for the fast path (batched,
+and their sum (the full trace), in wall-clock and in CPU seconds of this process (with one
+thread, the CPU seconds are what the run would take alone on one core), with the load average, for the fast path (batched,
 early blocks and positions skipped) and, with ``--naive``, for one restoration per forward pass
 as the reference implementation does. Runs unchanged on a GPU (``--device auto``).
 
     python bench/bench_trace.py                   # 10 noise samples, as the paper
     python bench/bench_trace.py --samples 5 --naive
+    OMP_NUM_THREADS=1 python bench/bench_trace.py   # on a machine shared by many processes
 """
 
 from __future__ import annotations
@@ -28,21 +30,26 @@ def _load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _timed(fn):
+    """(result, wall seconds, CPU seconds of this process)."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w0, time.process_time() - c0
+
+
 def run(tracer: Tracer, label: str) -> None:
-    t0 = time.perf_counter()
-    prep = tracer.prepare(PROMPT, SUBJECT)
-    t_prep = time.perf_counter() - t0
+    prep, wall, cpu = _timed(lambda: tracer.prepare(PROMPT, SUBJECT))
     print(f"{label}: {len(prep.tokens)} tokens, {tracer.lm.n_layers} layers, {tracer.samples} samples, "
           f"window {tracer.window}; P({prep.answer!r}) clean {prep.clean_prob:.3f}, "
           f"corrupted {prep.corrupted_prob:.3f}")
-    print(f"  prepare (clean + corrupted runs)   {t_prep:8.2f} s   ({_load()})")
+    print(f"  {'':<32}{'wall s':>9}{'cpu s':>9}")
+    print(f"  {'prepare (clean + corrupted runs)':<32}{wall:9.2f}{cpu:9.2f}   ({_load()})")
+    total_wall, total_cpu = wall, cpu
     for kind in KINDS:
-        t0 = time.perf_counter()
-        tracer.trace(PROMPT, SUBJECT, kinds=(kind,), prep=prep)
-        print(f"  {kind:<6} restorations              {time.perf_counter() - t0:8.2f} s   ({_load()})")
-    t0 = time.perf_counter()
-    tracer.trace(PROMPT, SUBJECT)
-    print(f"  full trace, three kinds (with prepare) {time.perf_counter() - t0:6.2f} s   ({_load()})")
+        _, wall, cpu = _timed(lambda: tracer.trace(PROMPT, SUBJECT, kinds=(kind,), prep=prep))
+        total_wall, total_cpu = total_wall + wall, total_cpu + cpu
+        print(f"  {kind + ' restorations':<32}{wall:9.2f}{cpu:9.2f}   ({_load()})")
+    print(f"  {'full trace (the sum)':<32}{total_wall:9.2f}{total_cpu:9.2f}")
 
 
 def main() -> None:

@@ -68,8 +68,8 @@ class TraceView(QWidget):
         self.answer.setPlaceholderText("empty: the model's own top prediction")
         self.samples = QSpinBox()
         self.samples.setRange(1, 100)
-        self.samples.setValue(10)
-        self.samples.setToolTip("noise samples per probability (the paper: 10)")
+        self.samples.setValue(5)  # auditor.trace.DEFAULT_SAMPLES
+        self.samples.setToolTip("noise samples per probability (the paper: 10; more is slower)")
         form = QFormLayout()
         form.addRow("Prompt", self.prompt)
         form.addRow("Subject", self.subject)
@@ -267,6 +267,7 @@ def install(window: Any) -> TraceView:
             window.statusBar().showMessage("Causal trace done")
         elif name == "suggest":
             view.show_suggestion(value)
+            panel.layer.setToolTip(f"Suggested by causal tracing: {value.summary()}")
 
     def failed(name: str, message: str) -> None:
         if name in ("trace", "suggest"):
