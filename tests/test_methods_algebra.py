@@ -125,3 +125,20 @@ def test_alphaedit_projects_onto_the_null_space(tiny_checkpoint: Callable[..., P
         moved = float(((W_after - W_before) @ K0).norm())
         assert moved < 1e-3 * float(((W_after - W_before) @ U).norm())
     _check_weights(lm, before, second)
+
+
+def test_rome_behind_the_method_interface_is_rome(tiny_checkpoint: Callable[..., Path], isolated_cache: Path) -> None:
+    """The interface's ROME gives the delta Editor.edit gives, and takes one request per update."""
+    from auditor.batch import BatchFailed
+
+    lm = load_model(tiny_checkpoint("llama"), device="cpu")
+    editor = Editor(lm)
+    hp = {"layer": 1, "mom2_n_tokens": 4096, "mom2_seq_len": 64, "v_num_grad_steps": 4, "context_n": 2,
+          "context_len": 4}
+    single = editor.edit(REQUESTS[0], hparams=hp, dry_run=True, measure_ppl=False)
+    batch = editor.edit_batch(REQUESTS[:1], method="rome", hparams=hp, dry_run=True, measure_ppl=False)
+    assert batch.status == single.status == "dry-run"
+    assert batch.delta.content_hash() == single.delta.content_hash()
+    assert batch.diagnostics["layers"][0]["denominator"] == pytest.approx(single.diagnostics["denominator"])
+    with pytest.raises(BatchFailed, match="at most 1 request"):
+        editor.edit_batch(REQUESTS[:2], method="rome", hparams=hp)
