@@ -69,10 +69,22 @@ class CollapseGuard:
     # collapse by ~118 % (202 / 171); healthy batches stay in the low per cent (issue-8 notes).
     max_update_ratio: float = 0.5
 
-    def reasons(self, denominator: float | None, ppl_ratio: float | None) -> list[str]:
+    # ROME, free of the model's scale: u . k* over the consistent denominator u . k_bar (1 in
+    # consistent and joint mode). Demo: 0.93-0.98 for subjects inside the prompt, 0.03-0.04 for the
+    # original-mode first-token collapse; tiny random models of GPT-2/GPT-J/NeoX/Llama: 0.27-1.0 with
+    # no collapse (issue-10 notes). ||update|| / ||W|| is recorded for ROME edits but not thresholded
+    # (max_update_ratio is for batches): tiny random models give 2-17 on edits that leave their
+    # perplexity unchanged, because their W is small, not because the edit collapses.
+    min_denominator_ratio: float = 0.2
+
+    def reasons(self, denominator: float | None, ppl_ratio: float | None, *,
+                denominator_ratio: float | None = None) -> list[str]:
         out = []
         if denominator is not None and abs(denominator) < self.min_denominator:
             out.append(f"|denominator| {abs(denominator):.4g} < {self.min_denominator:g}")
+        if denominator_ratio is not None and abs(denominator_ratio) < self.min_denominator_ratio:
+            out.append(f"|denominator / consistent denominator| {abs(denominator_ratio):.4g} "
+                       f"< {self.min_denominator_ratio:g}")
         if ppl_ratio is not None and ppl_ratio > self.max_ppl_ratio:
             out.append(f"perplexity ratio {ppl_ratio:.4g} > {self.max_ppl_ratio:g}")
         return out
@@ -158,6 +170,7 @@ class Editor:
         self._stats_text = stats_text
         self._templates: dict[tuple, list[str]] = {}
         self._C: dict[tuple, torch.Tensor] = {}
+        self._C_conditioning: dict[tuple, dict] = {}  # (stats file, ridge) -> stats.conditioning(...)
         self._fingerprint: str | None = None
         self._ppl_by_fp: dict[str, float] = {}  # perplexity of each weight state seen
         # AlphaEdit's running sum of earlier batches' K K^T per parameter (in, in) float64; a
@@ -219,7 +232,18 @@ class Editor:
             seq_len=hp.mom2_seq_len, dtype=hp.mom2_dtype, progress=on_tokens,
             cancel=(cancel.is_set if cancel else None),
         )
-        return C, info
+        return C, {**info, **self._conditioning(C, info, hp.mom2_ridge)}
+
+    def _conditioning(self, C: torch.Tensor, info: dict, ridge: float) -> dict:
+        """Token count per key dimension and condition numbers of C (stats.conditioning), once per C."""
+        from .stats import conditioning
+
+        key = (info.get("file"), ridge)
+        if key not in self._C_conditioning:
+            tokens = info.get("tokens")
+            self._C_conditioning[key] = {**conditioning(C, ridge),
+                                         "tokens_per_dim": tokens / C.shape[0] if tokens else None}
+        return self._C_conditioning[key]
 
     def method_second_moment(self, hp: RomeHParams, layer: int, progress: ProgressFn | None = None,
                              cancel: threading.Event | None = None) -> torch.Tensor:
@@ -329,8 +353,9 @@ class Editor:
             held_out = self.held_out_templates(hp, templates) if request.prompt.index("{}") == 0 else []
             result.metrics.update(self._measure_after(request, held_out, before, measure_ppl, emit))
             timings["eval"] = time.perf_counter() - t
-            result.collapse_reasons = self.guard.reasons(result.diagnostics["denominator"],
-                                                         result.metrics.get("ppl_ratio"))
+            result.collapse_reasons = self.guard.reasons(
+                result.diagnostics["denominator"], result.metrics.get("ppl_ratio"),
+                denominator_ratio=result.diagnostics.get("denominator_ratio"))
             result.collapse_risk = bool(result.collapse_reasons)
             if cancelled():
                 raise rome.Cancelled

@@ -50,7 +50,7 @@ class RomeHParams:
     early_stop_on: str = "nll"  # stop the v* loop when this falls below early_stop_loss: "nll" or "total" (reference)
     context_style: str = "memit"  # "memit": context_n prefixes of context_len tokens from fixed starts;
     #                               "rome": kmeng01/rome's 20 ([[5, 10], [10, 10]]) from the start token
-    mom2_ridge: float = 0.0  # u = (C + ridge * mean(diag C) * I)^-1 k: a ridge relative to C's mean eigenvalue
+    mom2_ridge: float = 1e-3  # u = (C + ridge * mean(diag C) * I)^-1 k_bar (rome.regularised); 0: plain C^-1
     joint_lambda: float = 0.0  # key mode "joint": weight of C in R K^T (lambda C + K K^T)^-1 (0: fit both keys)
 
     def to_dict(self) -> dict[str, Any]:

@@ -275,7 +275,9 @@ def joint_update(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor | None, lam: 
     CiK = torch.linalg.solve(C.to(K64.device, torch.float64), K64) if C is not None else K64.clone()  # (in, m)
     gram = K64.T @ CiK  # (m, m)
     eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    right = torch.linalg.solve(lam * eye + gram, CiK.T).T  # (in, m), symmetric system
+    # pseudo-inverse: keys that coincide (GPT-J's layer-0 MLP input ignores the context) give the
+    # min-norm fit of their common direction instead of a singular solve
+    right = CiK @ torch.linalg.pinv(lam * eye + gram, hermitian=True, rtol=1e-10)  # (in, m)
     return JointUpdate(left=R.float(), right=right.float(), gram=gram)
 
 
@@ -312,17 +314,21 @@ class VPrompts:
         return len(self.spans)
 
 
-def v_prompts(lm: LoadedModel, request: EditRequest, templates: list[str]) -> VPrompts:
+def v_prompts(lm: LoadedModel, request: EditRequest, templates: list[str], *,
+              fact_token: str = "subject_last") -> VPrompts:
+    """``fact_token``: where delta is added, kmeng01/rome's ``fact_token`` option: the subject's
+    last token (``subject_last``, the default) or each prompt's last token (``last``)."""
     target = encode_target(lm, request.target_new)
     seqs, lookups, spans = [], [], []
     for t in templates:
         p = t.replace("{}", request.prompt, 1)
         ids = encode(lm, p.replace("{}", request.subject, 1))
         seqs.append(ids + target[:-1])
-        lookups.append(subject_index(lm, p, request.subject))
+        lookups.append(subject_index(lm, p, request.subject) if fact_token == "subject_last" else len(ids) - 1)
         spans.append(len(ids) - 1)
-    seqs.append(encode(lm, request.subject + " is a"))
-    lookups.append(subject_index(lm, "{} is a", request.subject))
+    kl_ids = encode(lm, request.subject + " is a")
+    seqs.append(kl_ids)
+    lookups.append(subject_index(lm, "{} is a", request.subject) if fact_token == "subject_last" else len(kl_ids) - 1)
     return VPrompts(seqs, lookups, spans, target)
 
 
@@ -408,6 +414,7 @@ def optimise_value(
     cancelled: Callable[[], bool] | None = None,
     *,
     fast: bool | None = None,
+    fact_token: str = "subject_last",
 ) -> ValueResult:
     """Find v* = v_init + delta making the model say ``target_new`` after every template.
 
@@ -416,7 +423,7 @@ def optimise_value(
     ``clamp_norm_factor`` * ||v_init||. ``fast`` (default ``hp.v_fast``) recomputes only what
     delta can change (suffix_forward.py); the result is the same to float tolerance.
     """
-    vp = v_prompts(lm, request, templates)
+    vp = v_prompts(lm, request, templates, fact_token=fact_token)
     use_fast = getattr(hp, "v_fast", True) if fast is None else fast
     t0 = time.perf_counter()
     forward = _make_forward(lm, layer, vp, use_fast)
@@ -506,6 +513,26 @@ def module_output(lm: LoadedModel, layer: int, k: torch.Tensor) -> torch.Tensor:
     return out + bias.float() if bias is not None else out
 
 
+def _bare_target(lm: LoadedModel, request: EditRequest, hp: RomeHParams, keys: Keys, val: ValueResult,
+                 on_step: StepFn | None, cancelled: Callable[[], bool] | None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The bare prompt's key and value for ``joint`` mode.
+
+    A subject inside the prompt: its bare key and v* itself. A subject at position 0: the subject's
+    token there cannot carry the edit (on the demo, delta at position 0 clamped to 4 ||v_init||
+    lowers the bare prompt's loss only from 6.3 to 3.6, P(target) 0.03; issue-10 notes), so the
+    bare prompt's *last* token is used instead (kmeng01/rome's ``fact_token="last"``), with its
+    own v* optimised on the bare prompt alone.
+    """
+    if not keys.subject_first_token:
+        return keys.bare, val.v_star, {"joint_bare_key": "subject_last"}
+    last = len(encode(lm, request.text)) - 1
+    k_last = module_inputs(lm, hp.layer, [request.text], [last])[0]
+    v_last = optimise_value(lm, request, hp.layer, ["{}"], hp, on_step, cancelled, fact_token="last")
+    return k_last, v_last.v_star, {"joint_bare_key": "last", "v_steps_bare": v_last.steps,
+                                   "loss_curve_bare": v_last.losses}
+
+
 def compute_rome(
     lm: LoadedModel,
     request: EditRequest,
@@ -536,11 +563,12 @@ def compute_rome(
         raise RomeError(f"the denominator u.k* is {ks.denominator}; no update can be formed")
     extra: dict = {}
     if key_mode == "joint":
-        K = torch.stack([keys.bare, keys.mean], 1)  # (in, 2)
-        R = torch.stack([val.v_star - module_output(lm, layer, keys.bare), residual], 1)  # (out, 2)
+        k_b, v_b, extra = _bare_target(lm, request, hp, keys, val, on_step, cancelled)
+        K = torch.stack([k_b, keys.mean], 1)  # (in, 2)
+        R = torch.stack([v_b - module_output(lm, layer, k_b), residual], 1)  # (out, 2)
         ju = joint_update(K, R, C_used, getattr(hp, "joint_lambda", 0.0))
         left, right = ju.left, ju.right
-        extra = {"joint_gram": ju.gram.tolist(), "joint_gram_condition": float(torch.linalg.cond(ju.gram))}
+        extra.update({"joint_gram": ju.gram.tolist(), "joint_gram_condition": float(torch.linalg.cond(ju.gram))})
     else:
         left = residual / ks.denominator  # (out,)
         right = ks.u  # (in,)
@@ -552,9 +580,12 @@ def compute_rome(
     update_norm = float(torch.linalg.matrix_norm(delta.dense().double())) if left.dim() == 2 \
         else float(left.norm() * right.norm())
     weight_norm = float(W.float().norm())
+    den_consistent = float(ks.u @ keys.mean)  # u . k_bar: the denominator of consistent mode
     diagnostics = {
         "denominator": ks.denominator,
         "denominator_raw": ks.denominator_raw,
+        "denominator_consistent": den_consistent,
+        "denominator_ratio": ks.denominator / den_consistent if den_consistent else None,
         "numerator_norm": float(residual.norm() * ks.u.norm()),
         "update_norm": update_norm,
         "weight_norm": weight_norm,

@@ -151,6 +151,7 @@ def second_moment(
         try:
             C = load_file(str(file))["C"]
             info["cached"] = True
+            info["tokens"] = _stored_tokens(file)
             return C.to(lm.device), info
         except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
             log.warning("statistics cache %s unreadable; recomputing", file)
@@ -162,6 +163,26 @@ def second_moment(
     info["tokens"] = count
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(file.name + ".tmp")
-    save_file({"C": C.contiguous()}, str(tmp), metadata={k: str(v) for k, v in parts.items()})
+    save_file({"C": C.contiguous()}, str(tmp), metadata={**{k: str(v) for k, v in parts.items()}, "tokens": str(count)})
     tmp.replace(file)
     return C.to(lm.device), info
+
+
+def _stored_tokens(file: Path) -> int | None:
+    """The token count written with a cached C (None for caches written before it was recorded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        value = (f.metadata() or {}).get("tokens")
+    return int(value) if value is not None else None
+
+
+@torch.no_grad()
+def conditioning(C: torch.Tensor, ridge: float = 0.0) -> dict:
+    """Condition numbers of C and of C + ridge * mean(diag C) * I (rome.regularised), from the
+    eigenvalues in float64: how far u = C^-1 k can amplify noise in k (or in C itself)."""
+    eig = torch.linalg.eigvalsh(C.double().cpu())  # ascending
+    shift = ridge * float(eig.mean())  # mean eigenvalue = mean diagonal
+    lo, hi = float(eig[0]), float(eig[-1])
+    return {"eig_min": lo, "eig_max": hi, "condition": hi / lo if lo > 0 else float("inf"),
+            "condition_ridged": (hi + shift) / (lo + shift) if lo + shift > 0 else float("inf"), "ridge": ridge}

@@ -30,7 +30,7 @@ TEMPLATES = ["{}", "The river ran high that spring. {}", "Because it was late. {
 REQUEST = EditRequest(prompt="The capital of {} is", subject="France", target_new="Rome city", target_true="Paris")
 HP = {"layer": LAYER, "v_num_grad_steps": 12, "v_lr": 0.2, "v_weight_decay": 0.001, "clamp_norm_factor": 4.0,
       "kl_factor": 0.0625, "early_stop_loss": 0.05, "kl_direction": "reference", "early_stop_on": "total",
-      "context_templates": TEMPLATES, "mom2_n_tokens": 2048, "mom2_seq_len": 64}
+      "context_templates": TEMPLATES, "mom2_n_tokens": 2048, "mom2_seq_len": 64, "mom2_ridge": 0.0}
 
 
 def _ids(tok: Any, text: str) -> list[int]:
