@@ -49,7 +49,7 @@ def test_each_metric_has_one_definition(demo: Any) -> None:
     # EasyEdit's token accuracy is its own key, the same with or without a true target
     acc = metrics.score(demo, [known.text], [known.target_new])[0].accuracy
     assert with_true["rewrite_accuracy"] == without["rewrite_accuracy"] == acc
-    assert without["target_prob"] == pytest.approx(with_true["target_prob"])
+    assert without["target_prob"] == pytest.approx(with_true["target_prob"], rel=1e-4)
 
 
 def test_ridge_keeps_u_finite_when_c_holds_fewer_tokens_than_dimensions(
