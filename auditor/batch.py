@@ -154,7 +154,7 @@ def edit_batch(
     Raises :class:`BatchFailed` (bad request, numeric failure: weights unchanged),
     ``HParamsError`` and :class:`~auditor.edit.EditCancelled`.
     """
-    from .edit import EditCancelled, Progress
+    from .edit import EditCancelled, Progress, settle
 
     lm = editor.lm
     impl = get_method(method)
@@ -230,16 +230,9 @@ def edit_batch(
         timings["eval"] = time.perf_counter() - t
         result.collapse_reasons = batch_guard_reasons(editor.guard, result.diagnostics,
                                                       result.metrics.get("ppl_ratio"))
-        result.collapse_risk = bool(result.collapse_reasons)
         if cancelled():
             raise rome.Cancelled
-        if dry_run:
-            result.status = "dry-run"
-        elif result.collapse_risk and not allow_collapse:
-            result.status = "rejected"
-            result.error = "collapse risk: " + "; ".join(result.collapse_reasons) + " (override to apply)"
-        else:
-            result.status = "applied"
+        settle(result, dry_run=dry_run, allow_collapse=allow_collapse)
     except (rome.Cancelled, InterruptedError):
         _restore(editor, snapshot, applied)
         raise EditCancelled("the batch was cancelled; the weights are unchanged") from None

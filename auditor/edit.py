@@ -159,6 +159,19 @@ class EditResult:
 ProgressFn = Callable[[Progress], None]
 
 
+def settle(result: Any, *, dry_run: bool, allow_collapse: bool) -> None:
+    """Set ``collapse_risk`` from ``collapse_reasons``, then the status: dry run, rejected by the
+    guard (with the error a user reads), or applied. Shared by single edits and batches."""
+    result.collapse_risk = bool(result.collapse_reasons)
+    if dry_run:
+        result.status = "dry-run"
+    elif result.collapse_risk and not allow_collapse:
+        result.status = "rejected"
+        result.error = "collapse risk: " + "; ".join(result.collapse_reasons) + " (override to apply)"
+    else:
+        result.status = "applied"
+
+
 class Editor:
     """Applies and measures edits on one loaded model (one thread at a time)."""
 
@@ -356,16 +369,9 @@ class Editor:
             result.collapse_reasons = self.guard.reasons(
                 result.diagnostics["denominator"], result.metrics.get("ppl_ratio"),
                 denominator_ratio=result.diagnostics.get("denominator_ratio"))
-            result.collapse_risk = bool(result.collapse_reasons)
             if cancelled():
                 raise rome.Cancelled
-            if dry_run:
-                result.status = "dry-run"
-            elif result.collapse_risk and not allow_collapse:
-                result.status = "rejected"
-                result.error = "collapse risk: " + "; ".join(result.collapse_reasons) + " (override to apply)"
-            else:
-                result.status = "applied"
+            settle(result, dry_run=dry_run, allow_collapse=allow_collapse)
         except (rome.Cancelled, InterruptedError):  # InterruptedError: cancelled during key statistics
             self._restore(weight, snapshot, applied)
             raise EditCancelled("the edit was cancelled; the weights are unchanged") from None
