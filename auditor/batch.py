@@ -234,19 +234,19 @@ def edit_batch(
             raise rome.Cancelled
         settle(result, dry_run=dry_run, allow_collapse=allow_collapse)
     except (rome.Cancelled, InterruptedError):
-        _restore(editor, snapshot, applied)
+        _restore(editor, snapshot, applied, fp_before)
         raise EditCancelled("the batch was cancelled; the weights are unchanged") from None
     except BatchError as e:
-        _restore(editor, snapshot, applied)
+        _restore(editor, snapshot, applied, fp_before)
         raise BatchFailed(f"{e}; the weights are unchanged", e.index) from None
     except torch.OutOfMemoryError:
-        _restore(editor, snapshot, applied)
+        _restore(editor, snapshot, applied, fp_before)
         raise BatchFailed(f"out of memory on {lm.device}; the weights are unchanged") from None
     except BaseException:
-        _restore(editor, snapshot, applied)
+        _restore(editor, snapshot, applied, fp_before)
         raise
     if result.status != "applied":
-        _restore(editor, snapshot, applied)
+        _restore(editor, snapshot, applied, fp_before)
     elif isinstance(result.delta, DeltaSet):
         key_memory_add(editor.key_memory, result.delta)
     result.fingerprint_after = editor.fingerprint()
@@ -279,12 +279,15 @@ def _check_finite(delta: AnyDelta) -> None:
                 raise BatchFailed(f"the update of {part.param} is not finite (NaN or inf); the weights are unchanged")
 
 
-def _restore(editor: "Editor", snapshot: dict[str, torch.Tensor], applied: bool) -> None:
+def _restore(editor: "Editor", snapshot: dict[str, torch.Tensor], applied: bool, fingerprint: str) -> None:
+    """The edited matrices back bit for bit; the weights have ``fingerprint`` (taken with the
+    snapshot) again, so it is not recomputed."""
     if applied:
         with torch.no_grad():
             for n, w in snapshot.items():
                 editor.lm.model.get_parameter(n).copy_(w)
         editor.invalidate()
+        editor._fingerprint = fingerprint
 
 
 def _mean(xs: list[Any]) -> float | None:

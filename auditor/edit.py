@@ -373,30 +373,34 @@ class Editor:
                 raise rome.Cancelled
             settle(result, dry_run=dry_run, allow_collapse=allow_collapse)
         except (rome.Cancelled, InterruptedError):  # InterruptedError: cancelled during key statistics
-            self._restore(weight, snapshot, applied)
+            self._restore(weight, snapshot, applied, fp_before)
             raise EditCancelled("the edit was cancelled; the weights are unchanged") from None
         except (rome.RomeError, HParamsError) as e:
-            self._restore(weight, snapshot, applied)
+            self._restore(weight, snapshot, applied, fp_before)
             result.error = str(e)
         except torch.OutOfMemoryError:
-            self._restore(weight, snapshot, applied)
+            self._restore(weight, snapshot, applied, fp_before)
             if self.lm.device.type == "cuda":
                 torch.cuda.empty_cache()
             result.error = f"out of memory on {self.lm.device}; the weights are unchanged"
         except Exception:
-            self._restore(weight, snapshot, applied)
+            self._restore(weight, snapshot, applied, fp_before)
             raise
         if result.status != "applied":
-            self._restore(weight, snapshot, applied)
+            self._restore(weight, snapshot, applied, fp_before)
         result.fingerprint_after = self.fingerprint()
         timings["total"] = time.perf_counter() - t_start
         return result
 
-    def _restore(self, weight: torch.nn.Parameter, snapshot: torch.Tensor, applied: bool) -> None:
+    def _restore(self, weight: torch.nn.Parameter, snapshot: torch.Tensor, applied: bool,
+                 fingerprint: str | None = None) -> None:
+        """Put the edited matrix back bit for bit. ``fingerprint``: the weights' fingerprint when
+        ``snapshot`` was taken; the restored weights have it again (no other tensor was touched),
+        so it is not recomputed (hashing every weight costs a second per 500 MB)."""
         if applied:
             with torch.no_grad():
                 weight.copy_(snapshot)
-            self._fingerprint = None
+            self._fingerprint = fingerprint
 
     def _measure_before(self, request: EditRequest, measure_ppl: bool, emit: ProgressFn) -> dict:
         before: dict[str, Any] = {"neighborhood": None, "ppl": None}

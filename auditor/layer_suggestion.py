@@ -187,6 +187,18 @@ def hparams_with_suggestion(
     return hp, suggestion
 
 
+def form_defaults(lm: LoadedModel, *, hparams_file: Path | None = None) -> tuple[dict[str, Any], bool]:
+    """The values an edit form starts from, without tracing anything: the family's file and True,
+    or, for a family without one, the dataclass defaults without a layer and False: the caller
+    then asks for :func:`suggest_layer` (in a worker: it traces) and fills the layer from it."""
+    path = hparams_file if hparams_file is not None else _shipped_file(lm.spec.family)
+    if path is not None and path.is_file():
+        return load_hparams(lm.spec.family).to_dict(), True
+    defaults = RomeHParams(layer=0).to_dict()
+    del defaults["layer"]
+    return defaults, False
+
+
 def _shipped_file(family: str) -> Path | None:
     """The shipped file of ``family``; None when the resources are there but this family has none."""
     try:

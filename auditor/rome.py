@@ -302,7 +302,7 @@ StepFn = Callable[[int, int, float, float, dict], None]  # (step, total, loss, t
 class VPrompts:
     """The v* prompts: every template of the edit prompt followed by the target's tokens but the
     last (kmeng01/rome ``compute_v.py``: one row per template, all target tokens teacher-forced),
-    then the KL prompt "{subject} is a" (last row)."""
+    then the KL prompt "{subject} is a" up to its lookup token (last row)."""
 
     seqs: list[list[int]]  # token ids per row
     lookups: list[int]  # position of the subject's last token per row
@@ -327,13 +327,19 @@ def v_prompts(lm: LoadedModel, request: EditRequest, templates: list[str], *,
         lookups.append(subject_index(lm, p, request.subject) if fact_token == "subject_last" else len(ids) - 1)
         spans.append(len(ids) - 1)
     kl_ids = encode(lm, request.subject + " is a")
-    seqs.append(kl_ids)
-    lookups.append(subject_index(lm, "{} is a", request.subject) if fact_token == "subject_last" else len(kl_ids) - 1)
+    kl_look = subject_index(lm, "{} is a", request.subject) if fact_token == "subject_last" else len(kl_ids) - 1
+    # the KL distribution is read at the lookup token (kmeng01/rome: ``logits[i, lookup_idxs[i]]``); the
+    # tokens after it cannot change it (causal attention) and would only widen the batch for nothing
+    seqs.append(kl_ids[: kl_look + 1])
+    lookups.append(kl_look)
     return VPrompts(seqs, lookups, spans, target)
 
 
 class _FullForward:
-    """The whole decoder every step, delta added by a hook on the edited module (as the reference)."""
+    """The whole decoder every step, delta added by a hook on the edited module (as the reference).
+
+    ``__call__(delta)`` returns the rewriting rows' hidden states ``(n_rw, W, H)`` (read at
+    :attr:`gather`) and the KL prompt's at its subject's last token ``(H,)``."""
 
     path = "full"
 
@@ -356,14 +362,16 @@ class _FullForward:
         out[self.rows, self.look] = out[self.rows, self.look] + self.delta.to(out.dtype)
         return out
 
-    def __call__(self, delta: torch.Tensor) -> torch.Tensor:
+    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.delta = delta
         handle = self.module.register_forward_hook(self._edit_output)
         try:
-            return self.lm.model.base_model(input_ids=self.ids, attention_mask=self.mask,
-                                            use_cache=False).last_hidden_state  # (B, T, H)
+            hidden = self.lm.model.base_model(input_ids=self.ids, attention_mask=self.mask,
+                                              use_cache=False).last_hidden_state  # (B, T, H)
         finally:
             handle.remove()
+        n_rw = self.vp.n_rw
+        return hidden[:n_rw], hidden[n_rw, self.kl_col]
 
 
 class _SuffixForward:
@@ -374,16 +382,16 @@ class _SuffixForward:
     def __init__(self, lm: LoadedModel, layer: int, vp: VPrompts):
         from .suffix_forward import SuffixForward, align
 
-        batch = align(vp.seqs, vp.lookups, pad_id(lm), lm.device)
-        self.run = SuffixForward(lm, layer, batch)
+        self.run = SuffixForward(lm, layer, align(vp.seqs, vp.lookups, pad_id(lm), lm.device))
+        self.n_rw = vp.n_rw
         self.v_init = self.run.v_init
         dev = lm.device
         offsets = [s - look for s, look in zip(vp.spans, vp.lookups)]  # columns after the lookup column
         self.gather = torch.stack([torch.arange(len(vp.target), device=dev) + o for o in offsets])  # (n_rw, L)
-        self.kl_col = 0
 
-    def __call__(self, delta: torch.Tensor) -> torch.Tensor:
-        return self.run(delta)  # (B, S, H)
+    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.run(delta)  # (B, S, H)
+        return hidden[: self.n_rw], hidden[self.n_rw, 0]
 
 
 def _make_forward(lm: LoadedModel, layer: int, vp: VPrompts, fast: bool) -> "_FullForward | _SuffixForward":
@@ -445,15 +453,18 @@ def optimise_value(
                 if cancelled is not None and cancelled():
                     raise Cancelled
                 opt.zero_grad()
-                hidden = forward(delta)  # (B, W, H)
+                hidden, kl_hidden = forward(delta)  # (n_rw, W, H), (H,)
                 v_init = forward.v_init
                 width = hidden.shape[-1]
-                sel = hidden[:n_rw].gather(1, forward.gather.unsqueeze(-1).expand(-1, -1, width))  # (n_rw, L, H)
-                logp = torch.log_softmax(head(sel).float(), -1)  # (n_rw, L, V): the head only where needed
+                sel = hidden.gather(1, forward.gather.unsqueeze(-1).expand(-1, -1, width))  # (n_rw, L, H)
+                n_tok = sel.shape[1]
+                # the head only where needed, in one product (the head's weight is read once a step)
+                logits = head(torch.cat([sel.reshape(n_rw * n_tok, width), kl_hidden[None]])).float()
+                logp = torch.log_softmax(logits[:-1], -1).view(n_rw, n_tok, -1)  # (n_rw, L, V)
                 tok_logp = logp.gather(2, target_t.expand(n_rw, -1).unsqueeze(-1)).squeeze(-1)  # (n_rw, L)
                 nll_each = -tok_logp.mean(1)  # (n_rw,)
                 nll = nll_each.mean()
-                kl_logp = torch.log_softmax(head(hidden[n_rw, forward.kl_col]).float(), -1)  # (V,)
+                kl_logp = torch.log_softmax(logits[-1], -1)  # (V,)
                 if kl_init is None:
                     kl_init = kl_logp.detach().clone()
                 kl = hp.kl_factor * _kl(kl_logp, kl_init, kl_direction)

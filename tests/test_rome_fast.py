@@ -21,6 +21,8 @@ from auditor.requests import EditRequest, load_requests
 RESOURCES = Path(__file__).parent.parent / "resources" / "demo"
 REQUEST = EditRequest(prompt="The capital of {} is", subject="France", target_new="Rome city", target_true="Paris")
 FIRST = EditRequest(prompt="{} is a country in", subject="France", target_new="Asia", target_true="Europe")
+# one target token: the rewriting rows end one column after the lookup
+SHORT = EditRequest(prompt="The capital of {} is", subject="France", target_new="Rome", target_true="Paris")
 TEMPLATES = ["{}", "The weather was fine. {}", "Because of this. {}", "I think so too, and we went home. {}"]
 
 
@@ -48,7 +50,10 @@ def test_fast_v_star_equals_full_forward_on_tiny_models(
     tiny_checkpoint: Callable[..., Path], model_type: str, layer: int
 ) -> None:
     lm = load_model(tiny_checkpoint(model_type), device="cpu")
-    for request in (REQUEST, FIRST):  # the subject inside the prompt, and at position 0
+    # the subject inside the prompt, at position 0; a short target (not at the last block, where no
+    # loss position can see delta: the gradient is float noise there and Adam amplifies it)
+    requests = (REQUEST, FIRST) if layer == lm.n_layers - 1 else (REQUEST, FIRST, SHORT)
+    for request in requests:
         full, fast = _both(lm, request, layer, TEMPLATES, v_num_grad_steps=8, v_lr=0.5)
         _assert_same(full, fast, 1e-4)
         assert not torch.equal(full.v_star, full.v_init)  # the loop moved v*

@@ -114,3 +114,33 @@ def test_cancel_and_bad_input(window, traced):
     assert spin(lambda: not window.runner.busy, TIMEOUT)
     assert "cancelled" in view.summary.text() and view.traces is before
     assert view.trace_button.isEnabled()
+
+
+def test_a_family_without_a_file_takes_the_suggested_layer(window, tmp_path) -> None:
+    """No hyper-parameter file for the model's family: the form shows no family layer, the window
+    traces the known facts in the worker and the suggestion becomes the layer (and its Reset value)."""
+    from auditor.layer_suggestion import form_defaults
+
+    ws = window.workspace
+    ws.editor.hparams_file = tmp_path / "llama.json"  # the llama family, as if it had no file
+    try:
+        defaults, has_file = form_defaults(ws.lm, hparams_file=ws.editor.hparams_file)
+        assert not has_file and "layer" not in defaults
+        window.panel.layer.setValue(0)
+        window.set_workspace(ws, window.current_fingerprint)
+        assert window.layer_needs_suggestion
+        assert spin(lambda: window.runner.name == "suggest", 60)  # started by opening the model
+        assert spin(lambda: not window.runner.busy, TIMEOUT)
+        assert not window.last_error, window.last_error
+        from auditor.layer_suggestion import suggest_layer
+
+        suggestion = suggest_layer(ws.lm, fingerprint=ws.editor.fingerprint())
+        assert suggestion.cached  # the one the window computed (or found in the cache)
+        assert not window.layer_needs_suggestion
+        layer = window.panel.layer.value()
+        assert layer == suggestion.layer and f"layer {layer}" in window.trace_view.suggestion_label.text()
+        window.panel.layer.setValue(0)
+        window.panel.reset_hparams()
+        assert window.panel.layer.value() == layer
+    finally:
+        ws.editor.hparams_file = None

@@ -212,6 +212,12 @@ class EditPanel(QWidget):
         self.set_enabled_for_model(True)
         self._answer_timer.start()
 
+    def set_default_layer(self, layer: int) -> None:
+        """The layer a family without a hyper-parameter file starts from (the causal-trace
+        suggestion): shown now and restored by "Reset"."""
+        self._defaults["layer"] = int(layer)
+        self.layer.setValue(int(layer))
+
     def reset_hparams(self) -> None:
         d = self._defaults
         if "layer" in d:

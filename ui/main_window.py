@@ -417,10 +417,15 @@ class MainWindow(QMainWindow):
         self.current_fingerprint = fingerprint
         ws.editor.guard = settings.guard()
         settings.put(settings.LAST_WORKSPACE, str(ws.directory))
-        from auditor.hparams import load_hparams
+        from auditor.layer_suggestion import form_defaults
 
         lm = ws.lm
-        self.panel.set_model(lm.n_layers, load_hparams(lm.spec.family).to_dict())
+        defaults, has_file = form_defaults(lm, hparams_file=ws.editor.hparams_file)
+        # a family without a hyper-parameter file: the Trace tab suggests the layer once the model is open
+        self.layer_needs_suggestion = not has_file
+        self.panel.set_model(lm.n_layers, defaults)
+        if self.layer_needs_suggestion:
+            self.trace_view.suggest_default_layer()
         self.audit.search_fn = lambda text: {e.id for e in ws.ledger.search(text)}
         self.sequence_view.watch.set_ledger(ws.ledger)
         self._set_workspace_actions(True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -258,6 +258,15 @@ def install(window: Any) -> TraceView:
 
         runner.start("suggest", job, no_grad=True)
 
+    def suggest_default_layer() -> None:
+        """A family without a hyper-parameter file: the suggestion becomes the form's layer."""
+        family = window.workspace.lm.spec.family
+        view.show_message(f"No hyper-parameter file for the {family} family: tracing the known facts "
+                          "to suggest the layer to edit…")
+        QTimer.singleShot(0, start_suggest)  # once the runner has let go of the job that opened the model
+
+    view.suggest_default_layer = suggest_default_layer
+
     def finished(name: str, value: Any) -> None:
         if name == "open":
             view.set_enabled_for_model(True)
@@ -268,6 +277,9 @@ def install(window: Any) -> TraceView:
         elif name == "suggest":
             view.show_suggestion(value)
             panel.layer.setToolTip(f"Suggested by causal tracing: {value.summary()}")
+            if getattr(window, "layer_needs_suggestion", False):  # no family file: the suggestion is the default
+                window.layer_needs_suggestion = False
+                panel.set_default_layer(value.layer)
 
     def failed(name: str, message: str) -> None:
         if name in ("trace", "suggest"):
