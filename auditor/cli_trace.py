@@ -48,7 +48,7 @@ def _print_heatmap(tr: Any) -> None:
     L = tr.effects.shape[1]
     cols = list(range(0, L, max(1, L // 10)))
     print(f"{tr.kind}: P({tr.answer!r}) clean {tr.clean_prob:.4f}, corrupted {tr.corrupted_prob:.4f} "
-          f"({tr.samples} noise samples, window {tr.window})")
+          f"({tr.samples} noise samples, window {tr.window}, {tr.precision})")
     labels = [repr(t) for t in tr.tokens]
     width = max(len(s) for s in labels) + 1
     print(" " * (width + 1) + " ".join(f"{c:>5}" for c in cols) + "  best")
@@ -72,7 +72,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from .trace import DEFAULT_SAMPLES, KINDS, Tracer
 
     lm = load_from_args(args)
-    tracer = Tracer(lm, samples=args.samples or DEFAULT_SAMPLES)
+    tracer = Tracer(lm, samples=args.samples or DEFAULT_SAMPLES, precision=args.precision)
     kinds = [args.kind] if args.kind else list(KINDS)
     show = args.progress or (sys.stderr.isatty() and not args.json)
     traces = tracer.trace(args.prompt, args.subject, args.answer, kinds=kinds, progress=_progress(show))
@@ -126,6 +126,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="restore only this kind of state (default: all three)")
     p.add_argument("--samples", type=int, default=None, metavar="N",
                    help="noise samples per probability (default: 5; the paper used 10)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="matrix products of the restorations of a float32 model: bfloat16 is about 1.7x "
+                        "faster on CPUs with bf16 instructions and moves probabilities by about 0.01 "
+                        "(default: float32)")
     p.add_argument("--layer", type=int, default=None, help="layer to mark on the PNG (e.g. the edited one)")
     p.add_argument("--png", type=Path, default=None, metavar="FILE", help="write the heatmaps as a PNG")
     p.add_argument("--suggest-layer", action="store_true",

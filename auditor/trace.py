@@ -68,6 +68,7 @@ DEFAULT_SEED = 1  # seed of the noise draws (kmeng01/rome seeds its RandomState 
 EMBEDDING_SAMPLE_TOKENS = 4000  # tokens of the reference text behind the embedding std
 ATTN_NAMES = ("self_attn", "attn", "attention")  # attention submodule of a block, per family
 BATCH_TOKENS = 2048  # token positions per restoration forward pass (batch rows x positions run)
+PRECISIONS = ("float32", "bfloat16")  # the restorations' products (Tracer ``precision``)
 PASS_OVERHEAD = 200  # cost of one more forward pass, in (batch row x position x block) units (measured: 100-200 best)
 
 State = tuple[str, int, int]  # (kind, layer, token): one state set back to its clean value
@@ -109,6 +110,7 @@ class Trace:
     corrupted_prob: float  # P(answer) with the subject corrupted, nothing restored
     effects: np.ndarray  # (tokens, layers) P(answer) after restoring that state
     seconds: float = 0.0
+    precision: str = "float32"  # the restorations' matrix products (Tracer ``precision``)
 
     @property
     def subject_last(self) -> int:
@@ -124,7 +126,7 @@ class Trace:
             "answer_id": self.answer_id, "tokens": self.tokens, "subject_span": list(self.subject_span),
             "window": self.window, "samples": self.samples, "noise": self.noise,
             "clean_prob": self.clean_prob, "corrupted_prob": self.corrupted_prob,
-            "effects": self.effects.tolist(), "seconds": self.seconds,
+            "effects": self.effects.tolist(), "seconds": self.seconds, "precision": self.precision,
         }
 
     @classmethod
@@ -213,9 +215,15 @@ class Tracer:
 
     def __init__(self, lm: LoadedModel, *, samples: int = DEFAULT_SAMPLES, window: int | None = None,
                  noise: float | None = None, seed: int = DEFAULT_SEED, batch_tokens: int = BATCH_TOKENS,
-                 skip_blocks: bool = True, skip_tokens: bool = True):
+                 skip_blocks: bool = True, skip_tokens: bool = True, precision: str = "float32"):
         if samples < 1:
             raise TraceError("samples must be at least 1")
+        if precision not in PRECISIONS:
+            raise TraceError(f"unknown precision {precision!r}; use {' or '.join(PRECISIONS)}")
+        # bfloat16: the restorations' matrix products of a float32 model run in bfloat16 (autocast);
+        # the residual stream, the stored clean and corrupted states and the answer's softmax stay
+        # float32. A model loaded in half precision computes in its own dtype either way.
+        self.precision = precision
         self.lm = lm
         self.samples = samples  # noise draws per probability
         self.window = window or default_window(lm.n_layers)  # layers restored together (mlp, attn)
@@ -411,8 +419,10 @@ class Tracer:
                 skipped = prep.corrupted_blocks[first - 1][sample_of_row, t0:]  # (B, T - t0, H)
                 stack.enter_context(_skipped_blocks(self.lm, first, skipped.clone))
             stack.enter_context(_hooks(pairs))
+            if self.precision == "bfloat16" and self.lm.dtype == torch.float32:
+                stack.enter_context(torch.autocast(device_type=dev.type, dtype=torch.bfloat16))
             hidden, _ = self._forward(ids, past)
-        probs = self._answer_probs(prep, hidden)  # (B,)
+        probs = self._answer_probs(prep, hidden.float())  # (B,): the head in the model's dtype
         return probs.view(len(rows), S).mean(1).cpu().double().numpy()
 
     # -------------------------------------------------------------- heatmaps
@@ -458,6 +468,7 @@ class Tracer:
                 tokens=prep.tokens, subject_span=prep.subject_span, window=1 if kind == "hidden" else self.window,
                 samples=self.samples, noise=self.noise_level, clean_prob=prep.clean_prob,
                 corrupted_prob=prep.corrupted_prob, effects=effects, seconds=seconds,
+                precision=self.precision if self.lm.dtype == torch.float32 else str(self.lm.dtype).replace("torch.", ""),
             )
         for (kind, token, layer), p in zip(cells, probs):
             out[kind].effects[token, layer] = p

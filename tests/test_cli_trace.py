@@ -20,8 +20,14 @@ def test_trace_writes_json_and_png(tmp_path: Path, capsys: pytest.CaptureFixture
     assert trace["kind"] == "mlp" and trace["answer"].strip() == "Paris" and trace["samples"] == 2
     assert len(trace["effects"]) == 5 and all(len(row) == 30 for row in trace["effects"])
     assert trace["clean_prob"] > trace["corrupted_prob"]
+    assert trace["precision"] == "float32"
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    code = main(["trace", "demo", "--device", "cpu", "--prompt", "The capital of {} is", "--subject", "France",
+                 "--kind", "mlp", "--samples", "2", "--precision", "bfloat16", "--json"])
+    (half,) = json.loads(capsys.readouterr().out)["traces"]
+    assert code == 0 and half["precision"] == "bfloat16" and half["effects"] != trace["effects"]
+    assert max(abs(a - b) for ra, rb in zip(half["effects"], trace["effects"]) for a, b in zip(ra, rb)) < 0.02
 
 
 @pytest.mark.parametrize("args,message", [
@@ -30,9 +36,10 @@ def test_trace_writes_json_and_png(tmp_path: Path, capsys: pytest.CaptureFixture
     (["--prompt", "The capital of France is", "--subject", "France", "--samples", "0"], "at least 1"),
     (["--prompt", "The capital of France is", "--subject", "France", "--png", "/no/such/dir/x.png"], "no such folder"),
     (["--prompt", "The capital of France is", "--subject", "France", "--kind", "mlpp"], "invalid choice"),
+    (["--prompt", "The capital of France is", "--subject", "France", "--precision", "int8"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
-    if "--kind" in args:  # argparse's own error
+    if "--kind" in args or "--precision" in args:  # argparse's own error
         with pytest.raises(SystemExit) as e:
             main(["trace", "demo", *args])
         assert e.value.code == 2

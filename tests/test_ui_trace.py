@@ -144,3 +144,21 @@ def test_a_family_without_a_file_takes_the_suggested_layer(window, tmp_path) -> 
         assert window.panel.layer.value() == layer
     finally:
         ws.editor.hparams_file = None
+
+
+def test_bfloat16_checkbox_traces_in_bfloat16(window, traced) -> None:
+    view = window.trace_view
+    float32 = view.traces
+    view.prompt.setText("The capital of {} is")
+    view.subject.setText("France")
+    view.samples.setValue(2)
+    view.bf16.setChecked(True)
+    try:
+        QTest.mouseClick(view.trace_button, Qt.MouseButton.LeftButton)
+        assert spin(lambda: not window.runner.busy, TIMEOUT)
+        assert not window.last_error, window.last_error
+        assert view.traces is not float32 and {t.precision for t in view.traces.values()} == {"bfloat16"}
+        assert "bfloat16 products" in view.summary.text()
+        assert all(t.precision == "float32" for t in float32.values())
+    finally:
+        view.bf16.setChecked(False)

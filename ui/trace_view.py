@@ -19,6 +19,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
+    QCheckBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -51,7 +52,7 @@ class HeatmapImage(pg.ImageItem):
 
 
 class TraceView(QWidget):
-    trace_requested = Signal(str, str, str, int)  # prompt, subject, answer ("" = top prediction), samples
+    trace_requested = Signal(str, str, str, int, str)  # prompt, subject, answer ("" = top), samples, precision
     suggest_requested = Signal()
     cancel_requested = Signal()
     layer_chosen = Signal(int)  # a cell of the MLP map was clicked
@@ -75,6 +76,10 @@ class TraceView(QWidget):
         form.addRow("Subject", self.subject)
         form.addRow("Answer", self.answer)
         form.addRow("Noise samples", self.samples)
+        self.bf16 = QCheckBox("bfloat16 products (faster, probabilities within ~0.01)")
+        self.bf16.setToolTip("run the restorations' matrix products of a float32 model in bfloat16: about 1.7x "
+                             "faster on CPUs with bf16 instructions; the residual stream stays float32")
+        form.addRow("", self.bf16)
 
         self.trace_button = QPushButton("Trace")
         self.trace_button.clicked.connect(self._request)
@@ -143,7 +148,8 @@ class TraceView(QWidget):
         if not prompt or not subject:
             self.summary.setText("<span style='color:#c0392b'>Enter a prompt and its subject.</span>")
             return
-        self.trace_requested.emit(prompt, subject, self.answer.text().strip(), self.samples.value())
+        self.trace_requested.emit(prompt, subject, self.answer.text().strip(), self.samples.value(),
+                                  "bfloat16" if self.bf16.isChecked() else "float32")
 
     # -------------------------------------------------------------- state
 
@@ -193,6 +199,7 @@ class TraceView(QWidget):
         self.summary.setText(
             f"<b>{first.prompt}</b> → <b>{first.answer.strip()}</b>: P = {first.clean_prob:.3f} clean, "
             f"{first.corrupted_prob:.3f} with the subject corrupted ({first.samples} noise samples, "
+            f"{first.precision} products, "
             f"noise {first.noise:.3f}; MLP and attention restored over {self.traces.get('mlp', first).window} "
             f"layers). Click a cell of the MLP map to edit that layer.")
         self.save_button.setEnabled(True)
@@ -233,7 +240,7 @@ def install(window: Any) -> TraceView:
     runner, panel = window.runner, window.panel
     view.set_enabled_for_model(False)
 
-    def start_trace(prompt: str, subject: str, answer: str, samples: int) -> None:
+    def start_trace(prompt: str, subject: str, answer: str, samples: int, precision: str) -> None:
         ws = window.workspace
         if ws is None or runner.busy:
             return
@@ -241,7 +248,7 @@ def install(window: Any) -> TraceView:
         def job(report, cancel):
             from auditor.trace import Tracer
 
-            return Tracer(ws.lm, samples=samples).trace(prompt, subject, answer or None,
+            return Tracer(ws.lm, samples=samples, precision=precision).trace(prompt, subject, answer or None,
                                                         progress=report, cancel=cancel)
 
         runner.start("trace", job, no_grad=True)
