@@ -105,7 +105,7 @@ def head_line(entry_id: int, head_hash: str) -> str:
 
 
 def _where(problem: dict[str, Any]) -> str:
-    return f"entry {problem['id']}" if problem["id"] is not None else "ledger head"
+    return f"entry {problem['id']}" if problem["id"] is not None else problem.get("where", "ledger head")
 
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
@@ -113,7 +113,7 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     elif report["ok"]:
-        print(f"ok: {report['entries']} entries, chain, deltas and head intact; head entry {report['head_id']} "
+        print(f"ok: {report['entries']} entries, chain, deltas, head and watchlist intact; head entry {report['head_id']} "
               f"{report['head']}")
         expected = report["expected_head"]
         if expected:

@@ -194,6 +194,17 @@ def _normalise(name: str, value: Any) -> Any:
     return str(value)
 
 
+def _watch_head(row: dict[str, Any]) -> str | None:
+    """The watchlist head a raw entry row was checked against (``metrics.watch.head``), if any."""
+    try:
+        metrics = json.loads(row.get("metrics") or "{}")
+    except (TypeError, ValueError):
+        return None  # a damaged column: its content hash reports it
+    watch = metrics.get("watch") if isinstance(metrics, dict) else None
+    head = watch.get("head") if isinstance(watch, dict) else None
+    return head if isinstance(head, str) else None
+
+
 def content_hash(row: dict[str, Any]) -> str:
     """The hash an entry's ``content_hash`` column must hold."""
     body = {k: row.get(k) for k in COLUMNS
@@ -740,6 +751,7 @@ class Ledger:
         checked_files: dict[str, str | None] = {}
         applied_edits: set[int] = set()
         hashes: dict[int, str] = {0: self.genesis_hash}
+        pinned: dict[int, str] = {}  # entry id -> the watchlist head it was checked against
         n = 0
         for row in self._rows("SELECT * FROM entries ORDER BY id"):
             n += 1
@@ -775,6 +787,10 @@ class Ledger:
                 applied_edits.discard(row.get("reverts"))
             elif row.get("status") == "applied":
                 applied_edits.add(eid)
+            watched = _watch_head(row)
+            if watched:
+                pinned[eid] = watched
+        self._verify_watchlist(pinned, problems)
         head_id = expected_id - 1
         anchor = self._verify_head(head_id, hashes, problems, warnings)
         expected = self._check_expected_head(expect_head, hashes, head_id, problems)
@@ -785,7 +801,7 @@ class Ledger:
             "entries": n,
             "first_bad": min((p["id"] for p in problems if p["id"] is not None), default=None),
             "reason": None if first is None else (f"entry {first['id']}: {first['reason']}" if first["id"] is not None
-                                                  else f"ledger head: {first['reason']}"),
+                                                  else f"{first.get('where', 'ledger head')}: {first['reason']}"),
             "problems": problems,
             "warnings": warnings,
             "head": prev,
@@ -793,6 +809,25 @@ class Ledger:
             "anchor": anchor,
             "expected_head": expected,
         }
+
+    def _verify_watchlist(self, pinned: dict[int, str], problems: list[dict[str, Any]]) -> None:
+        """The watchlist's own chain (watch.py), and every watchlist head an entry was checked
+        against must still be in its history: deleting the list's last events breaks no chain,
+        but it drops a head the ledger pinned."""
+        if "watchlist" not in self.db.table_names():
+            return
+        from .watch import Watchlist
+
+        watchlist = Watchlist(self)
+        report = watchlist.verify()
+        if not report["ok"]:
+            problems.append({"id": None, "where": "watchlist", "reason": report["reason"]})
+            return
+        known = {self.genesis_hash} | {event["content_hash"] for event in watchlist.history()}
+        for eid, head in pinned.items():
+            if head not in known:
+                problems.append({"id": eid, "reason": f"it was checked against watchlist state {head[:19]}..., which "
+                                                      "the watchlist's history no longer holds (events deleted)"})
 
     def _verify_head(self, head_id: int, hashes: dict[int, str], problems: list[dict[str, Any]],
                      warnings: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -56,6 +56,30 @@ def test_the_watchlist_is_append_only_and_tampering_is_found(ledger: Ledger) -> 
     conn.close()
     report = wl.verify()
     assert not report["ok"] and report["first_bad"] == 1 and "content_hash" in report["reason"]
+    # `ledger verify` checks the watchlist's chain too
+    ledger_report = ledger.verify()
+    assert not ledger_report["ok"] and ledger_report["reason"].startswith("watchlist: watchlist event 1")
+
+
+def test_ledger_verify_finds_a_deleted_watchlist_head_an_entry_pinned(ledger: Ledger,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    wl = Watchlist(ledger)
+    wl.add("The capital of France is", "Paris")
+    wl.add("The capital of Japan is", "Tokyo")
+    ledger.append({"status": "applied", "metrics": {"watch": {"head": wl.head, "pass_rate": 1.0}}})
+    ws = str(ledger.path.parent)
+    assert ledger.verify()["ok"] and main(["ledger", "verify", "--workspace", ws]) == 0
+    assert "watchlist intact" in capsys.readouterr().out
+    conn = sqlite3.connect(ledger.path)
+    conn.execute("DROP TRIGGER watchlist_append_only_delete")
+    conn.execute("DELETE FROM watchlist WHERE id = 2")  # the chain of what is left still holds
+    conn.commit()
+    conn.close()
+    assert wl.verify()["ok"]
+    report = ledger.verify()
+    assert not report["ok"] and report["first_bad"] == 1 and "no longer holds" in report["reason"]
+    assert main(["ledger", "verify", "--workspace", ws]) == 1
+    assert "entry 1" in capsys.readouterr().out
 
 
 def test_cli_add_list_remove(ledger: Ledger, capsys: pytest.CaptureFixture) -> None:
