@@ -190,13 +190,13 @@ def edit_batch(
         timings["eval_before"] = time.perf_counter() - t
         current = {"i": 0}
 
-        def on_request(i: int, n: int) -> None:
+        def on_request(i: int, n: int) -> None:  # the first request of a group optimised together
             current["i"] = i
-            emit(Progress("v", 0, hp.v_num_grad_steps, message=f"request {i + 1}/{n}: v*"))
+            emit(Progress("v", 0, hp.v_num_grad_steps, message=f"{_group(i, n)}: v*"))
 
         def on_step(step: int, total: int, loss: float, prob: float, terms: dict) -> None:
             emit(Progress("v", step, total, loss=loss, target_prob=prob, terms=terms,
-                          message=f"request {current['i'] + 1}/{len(requests)}"))
+                          message=_group(current["i"], len(requests))))
 
         ctx = MethodContext(templates=templates, second_moment=lambda layer: C.get(layer),
                             key_memory=editor.key_memory, key_mode=key_mode, on_step=on_step,
@@ -288,6 +288,13 @@ def _restore(editor: "Editor", snapshot: dict[str, torch.Tensor], applied: bool,
                 editor.lm.model.get_parameter(n).copy_(w)
         editor.invalidate()
         editor._fingerprint = fingerprint
+
+
+def _group(first: int, n: int) -> str:
+    from .methods import V_BATCH
+
+    last = min(n, first + V_BATCH)
+    return f"request {first + 1}/{n}" if last == first + 1 else f"requests {first + 1}-{last}/{n}"
 
 
 def _mean(xs: list[Any]) -> float | None:

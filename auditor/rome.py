@@ -300,46 +300,64 @@ StepFn = Callable[[int, int, float, float, dict], None]  # (step, total, loss, t
 
 @dataclass
 class VPrompts:
-    """The v* prompts: every template of the edit prompt followed by the target's tokens but the
-    last (kmeng01/rome ``compute_v.py``: one row per template, all target tokens teacher-forced),
-    then the KL prompt "{subject} is a" up to its lookup token (last row)."""
+    """The v* prompts of one or more requests. Per request, every template of the edit prompt
+    followed by the target's tokens but the last (kmeng01/rome ``compute_v.py``: one row per
+    template, all target tokens teacher-forced); after all of those, one row per request with the
+    KL prompt "{subject} is a" up to its lookup token."""
 
     seqs: list[list[int]]  # token ids per row
     lookups: list[int]  # position of the subject's last token per row
-    spans: list[int]  # rewriting rows: the logits at spans[i] + j predict target[j]
-    target: list[int]  # target_new's token ids
+    spans: list[int]  # rewriting rows: the logits at spans[r] + j predict the row's target[j]
+    req: list[int]  # rewriting rows: the request each row belongs to
+    targets: list[list[int]]  # per request: target_new's token ids
 
     @property
     def n_rw(self) -> int:
         return len(self.spans)
 
+    @property
+    def n_req(self) -> int:
+        return len(self.targets)
 
-def v_prompts(lm: LoadedModel, request: EditRequest, templates: list[str], *,
+    @property
+    def first_rows(self) -> list[int]:
+        """Each request's first rewriting row (its "{}"-template row: where v_init is read)."""
+        return [self.req.index(i) for i in range(self.n_req)]
+
+
+def v_prompts(lm: LoadedModel, requests: EditRequest | list[EditRequest], templates: list[str], *,
               fact_token: str = "subject_last") -> VPrompts:
     """``fact_token``: where delta is added, kmeng01/rome's ``fact_token`` option: the subject's
     last token (``subject_last``, the default) or each prompt's last token (``last``)."""
-    target = encode_target(lm, request.target_new)
-    seqs, lookups, spans = [], [], []
-    for t in templates:
-        p = t.replace("{}", request.prompt, 1)
-        ids = encode(lm, p.replace("{}", request.subject, 1))
-        seqs.append(ids + target[:-1])
-        lookups.append(subject_index(lm, p, request.subject) if fact_token == "subject_last" else len(ids) - 1)
-        spans.append(len(ids) - 1)
-    kl_ids = encode(lm, request.subject + " is a")
-    kl_look = subject_index(lm, "{} is a", request.subject) if fact_token == "subject_last" else len(kl_ids) - 1
-    # the KL distribution is read at the lookup token (kmeng01/rome: ``logits[i, lookup_idxs[i]]``); the
-    # tokens after it cannot change it (causal attention) and would only widen the batch for nothing
-    seqs.append(kl_ids[: kl_look + 1])
-    lookups.append(kl_look)
-    return VPrompts(seqs, lookups, spans, target)
+    requests = [requests] if isinstance(requests, EditRequest) else list(requests)
+    seqs, lookups, spans, req, targets, kl_rows = [], [], [], [], [], []
+    for i, request in enumerate(requests):
+        target = encode_target(lm, request.target_new)
+        targets.append(target)
+        for t in templates:
+            p = t.replace("{}", request.prompt, 1)
+            ids = encode(lm, p.replace("{}", request.subject, 1))
+            seqs.append(ids + target[:-1])
+            lookups.append(subject_index(lm, p, request.subject) if fact_token == "subject_last" else len(ids) - 1)
+            spans.append(len(ids) - 1)
+            req.append(i)
+        kl_ids = encode(lm, request.subject + " is a")
+        kl_look = subject_index(lm, "{} is a", request.subject) if fact_token == "subject_last" else len(kl_ids) - 1
+        # the KL distribution is read at the lookup token (kmeng01/rome: ``logits[i, lookup_idxs[i]]``); the
+        # tokens after it cannot change it (causal attention) and would only widen the batch for nothing
+        kl_rows.append((kl_ids[: kl_look + 1], kl_look))
+    for ids, look in kl_rows:
+        seqs.append(ids)
+        lookups.append(look)
+    return VPrompts(seqs, lookups, spans, req, targets)
 
 
 class _FullForward:
     """The whole decoder every step, delta added by a hook on the edited module (as the reference).
 
-    ``__call__(delta)`` returns the rewriting rows' hidden states ``(n_rw, W, H)`` (read at
-    :attr:`gather`) and the KL prompt's at its subject's last token ``(H,)``."""
+    ``__call__(delta)`` (``(rows, H)``, one delta per row) returns the last hidden states
+    ``(rows, T, H)``; a rewriting row's target logits are read from :attr:`rw_base` + j, a KL row's
+    from :attr:`kl_pos`."""
 
     path = "full"
 
@@ -349,29 +367,28 @@ class _FullForward:
         dev = lm.device
         self.rows = torch.arange(len(vp.seqs), device=dev)
         self.look = torch.tensor(vp.lookups, device=dev)
-        self.gather = torch.stack([torch.arange(len(vp.target), device=dev) + s for s in vp.spans])  # (n_rw, L)
-        self.kl_col = vp.lookups[-1]
+        self.rw_base = torch.tensor(vp.spans, device=dev)  # (n_rw,)
+        self.kl_pos = torch.tensor(vp.lookups[vp.n_rw:], device=dev)  # (n_req,)
         self.module = lm.spec.module(lm.model, layer)
-        self.v_init: torch.Tensor | None = None
+        self.v_init: torch.Tensor | None = None  # (n_req, H)
         self.delta: torch.Tensor | None = None
 
     def _edit_output(self, _mod, _args, out):
         if self.v_init is None:
-            self.v_init = out[0, self.vp.lookups[0]].detach().float().clone()
+            first = self.vp.first_rows
+            self.v_init = out[first, self.look[first]].detach().float().clone()
         out = out.clone()
         out[self.rows, self.look] = out[self.rows, self.look] + self.delta.to(out.dtype)
         return out
 
-    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, delta: torch.Tensor) -> torch.Tensor:
         self.delta = delta
         handle = self.module.register_forward_hook(self._edit_output)
         try:
-            hidden = self.lm.model.base_model(input_ids=self.ids, attention_mask=self.mask,
-                                              use_cache=False).last_hidden_state  # (B, T, H)
+            return self.lm.model.base_model(input_ids=self.ids, attention_mask=self.mask,
+                                            use_cache=False).last_hidden_state  # (B, T, H)
         finally:
             handle.remove()
-        n_rw = self.vp.n_rw
-        return hidden[:n_rw], hidden[n_rw, self.kl_col]
 
 
 class _SuffixForward:
@@ -383,15 +400,14 @@ class _SuffixForward:
         from .suffix_forward import SuffixForward, align
 
         self.run = SuffixForward(lm, layer, align(vp.seqs, vp.lookups, pad_id(lm), lm.device))
-        self.n_rw = vp.n_rw
-        self.v_init = self.run.v_init
+        self.v_init = self.run.v_init_rows[vp.first_rows]  # (n_req, H)
         dev = lm.device
-        offsets = [s - look for s, look in zip(vp.spans, vp.lookups)]  # columns after the lookup column
-        self.gather = torch.stack([torch.arange(len(vp.target), device=dev) + o for o in offsets])  # (n_rw, L)
+        # columns after the lookup column
+        self.rw_base = torch.tensor([s - look for s, look in zip(vp.spans, vp.lookups)], device=dev)
+        self.kl_pos = torch.zeros(vp.n_req, dtype=torch.long, device=dev)
 
-    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.run(delta)  # (B, S, H)
-        return hidden[: self.n_rw], hidden[self.n_rw, 0]
+    def __call__(self, delta: torch.Tensor) -> torch.Tensor:
+        return self.run(delta)  # (B, S, H)
 
 
 def _make_forward(lm: LoadedModel, layer: int, vp: VPrompts, fast: bool) -> "_FullForward | _SuffixForward":
@@ -404,12 +420,21 @@ def _make_forward(lm: LoadedModel, layer: int, vp: VPrompts, fast: bool) -> "_Fu
 
 
 def _kl(kl_logp: torch.Tensor, kl_init: torch.Tensor, direction: str) -> torch.Tensor:
-    """KL on the "{subject} is a" prompt. ``reference``: KL(P_new || P_init), which is what
-    kmeng01/rome computes with ``kl_div(log_init, log_new, log_target=True)`` (PyTorch's
-    ``kl_div(input, target)`` is KL(target || input)); ``forward``: KL(P_init || P_new)."""
+    """KL on the "{subject} is a" prompt, one value per row of ``(n, V)``. ``reference``:
+    KL(P_new || P_init), which is what kmeng01/rome computes with ``kl_div(log_init, log_new,
+    log_target=True)`` (PyTorch's ``kl_div(input, target)`` is KL(target || input));
+    ``forward``: KL(P_init || P_new)."""
     if direction == "reference":
-        return F.kl_div(kl_init, kl_logp, log_target=True, reduction="sum")
-    return F.kl_div(kl_logp, kl_init, log_target=True, reduction="sum")
+        return F.kl_div(kl_init, kl_logp, log_target=True, reduction="none").sum(-1)
+    return F.kl_div(kl_logp, kl_init, log_target=True, reduction="none").sum(-1)
+
+
+class ValueLossError(RomeError):
+    """The v* loss of one request of a joint optimisation became non-finite; ``index`` names it."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
 
 
 def optimise_value(
@@ -431,21 +456,58 @@ def optimise_value(
     ``clamp_norm_factor`` * ||v_init||. ``fast`` (default ``hp.v_fast``) recomputes only what
     delta can change (suffix_forward.py); the result is the same to float tolerance.
     """
-    vp = v_prompts(lm, request, templates, fact_token=fact_token)
+    return optimise_values(lm, [request], layer, templates, hp, on_step, cancelled, fast=fast,
+                           fact_token=fact_token)[0]
+
+
+def optimise_values(
+    lm: LoadedModel,
+    requests: list[EditRequest],
+    layer: int,
+    templates: list[str],
+    hp: RomeHParams,
+    on_step: StepFn | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    *,
+    fast: bool | None = None,
+    fact_token: str = "subject_last",
+) -> list[ValueResult]:
+    """:func:`optimise_value` for several requests at once, each with its own delta, in one batch.
+
+    The requests do not interact: the summed loss gives each delta its own request's gradient,
+    Adam works element by element, and a request that meets the early-stop criterion is frozen
+    (its delta restored after each later step) while the others go on. So every request gets the
+    v* it would get alone, to float tolerance, for the price of one batch: a small v* batch is
+    bound by reading the weights, not by arithmetic (MEMIT and AlphaEdit need one v* per request).
+    ``on_step`` reports the mean loss and target probability of the requests still optimising.
+    A non-finite loss raises :class:`ValueLossError` naming the request.
+    """
+    vp = v_prompts(lm, requests, templates, fact_token=fact_token)
     use_fast = getattr(hp, "v_fast", True) if fast is None else fast
     t0 = time.perf_counter()
     forward = _make_forward(lm, layer, vp, use_fast)
-    res = ValueResult(v_star=torch.empty(0), v_init=torch.empty(0), path=forward.path,
-                      seconds_setup=time.perf_counter() - t0)
-    n_rw = vp.n_rw
-    target_t = torch.tensor(vp.target, device=lm.device)
-    delta = torch.zeros(lm.spec.value_dim(lm.model, layer), device=lm.device, dtype=torch.float32,
-                        requires_grad=True)
+    setup = time.perf_counter() - t0
+    n, n_rw, dev = vp.n_req, vp.n_rw, lm.device
+    results = [ValueResult(v_star=torch.empty(0), v_init=torch.empty(0), path=forward.path, seconds_setup=setup)
+               for _ in range(n)]
+    # target positions and tokens per rewriting row, padded to the longest target
+    longest = max(len(t) for t in vp.targets)
+    lengths = torch.tensor([len(vp.targets[i]) for i in vp.req], device=dev)  # (n_rw,)
+    offsets = torch.arange(longest, device=dev)
+    valid = offsets[None, :] < lengths[:, None]  # (n_rw, L)
+    gather = torch.where(valid, forward.rw_base[:, None] + offsets[None, :], forward.rw_base[:, None])
+    tokens = torch.tensor([vp.targets[i] + [0] * (longest - len(vp.targets[i])) for i in vp.req], device=dev)
+    rw_req = torch.tensor(vp.req, device=dev)
+    rows_per_req = torch.bincount(rw_req, minlength=n).float()  # (n,)
+    row_req = torch.cat([rw_req, torch.arange(n, device=dev)])  # request of every batch row (KL rows last)
+    kl_rows = torch.arange(n_rw, n_rw + n, device=dev)
+    delta = torch.zeros(n, lm.spec.value_dim(lm.model, layer), device=dev, dtype=torch.float32, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     head = lm.model.get_output_embeddings()
     kl_direction = getattr(hp, "kl_direction", "reference")
     stop_on_total = getattr(hp, "early_stop_on", "nll") == "total"
     kl_init: torch.Tensor | None = None
+    active = [True] * n
     step = 0
     try:
         with torch.enable_grad():
@@ -453,52 +515,65 @@ def optimise_value(
                 if cancelled is not None and cancelled():
                     raise Cancelled
                 opt.zero_grad()
-                hidden, kl_hidden = forward(delta)  # (n_rw, W, H), (H,)
-                v_init = forward.v_init
+                hidden = forward(delta[row_req])  # (B, W, H)
+                v_init = forward.v_init  # (n, H)
                 width = hidden.shape[-1]
-                sel = hidden.gather(1, forward.gather.unsqueeze(-1).expand(-1, -1, width))  # (n_rw, L, H)
-                n_tok = sel.shape[1]
-                # the head only where needed, in one product (the head's weight is read once a step)
-                logits = head(torch.cat([sel.reshape(n_rw * n_tok, width), kl_hidden[None]])).float()
-                logp = torch.log_softmax(logits[:-1], -1).view(n_rw, n_tok, -1)  # (n_rw, L, V)
-                tok_logp = logp.gather(2, target_t.expand(n_rw, -1).unsqueeze(-1)).squeeze(-1)  # (n_rw, L)
-                nll_each = -tok_logp.mean(1)  # (n_rw,)
-                nll = nll_each.mean()
-                kl_logp = torch.log_softmax(logits[-1], -1)  # (V,)
+                sel = hidden[:n_rw].gather(1, gather.unsqueeze(-1).expand(-1, -1, width))  # (n_rw, L, H)
+                # the head only where needed, in one product (its weight is read once a step)
+                logits = head(torch.cat([sel.reshape(n_rw * longest, width), hidden[kl_rows, forward.kl_pos]])).float()
+                logp = torch.log_softmax(logits[: n_rw * longest], -1).view(n_rw, longest, -1)  # (n_rw, L, V)
+                tok_logp = logp.gather(2, tokens.unsqueeze(-1)).squeeze(-1)  # (n_rw, L)
+                nll_row = -(tok_logp * valid).sum(1) / lengths  # (n_rw,): mean over the row's target tokens
+                nll = torch.zeros(n, device=dev).index_add(0, rw_req, nll_row) / rows_per_req  # (n,)
+                kl_logp = torch.log_softmax(logits[n_rw * longest:], -1)  # (n, V)
                 if kl_init is None:
                     kl_init = kl_logp.detach().clone()
-                kl = hp.kl_factor * _kl(kl_logp, kl_init, kl_direction)
-                wd = hp.v_weight_decay * (delta.norm() / v_init.norm() ** 2)
-                loss = nll + kl + wd
-                lv = loss.item()
-                if not math.isfinite(lv):
-                    raise RomeError(f"the v* loss became {lv} at step {step}; the edit was stopped")
-                prob = torch.exp(-nll_each.detach()).mean().item()
-                res.losses.append(lv)
-                res.target_probs.append(prob)
-                res.steps = step + 1
+                kl = hp.kl_factor * _kl(kl_logp, kl_init, kl_direction)  # (n,)
+                wd = hp.v_weight_decay * (delta.norm(dim=1) / v_init.norm(dim=1) ** 2)  # (n,)
+                loss = nll + kl + wd  # (n,)
+                prob = (torch.zeros(n, device=dev).index_add(0, rw_req, torch.exp(-nll_row.detach()))
+                        / rows_per_req).tolist()
+                losses, nlls = loss.tolist(), nll.tolist()
+                kls, wds = kl.tolist(), wd.tolist()
+                stepped = [i for i in range(n) if active[i]]
+                for i in stepped:
+                    if not math.isfinite(losses[i]):
+                        raise ValueLossError(f"the v* loss became {losses[i]} at step {step}; the edit was stopped", i)
+                    res = results[i]
+                    res.losses.append(losses[i])
+                    res.target_probs.append(prob[i])
+                    res.steps = step + 1
+                    criterion = losses[i] if stop_on_total else nlls[i]
+                    if criterion < hp.early_stop_loss or step == hp.v_num_grad_steps - 1:
+                        active[i] = False  # done: its delta stays as it is now
                 if on_step:
-                    on_step(step + 1, hp.v_num_grad_steps, lv, prob,
-                            {"nll": nll.item(), "kl": kl.item(), "weight_decay": wd.item()})
-                criterion = lv if stop_on_total else nll.item()
-                if criterion < hp.early_stop_loss or step == hp.v_num_grad_steps - 1:
+                    mean = lambda xs: sum(xs[i] for i in stepped) / len(stepped)  # noqa: E731
+                    on_step(step + 1, hp.v_num_grad_steps, mean(losses), mean(prob),
+                            {"nll": mean(nlls), "kl": mean(kls), "weight_decay": mean(wds)})
+                if not any(active):
                     break
-                loss.backward()
+                going = torch.tensor(active, device=dev)
+                loss[going].sum().backward()
+                before = delta.detach().clone()
                 opt.step()
                 with torch.no_grad():
-                    max_norm = hp.clamp_norm_factor * v_init.norm()
-                    if delta.norm() > max_norm:
-                        delta.mul_(max_norm / delta.norm())
+                    delta[~going] = before[~going]  # Adam's momentum would move a finished request
+                    max_norm = hp.clamp_norm_factor * v_init.norm(dim=1)  # (n,)
+                    norms = delta.norm(dim=1)
+                    delta.mul_(torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms))[:, None])
     except torch.OutOfMemoryError:
+        raise
+    except RomeError:
         raise
     except RuntimeError as e:  # overflow inside the optimiser and the like: a numeric failure
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise RomeError(f"the v* optimisation failed at step {step} (not finite: {first})") from None
-    res.v_init = forward.v_init
-    res.v_star = (forward.v_init + delta.detach()).float()
-    if not torch.isfinite(res.v_star).all():
-        raise RomeError("v* is not finite; the edit was stopped")
-    return res
+    for i, res in enumerate(results):
+        res.v_init = forward.v_init[i]
+        res.v_star = (forward.v_init[i] + delta[i].detach()).float()
+        if not torch.isfinite(res.v_star).all():
+            raise ValueLossError("v* is not finite; the edit was stopped", i)
+    return results
 
 
 # ------------------------------------------------------------------ the update

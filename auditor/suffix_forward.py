@@ -105,9 +105,10 @@ class SuffixForward:
     """Runs the decoder above ``layer`` on the columns ``c..T`` of an aligned batch, many times.
 
     ``__call__(delta)`` returns the decoder's last hidden state (after its final norm) at the
-    columns ``c..T``, shape ``(B, T - c, H)``, with ``delta`` (``(H,)``, may require grad) added
-    to the edited module's output in column ``c`` of every row. :attr:`v_init` is the edited
-    module's output at row 0, column ``c`` without ``delta``.
+    columns ``c..T``, shape ``(B, T - c, H)``, with ``delta`` (``(H,)`` for every row or ``(B, H)``
+    one per row; may require grad) added to the edited module's output in column ``c``.
+    :attr:`v_init_rows` is the edited module's output at column ``c`` of every row without
+    ``delta`` (``(B, H)``), :attr:`v_init` that of row 0.
     """
 
     def __init__(self, lm: LoadedModel, layer: int, batch: AlignedBatch):
@@ -132,7 +133,7 @@ class SuffixForward:
             seen["as_tuple"] = isinstance(out, tuple)
 
         def on_module(_mod, _args, out):
-            seen["v_init"] = out[0, c].detach().float().clone()  # (H,)
+            seen["v_init"] = out[:, c].detach().float().clone()  # (B, H)
 
         hooks = [self.blocks[self.layer].register_forward_hook(on_block), module.register_forward_hook(on_module)]
         cache = _new_cache(self.lm.model.config) if c > 0 else None
@@ -143,7 +144,8 @@ class SuffixForward:
             for h in hooks:
                 h.remove()
         self.base = seen["block"]
-        self.v_init = seen["v_init"]
+        self.v_init_rows = seen["v_init"]  # (B, H): each row's edited-module output at the lookup column
+        self.v_init = self.v_init_rows[0]
         tup = seen["as_tuple"]
         self.stand_ins = torch.nn.ModuleList(
             [_StandIn(blk, tup, recorded=False) for blk in list(self.blocks)[: self.layer]]
@@ -163,7 +165,8 @@ class SuffixForward:
 
     def __call__(self, delta: torch.Tensor) -> torch.Tensor:
         b, c = self.batch, self.batch.column
-        first = self.base[:, :1] + delta.to(self.base.dtype)  # (B, 1, H): the lookup column
+        shift = delta if delta.dim() == 1 else delta[:, None, :]  # one delta for all rows, or one per row
+        first = self.base[:, :1] + shift.to(self.base.dtype)  # (B, 1, H): the lookup column
         self.recorded.hidden = torch.cat([first, self.base[:, 1:]], dim=1)  # (B, S, H)
         cache = self._prefix_cache()
         setattr(self.parent, self.attr, self.stand_ins)

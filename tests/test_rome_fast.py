@@ -64,3 +64,51 @@ def test_fast_v_star_equals_full_forward_on_the_demo(demo: Any) -> None:
     (first,) = [r for r in load_requests(RESOURCES / "first_token_subjects.json") if r.case_id == "france-continent"]
     full, fast = _both(demo, first, 7, TEMPLATES, v_num_grad_steps=6)
     _assert_same(full, fast, 1e-3)
+
+
+LONG = EditRequest(prompt="{} was born in the city of", subject="Marie Curie", target_new="Warsaw in Poland",
+                   target_true="Paris")
+
+
+def _joint_matches_alone(lm: Any, requests: list, layer: int, hp: Any, fast: bool) -> list:
+    alone = [rome.optimise_value(lm, r, layer, TEMPLATES, hp, fast=fast) for r in requests]
+    steps: list = []
+    together = rome.optimise_values(lm, requests, layer, TEMPLATES, hp, fast=fast,
+                                    on_step=lambda step, *_: steps.append(step))
+    assert steps == list(range(1, max(a.steps for a in alone) + 1))
+    for a, t in zip(alone, together):
+        assert t.steps == a.steps and t.path == a.path
+        assert t.losses == pytest.approx(a.losses, rel=1e-4, abs=1e-5)
+        assert float((t.v_star - a.v_star).norm() / a.v_star.norm()) < 1e-4
+        assert torch.allclose(t.v_init, a.v_init, rtol=1e-5, atol=1e-6)
+    return alone
+
+
+@pytest.mark.parametrize("model_type, fast", [("llama", True), ("llama", False), ("gpt2", True), ("gpt_neox", True)])
+def test_joint_v_star_of_several_requests_equals_each_alone(
+    tiny_checkpoint: Callable[..., Path], model_type: str, fast: bool
+) -> None:
+    """rome.optimise_values (MEMIT's and AlphaEdit's v*, one batch): each request gets the v* it
+    gets alone; targets of 1 to 3+ tokens, subjects inside the prompt and at position 0."""
+    lm = load_model(tiny_checkpoint(model_type), device="cpu")
+    hp = load_hparams(lm.spec.family, {"layer": 0, "early_stop_loss": 0.0, "v_num_grad_steps": 6, "v_lr": 0.5})
+    _joint_matches_alone(lm, [REQUEST, FIRST, SHORT, LONG], 0, hp, fast)
+
+
+@pytest.mark.slow
+def test_joint_v_star_freezes_each_request_where_it_would_stop_alone(demo: Any) -> None:
+    """On the demo model the requests reach the early-stop criterion at different steps: a request
+    that is done keeps its v* (Adam's momentum would move it) while the others go on."""
+    requests = [r for r in load_requests(RESOURCES / "known_facts.json")[:3]]
+    free = load_hparams("llama", {"layer": 7, "early_stop_loss": 0.0, "early_stop_on": "total", "v_num_grad_steps": 12})
+    curves = [rome.optimise_value(demo, r, 7, TEMPLATES, free).losses for r in requests]
+
+    def stops(thr: float) -> list[int]:
+        return [next((s + 1 for s, v in enumerate(c) if v < thr), len(c)) for c in curves]
+
+    # the threshold that spreads the requests' stopping steps the most, none stopping before a step
+    threshold = max((v + 1e-6 for c in curves for v in c[1:]),
+                    key=lambda thr: (min(stops(thr)) > 2, len(set(stops(thr))), -thr))
+    hp = load_hparams("llama", {**free.to_dict(), "early_stop_loss": threshold})
+    alone = _joint_matches_alone(demo, requests, 7, hp, True)
+    assert min(a.steps for a in alone) > 2 and len({a.steps for a in alone}) > 1
