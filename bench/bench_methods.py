@@ -5,7 +5,8 @@ after another on its own copy of the demo model: ROME one request per update, ME
 ``--batch-size`` requests per update. After 10, 50 and 100 edits (``--sizes``) it measures, over
 *every* request edited so far: efficacy (new target beats the true one on the edit prompt),
 generalization (paraphrases), locality (neighbourhood answers unchanged from the unedited model),
-and the reference perplexity. Seconds per edit are the engine's compute time (statistics cached,
+and the reference perplexity; and the efficacy of the first 10 requests alone (the first batch:
+does it still hold after the later ones?). Seconds per edit are the engine's compute time (statistics cached,
 evaluation excluded) divided by the edits.
 
     python bench/bench_methods.py                          # 10, 50, 100 edits, all three methods
@@ -72,8 +73,9 @@ def run(method: str, requests: list, sizes: list[int], args: argparse.Namespace)
         print(f"  {method}: {done} edits, {time.perf_counter() - t:.1f} s this update", flush=True)
         if done in sizes:
             q = quality(lm, editor, requests[:done], refs[:done])
+            first = sum(metrics.success(lm, [r.text], r.target_new, r.target_true)[0] for r in requests[:10]) / 10
             row = {"method": method, "edits": done, "s_per_edit": compute / done, **q, "ppl_ratio": q["ppl"] / ppl0,
-                   "load": os.getloadavg()[0]}
+                   "first10_efficacy": first, "load": os.getloadavg()[0]}
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -96,10 +98,10 @@ def main() -> None:
     for method in args.methods.split(","):
         rows += run(method, requests, sizes, args)
     print(f"\n{'method':<10}{'edits':>6}{'s/edit':>9}{'efficacy':>10}{'general.':>10}{'locality':>10}{'ppl':>8}"
-          f"{'ppl x':>8}{'load':>6}")
+          f"{'ppl x':>8}{'first10':>8}{'load':>6}")
     for r in rows:
         print(f"{r['method']:<10}{r['edits']:>6}{r['s_per_edit']:>9.2f}{r['efficacy']:>10.3f}{r['generalization']:>10.3f}"
-              f"{r['locality']:>10.3f}{r['ppl']:>8.2f}{r['ppl_ratio']:>8.3f}{r['load']:>6.1f}")
+              f"{r['locality']:>10.3f}{r['ppl']:>8.2f}{r['ppl_ratio']:>8.3f}{r['first10_efficacy']:>8.2f}{r['load']:>6.1f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
