@@ -123,3 +123,27 @@ def test_watch_panel_adds_and_removes_items(window) -> None:
     assert panel.table.rowCount() == 0
     wl = Watchlist(window.workspace.ledger)
     assert [e["action"] for e in wl.history()] == ["add", "remove"] and wl.verify()["ok"]
+
+
+def test_a_model_with_fewer_layers_than_the_family_default_opens(qtbot, tiny_checkpoint, isolated_cache,
+                                                                 tmp_path) -> None:
+    """The llama family's default layer is 4; a 2-layer model opens and the form offers its last layer."""
+    from ui import settings
+    from ui.main_window import MainWindow
+
+    from auditor.hparams import load_hparams
+
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
+    settings.settings().clear()
+    settings.put(settings.WORKSPACES_DIR, str(tmp_path / "workspaces"))
+    folder = tiny_checkpoint("llama")
+    w = MainWindow(restore_last=False)
+    qtbot.addWidget(w)
+    w.show()
+    w.open_path(folder)
+    assert spin(lambda: w.workspace is not None and not w.runner.busy, 300), w.last_error
+    try:
+        assert w.workspace.lm.n_layers == 2 < load_hparams("llama").layer
+        assert not w.last_error and w.panel.layer.maximum() == 1 and w.panel.layer.value() == 1
+    finally:
+        w.workspace.close()

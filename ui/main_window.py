@@ -88,7 +88,9 @@ def warm_up(ws) -> None:
     import auditor.stats  # noqa: F401
 
     editor = ws.editor
-    editor.context_templates(editor.hparams())
+    # the templates do not depend on the layer; naming one keeps the family's default layer (which a
+    # small model may not have) and a family without a file (whose layer needs a trace) out of it
+    editor.context_templates(editor.hparams({"layer": 0}))
     editor.ppl  # noqa: B018 - builds the perplexity probe (tokenises the reference text once)
 
 
