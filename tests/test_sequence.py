@@ -2,15 +2,15 @@
 
 One workspace is shared by the module and three runs are made on it, in order:
 
-1. healthy: six known facts (consistent keys), one after another: not stopped (the 20-edit
-   run of the issue is bench/bench_sequence.py; here its cost would triple this file's);
+1. healthy: six known facts (consistent keys), one after another: not stopped;
 2. watch: "The Great Wall is located in the country of" -> Mexico, while the watchlist says
    China: stopped by the watchlist, rolled back;
 3. collapse: prompts that begin with a one-token subject in the *original* key mode with the
    per-edit guard overridden (Yang et al. 2024: the denominator collapses): stopped, rolled back.
 
 The capacity report is then drawn from the workspace's ledger. Two context templates keep
-each edit short, as in test_workspace_edits.py.
+each edit short, as in test_workspace_edits.py. A second workspace takes 20 CounterFact edits
+(tests/data/counterfact_100.json) in a row: not stopped.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ pytestmark = pytest.mark.slow
 
 DEMO = Path(__file__).parent.parent / "resources" / "demo"
 HPARAMS = {"context_templates": ["{}", "The following is a fact. {}"]}
-HEALTHY = 6  # edits of the healthy run
+HEALTHY = 6  # edits of the healthy run of the shared workspace
+COUNTERFACT = Path(__file__).parent / "data" / "counterfact_100.json"
+LONG_HEALTHY = 20  # edits of the healthy run on its own workspace
 GREAT_WALL = EditRequest(prompt="{} is located in the country of", subject="The Great Wall", target_new="Mexico",
                          target_true="China", case_id="great-wall")
 WATCHED = [("The largest planet in the solar system is", "Jupiter"),
@@ -81,6 +83,22 @@ def test_a_healthy_sequence_is_not_stopped(seq: Any) -> None:
     watch = entry["metrics"]["watch"]
     assert watch["edits"] + len(watch["edits_not_learned"]) == HEALTHY - 1
     assert entry["metrics"]["monitor"]["ppl_ratio"] == last["ppl_ratio"]
+
+
+def test_twenty_consistent_counterfact_edits_are_not_stopped(demo_dir: Path, tmp_path: Path) -> None:
+    """Measured on the demo: perplexity ratio 0.994-1.004, norm ratio up to 1.09, condition ratio
+    1.04-1.32, every earlier edit retained (bench_sequence.py on the same requests)."""
+    ws = Workspace.init(demo_dir, tmp_path / "ws", device="cpu")
+    steps: list[dict] = []
+    final = run_sequence(ws, load_requests(COUNTERFACT)[:LONG_HEALTHY], Monitor(), on_step=steps.append,
+                         hparams=HPARAMS)
+    assert not final["stopped"] and final["edits_applied"] == LONG_HEALTHY, final
+    assert len(steps) == LONG_HEALTHY and all(s["status"] == ["applied"] for s in steps)
+    assert not any(c["stops"] for s in steps for c in s["crossed"])
+    last = steps[-1]
+    assert last["retention"] >= 0.5 and last["ppl_ratio"] < 1.25 and 1.0 < last["norm_ratio"] < 1.35
+    assert ws.verify()["ok"] and len(ws.ledger) == LONG_HEALTHY
+    ws.close()
 
 
 def test_the_watchlist_catches_an_edit_that_changes_a_watched_answer(seq: Any) -> None:
