@@ -286,8 +286,7 @@ def _restore(editor: "Editor", snapshot: dict[str, torch.Tensor], applied: bool,
         with torch.no_grad():
             for n, w in snapshot.items():
                 editor.lm.model.get_parameter(n).copy_(w)
-        editor.invalidate()
-        editor._fingerprint = fingerprint
+        editor.invalidate(fingerprint)
 
 
 def _group(first: int, n: int) -> str:

@@ -294,9 +294,11 @@ class Editor:
             self._ppl_by_fp[fp] = self.ppl.compute()
         return self._ppl_by_fp[fp]
 
-    def invalidate(self) -> None:
-        """Call after changing the weights outside :meth:`edit` (revert, replay)."""
-        self._fingerprint = None
+    def invalidate(self, fingerprint: str | None = None) -> None:
+        """Call after changing the weights outside :meth:`edit` (revert, replay). ``fingerprint``:
+        the weights' fingerprint when the caller knows it (weights restored bit for bit to a state
+        whose fingerprint was taken), so it is not recomputed."""
+        self._fingerprint = fingerprint
 
     # -------------------------------------------------------------- one edit
 
@@ -400,7 +402,7 @@ class Editor:
         if applied:
             with torch.no_grad():
                 weight.copy_(snapshot)
-            self._fingerprint = fingerprint
+            self.invalidate(fingerprint)
 
     def _measure_before(self, request: EditRequest, measure_ppl: bool, emit: ProgressFn) -> dict:
         before: dict[str, Any] = {"neighborhood": None, "ppl": None}

@@ -173,8 +173,7 @@ def hparams_with_suggestion(
     ``fingerprint`` returns the current weights' fingerprint (called only when a suggestion is needed).
     """
     overrides = dict(overrides or {})
-    path = hparams_file if hparams_file is not None else _shipped_file(lm.spec.family)
-    if path is not None and path.is_file():
+    if _has_family_file(lm, hparams_file):
         return load_hparams(lm.spec.family, overrides), None
     suggestion = None
     if overrides.get("layer") is None:
@@ -191,12 +190,17 @@ def form_defaults(lm: LoadedModel, *, hparams_file: Path | None = None) -> tuple
     """The values an edit form starts from, without tracing anything: the family's file and True,
     or, for a family without one, the dataclass defaults without a layer and False: the caller
     then asks for :func:`suggest_layer` (in a worker: it traces) and fills the layer from it."""
-    path = hparams_file if hparams_file is not None else _shipped_file(lm.spec.family)
-    if path is not None and path.is_file():
+    if _has_family_file(lm, hparams_file):
         return load_hparams(lm.spec.family).to_dict(), True
     defaults = RomeHParams(layer=0).to_dict()
     del defaults["layer"]
     return defaults, False
+
+
+def _has_family_file(lm: LoadedModel, hparams_file: Path | None) -> bool:
+    """Whether the family's hyper-parameter file exists (``hparams_file``, default the shipped one)."""
+    path = hparams_file if hparams_file is not None else _shipped_file(lm.spec.family)
+    return path is not None and path.is_file()
 
 
 def _shipped_file(family: str) -> Path | None:
