@@ -1,5 +1,5 @@
 """Build step that pyproject.toml cannot express: ship the top-level ``resources/`` folder inside the
-wheel as ``auditor/_resources/`` (read through importlib.resources, see auditor/resources.py).
+wheel as ``auditor/_resources/`` (read through importlib.resources, see auditor/model/resources.py).
 
 ``resources/`` stays the source of truth in the repository; everything else is in pyproject.toml.
 """

@@ -17,9 +17,9 @@ import os
 import statistics
 from pathlib import Path
 
-from auditor.checkpoint import load_model
-from auditor.edit import Editor
-from auditor.requests import load_requests
+from auditor.model.checkpoint import load_model
+from auditor.model.requests import load_requests
+from auditor.run.edit import Editor
 
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo"
 

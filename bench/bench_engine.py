@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from auditor.checkpoint import load_model
-from auditor.edit import Editor
-from auditor.requests import load_requests
+from auditor.model.checkpoint import load_model
+from auditor.model.requests import load_requests
+from auditor.run.edit import Editor
 
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo"
 PHASES = ("stats", "eval_before", "keys", "v", "update", "eval", "total")

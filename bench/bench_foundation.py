@@ -19,10 +19,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from auditor.checkpoint import fingerprint_model, load_model, resolve_device
 from auditor.cli import print_json, print_table
-from auditor.perplexity import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, PerplexityProbe
-
+from auditor.measure.perplexity import DEFAULT_SEQ_LEN, DEFAULT_TOKENS, PerplexityProbe
+from auditor.model.checkpoint import fingerprint_model, load_model, resolve_device
 
 CPU_SECONDS: list[float] = []  # process CPU time of each timed step (all threads), to read wall time under load
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from auditor.deltas import Delta
-from auditor.ledger import Ledger
+from auditor.engine.deltas import Delta
+from auditor.record.ledger import Ledger
 
 
 def _entry(i: int) -> dict:
@@ -77,7 +77,7 @@ def bench_ledger(n: int, folder: Path) -> dict:
 
 
 def bench_export(folder: Path) -> dict:
-    from auditor.workspace import Workspace
+    from auditor.run.workspace import Workspace
 
     ws = Workspace.init("demo", folder / "ws", device="cpu")  # the export cost does not depend on edits
     out = {}

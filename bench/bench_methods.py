@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from auditor import metrics
-from auditor.checkpoint import load_model
-from auditor.edit import Editor
-from auditor.requests import load_requests
+from auditor.measure import metrics
+from auditor.model.checkpoint import load_model
+from auditor.model.requests import load_requests
+from auditor.run.edit import Editor
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "counterfact_100.json"
 FIXED_TEMPLATES = ["{}", "The following is a fact. {}", "I read that. {}"]

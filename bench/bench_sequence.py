@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from auditor.monitor import FIGURE_KEYS, Monitor, parse_stop_on
-from auditor.requests import load_requests
-from auditor.sequence import run_sequence
-from auditor.workspace import Workspace
+from auditor.model.requests import load_requests
+from auditor.run.monitor import FIGURE_KEYS, Monitor, parse_stop_on
+from auditor.run.sequence import run_sequence
+from auditor.run.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 HARD = ROOT / "resources" / "hard" / "roundedit_hard_40.json"

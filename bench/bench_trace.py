@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from auditor.checkpoint import load_model
-from auditor.trace import KINDS, Tracer
+from auditor.measure.trace import KINDS, Tracer
+from auditor.model.checkpoint import load_model
 
 PROMPT = "The Eiffel Tower is located in the city of"  # 10 tokens with the demo's tokenizer
 SUBJECT = "The Eiffel Tower"

@@ -1,6 +1,6 @@
 """Shared fixtures: the real demo model, tiny random checkpoints of every family, an isolated cache.
 
-* ``demo`` (session): SmolLM2-135M-Instruct as a :class:`~auditor.checkpoint.LoadedModel` on CPU in
+* ``demo`` (session): SmolLM2-135M-Instruct as a :class:`~auditor.model.checkpoint.LoadedModel` on CPU in
   float32, converted once into the normal user cache (so the ~40 s GGUF import happens once per
   machine, not once per test run).
 * ``tokenizer_dir`` (session): the demo's tokenizer saved to a temporary folder; tiny models use it,
@@ -41,7 +41,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 @pytest.fixture(scope="session")
 def demo_dir() -> Path:
     """The demo model's safetensors folder in the user cache (converted on first use)."""
-    from auditor.checkpoint import demo_folder
+    from auditor.model.checkpoint import demo_folder
 
     return demo_folder()
 
@@ -49,7 +49,7 @@ def demo_dir() -> Path:
 @pytest.fixture(scope="session")
 def demo(demo_dir: Path) -> Any:
     """The demo model loaded on CPU in float32 (shared by the whole session: do not edit it)."""
-    from auditor.checkpoint import load_model
+    from auditor.model.checkpoint import load_model
 
     return load_model(demo_dir, device="cpu", dtype="float32")
 

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from auditor.checkpoint import fingerprint_model
-from auditor.deltas import apply_delta
-from auditor.reviewed import apply_reviewed
-from auditor.workspace import Workspace, WorkspaceError
-
 from test_workspace import synthetic_result
+
+from auditor.engine.deltas import apply_delta
+from auditor.model.checkpoint import fingerprint_model
+from auditor.run.reviewed import apply_reviewed
+from auditor.run.workspace import Workspace, WorkspaceError
 
 
 @pytest.fixture(scope="module")

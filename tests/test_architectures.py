@@ -13,10 +13,10 @@ from typing import Callable
 
 import pytest
 import torch
-
-from auditor.architectures import REGISTRY, UnsupportedArchitecture, spec_for, supported_model_types
-from auditor.checkpoint import load_model
 from conftest import TINY_HIDDEN, TINY_INTER, TINY_LAYERS
+
+from auditor.model.architectures import REGISTRY, UnsupportedArchitecture, spec_for, supported_model_types
+from auditor.model.checkpoint import load_model
 
 FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "gptj", "gpt_neox")
 EXPECTED_FAMILY = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gptj": "gptj",

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from auditor import metrics
-from auditor.requests import load_requests
-from auditor.workspace import Workspace, key_memory_fingerprint
+from auditor.measure import metrics
+from auditor.model.requests import load_requests
+from auditor.run.workspace import Workspace, key_memory_fingerprint
 
 pytestmark = pytest.mark.slow
 

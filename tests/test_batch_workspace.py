@@ -18,13 +18,13 @@ from typing import Callable
 import pytest
 import torch
 
-from auditor.alphaedit import key_memory_add
-from auditor.batch import BatchFailed
-from auditor.checkpoint import fingerprint_model, load_model
 from auditor.cli import main
-from auditor.export import apply_patch
-from auditor.requests import EditRequest
-from auditor.workspace import Workspace, key_memory_fingerprint
+from auditor.engine.alphaedit import key_memory_add
+from auditor.model.checkpoint import fingerprint_model, load_model
+from auditor.model.requests import EditRequest
+from auditor.record.export import apply_patch
+from auditor.run.batch import BatchFailed
+from auditor.run.workspace import Workspace, key_memory_fingerprint
 
 MEMIT_HP = {"layers": [0, 1], "mom2_n_tokens": 2048, "mom2_seq_len": 64, "v_num_grad_steps": 4,
             "context_templates": ["{}", "The following is a fact. {}"]}
@@ -97,7 +97,7 @@ def test_batches_are_entries_reverted_replayed_and_exported(workspace: Path, tmp
 
     # the same state from the base + second delta, and through a patch export
     base = load_model(ws.lm.path, device="cpu")
-    from auditor.deltas import apply_delta
+    from auditor.engine.deltas import apply_delta
 
     apply_delta(base.model, ws.ledger.load_delta(second.delta_hash))
     assert fingerprint_model(base.model) == ws.fingerprint

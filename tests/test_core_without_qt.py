@@ -63,7 +63,7 @@ def run_cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]
 @pytest.fixture(scope="module")
 def small_ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace folder whose ledger has two entries (no model needed to verify it)."""
-    from auditor.ledger import Ledger
+    from auditor.record.ledger import Ledger
 
     ws = tmp_path_factory.mktemp("ws")
     with Ledger.create(ws / "ledger.db", {"base_fingerprint": "sha256:" + "0" * 64, "dtype": "float32"}) as led:
@@ -129,4 +129,4 @@ def test_no_auditor_module_names_a_ui_or_qt_module_in_a_string() -> None:
                  for p in sorted(PACKAGE.rglob("*.py"))}
     assert {k: v for k, v in offenders.items() if v} == {}
     assert names_a_forbidden_module("ui.cli_gui") and names_a_forbidden_module("PySide6")
-    assert not names_a_forbidden_module("ui is the window") and not names_a_forbidden_module("auditor.cli_edit")
+    assert not names_a_forbidden_module("ui is the window") and not names_a_forbidden_module("auditor.cli.edit")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditor.deltas import Delta, DeltaSet, apply_delta, load_delta
-from auditor.ledger import Ledger
+from auditor.engine.deltas import Delta, DeltaSet, apply_delta, load_delta
+from auditor.record.ledger import Ledger
 
 GENESIS = {"base_fingerprint": "sha256:" + "cd" * 32, "dtype": "float32", "base_source": "demo"}
 P4, P5 = "layers.4.weight", "layers.5.weight"

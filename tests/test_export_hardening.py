@@ -16,13 +16,12 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-
-from auditor.checkpoint import fingerprint_tensors
-from auditor.cli import main
-from auditor.export import ExportError, export_state_dict, write_safetensors
-from auditor.workspace import Workspace
-
 from test_workspace import synthetic_result
+
+from auditor.cli import main
+from auditor.model.checkpoint import fingerprint_tensors
+from auditor.record.export import ExportError, export_state_dict, write_safetensors
+from auditor.run.workspace import Workspace
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +90,7 @@ def test_cli_revert_prints_the_head_that_verify_then_expects(ws: Workspace, caps
 
 KILLED_MID_TENSOR = textwrap.dedent("""
     import sys
-    from auditor.workspace import Workspace
+    from auditor.run.workspace import Workspace
     ws = Workspace.open(sys.argv[1], device="cpu")
     def progress(done, total):
         if done >= 3 * (1 << 24):  # 48 MiB into the first 100 MB shard: inside a tensor's bytes

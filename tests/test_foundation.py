@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditor import corpus
+import auditor
 from auditor.cli import COMMAND_MODULES, build_parser, main
-from auditor.perplexity import PerplexityProbe, perplexity_of_tokens
+from auditor.measure.perplexity import PerplexityProbe, perplexity_of_tokens
+from auditor.model import corpus
 
 
 def greedy(lm, prompt: str, n: int = 8) -> str:  # noqa: ANN001 - a LoadedModel
@@ -36,7 +37,7 @@ def test_demo_is_a_real_pretrained_model(demo) -> None:  # noqa: ANN001
 
 
 def test_demo_loads_from_the_cache(demo_dir: Path) -> None:
-    from auditor.checkpoint import demo_folder
+    from auditor.model.checkpoint import demo_folder
 
     stamp = (demo_dir / "IMPORTED_FROM.json").stat().st_mtime_ns
     assert demo_folder() == demo_dir  # found, not converted again
@@ -84,7 +85,7 @@ def test_probe_reads_a_users_text_file(demo, tmp_path: Path) -> None:  # noqa: A
 
 
 def test_windows_never_exceed_the_models_positions(tiny_checkpoint) -> None:  # noqa: ANN001
-    from auditor.checkpoint import load_model
+    from auditor.model.checkpoint import load_model
 
     lm = load_model(tiny_checkpoint("gpt2"), device="cpu")  # n_positions = 128
     probe = PerplexityProbe(lm, n_tokens=512, seq_len=256)
@@ -98,7 +99,7 @@ def test_windows_never_exceed_the_models_positions(tiny_checkpoint) -> None:  # 
 def test_shipped_texts_are_distinct_prose_inside_the_repo() -> None:
     ppl, stats = corpus.ppl_text_path(), corpus.stats_text_path()
     assert ppl.parent == stats.parent == corpus.RESOURCES / "text" and ppl != stats
-    assert corpus.RESOURCES.parent == Path(corpus.__file__).resolve().parent.parent
+    assert corpus.RESOURCES.parent == Path(auditor.__file__).resolve().parent.parent
     ppl_text, stats_text = corpus.read_text(ppl), corpus.read_text(stats)
     assert not ppl_text.lstrip().startswith("[") and '"Text"' not in ppl_text
     assert len(ppl_text.split()) > 10_000 and len(stats_text.split()) > 100_000
@@ -160,8 +161,8 @@ def test_every_command_has_help_text() -> None:
 
 
 def test_command_modules_are_optional() -> None:
-    from auditor import cli
+    from auditor.cli.parser import _import_command_module
 
-    assert "auditor.cli_ledger" in COMMAND_MODULES and "ui.cli_gui" not in COMMAND_MODULES
-    assert cli._import_command_module("auditor.no_such_commands") is None
-    assert cli._import_command_module("no_such_package.cli") is None
+    assert "auditor.cli.ledger" in COMMAND_MODULES and "ui.cli_gui" not in COMMAND_MODULES
+    assert _import_command_module("auditor.no_such_commands") is None
+    assert _import_command_module("no_such_package.cli") is None

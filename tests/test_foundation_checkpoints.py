@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from auditor.checkpoint import CheckpointError, demo_gguf, fingerprint_model, load_model
 from auditor.cli import main
+from auditor.model.checkpoint import CheckpointError, demo_gguf, fingerprint_model, load_model
 
 # ---------------------------------------------------------------- broken inputs
 

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import save_file
 
 from auditor.cli import main
-from auditor.ledger import Ledger
+from auditor.record.ledger import Ledger
 
 # ---------------------------------------------------------------- the lab: what cases build on
 
@@ -75,7 +75,7 @@ class Lab:
     def ledger(self, n: int = 3, *, deltas: bool = False, base: str = "demo") -> Path:
         """A workspace folder holding a real ledger of ``n`` entries (no model needed); with
         ``deltas`` each is an applied edit with a real rank-one delta file."""
-        from auditor.deltas import Delta
+        from auditor.engine.deltas import Delta
 
         folder = self.tmp / "ledger-ws"
         with Ledger.create(folder / "ledger.db", {"base_fingerprint": "sha256:" + "ab" * 32, "dtype": "float32",
@@ -422,16 +422,16 @@ def huge_block_gguf(lab: Lab) -> Path:
 @pytest.fixture(scope="module")
 def shared(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One real workspace on the demo model, with one applied edit, shared by every case."""
-    from auditor.deltas import Delta, apply_delta
-    from auditor.workspace import Workspace
-
     from test_workspace import synthetic_result
+
+    from auditor.engine.deltas import Delta, apply_delta
+    from auditor.run.workspace import Workspace
 
     root = tmp_path_factory.mktemp("hostile")
     ws = Workspace.init(demo_dir, root / "workspace", device="cpu")
     ws.record(synthetic_result(ws, 4, 11))
     ws.close()
-    from auditor.checkpoint import demo_gguf
+    from auditor.model.checkpoint import demo_gguf
 
     return {"ws": root / "workspace", "base": demo_dir, "gguf": demo_gguf(),
             "demo_config": json.loads((demo_dir / "config.json").read_text())}

@@ -12,10 +12,10 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from auditor.edit import Editor
-from auditor.hparams import load_hparams
-from auditor.layer_suggestion import RANGE_FRACTION, default_facts, peak_band, suggest_layer
-from auditor.requests import EditRequest
+from auditor.engine.hparams import load_hparams
+from auditor.measure.layer_suggestion import RANGE_FRACTION, default_facts, peak_band, suggest_layer
+from auditor.model.requests import EditRequest
+from auditor.run.edit import Editor
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditor.deltas import Delta
-from auditor.ledger import COLUMNS, Ledger, LedgerError, canonical_json, content_hash
+from auditor.engine.deltas import Delta
+from auditor.record.ledger import COLUMNS, Ledger, LedgerError, canonical_json, content_hash
 
 PARAM = "model.layers.4.mlp.down_proj.weight"
 GENESIS = {"base_fingerprint": "sha256:" + "ab" * 32, "dtype": "float32", "base_source": "demo"}
@@ -222,8 +222,8 @@ def test_a_missing_delta_file_is_found(three: Ledger) -> None:
 APPENDER = textwrap.dedent("""
     import sys, time, torch
     from pathlib import Path
-    from auditor.ledger import Ledger
-    from auditor.deltas import Delta
+    from auditor.record.ledger import Ledger
+    from auditor.engine.deltas import Delta
     path, tag, n, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
     ledger = Ledger(path)
     while not go.exists():
@@ -293,8 +293,8 @@ def _subcommands(parser):
 def test_every_ledger_command_has_help_text() -> None:
     import argparse
 
-    from auditor import cli_ledger
     from auditor.cli import build_parser
+    from auditor.cli import ledger as cli_ledger
 
     parser = build_parser([cli_ledger])
     commands = list(_subcommands(parser))

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from auditor.anchor import HeadAnchor, read_anchor, write_anchor
 from auditor.cli import main
-from auditor.ledger import Ledger, LedgerError
+from auditor.record.anchor import HeadAnchor, read_anchor, write_anchor
+from auditor.record.ledger import Ledger, LedgerError
 
 GENESIS = {"base_fingerprint": "sha256:" + "ab" * 32, "dtype": "float32", "base_source": "demo"}
 
@@ -125,7 +125,7 @@ def test_replacing_the_newest_entry_is_found(three: Ledger) -> None:
     row = three.get(3).row
     tamper(three.path, "DELETE FROM entries WHERE id = 3")
     conn = sqlite3.connect(three.path)
-    from auditor.ledger import COLUMNS, content_hash
+    from auditor.record.ledger import COLUMNS, content_hash
 
     row["target_new"] = "Spain"
     row["content_hash"] = content_hash(row)
@@ -164,7 +164,7 @@ def test_a_ledger_from_before_the_anchor_is_adopted(tmp_path: Path) -> None:
 
 
 def test_a_signed_head_stops_the_thorough_attacker_without_the_key(tmp_path: Path, monkeypatch, capsys) -> None:
-    from auditor.anchor import KEY_ENV
+    from auditor.record.anchor import KEY_ENV
 
     key = tmp_path / "head.key"
     key.write_bytes(bytes(range(32)))

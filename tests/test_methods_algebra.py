@@ -18,12 +18,13 @@ from typing import Callable
 import pytest
 import torch
 
-from auditor import rome
-from auditor.alphaedit import projector
-from auditor.checkpoint import load_model
-from auditor.edit import Editor
-from auditor.methods import block_outputs, get_method
-from auditor.requests import EditRequest
+from auditor.engine import rome
+from auditor.engine.alphaedit import projector
+from auditor.engine.methods import block_outputs
+from auditor.engine.registry import get_method
+from auditor.model.checkpoint import load_model
+from auditor.model.requests import EditRequest
+from auditor.run.edit import Editor
 
 TINY = {"layers": [0, 1], "mom2_n_tokens": 4096, "mom2_seq_len": 64, "v_num_grad_steps": 6,
         "context_n": 2, "context_len": 4}
@@ -129,7 +130,7 @@ def test_alphaedit_projects_onto_the_null_space(tiny_checkpoint: Callable[..., P
 
 def test_rome_behind_the_method_interface_is_rome(tiny_checkpoint: Callable[..., Path], isolated_cache: Path) -> None:
     """The interface's ROME gives the delta Editor.edit gives, and takes one request per update."""
-    from auditor.batch import BatchFailed
+    from auditor.run.batch import BatchFailed
 
     lm = load_model(tiny_checkpoint("llama"), device="cpu")
     editor = Editor(lm)

@@ -7,7 +7,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from auditor.hparams import load_hparams  # noqa: E402
+from auditor.engine.hparams import load_hparams  # noqa: E402
 
 
 def test_hparam_fields_are_empty_until_a_model_gives_defaults(qtbot) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor.requests import EditRequest, RequestError, load_requests
+from auditor.model.requests import EditRequest, RequestError, load_requests
 
 DATA = Path(__file__).parent / "data"
 RESOURCES = Path(__file__).parent.parent / "resources" / "demo"

@@ -12,10 +12,10 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from auditor.checkpoint import fingerprint_model, load_model
-from auditor.edit import Editor
-from auditor.requests import EditRequest
-from auditor.stats import second_moment
+from auditor.engine.stats import second_moment
+from auditor.model.checkpoint import fingerprint_model, load_model
+from auditor.model.requests import EditRequest
+from auditor.run.edit import Editor
 
 TINY_HP = {"layer": 1, "mom2_n_tokens": 4096, "mom2_seq_len": 64, "v_num_grad_steps": 6,
            "context_n": 2, "context_len": 4}
@@ -83,7 +83,7 @@ def test_nan_loss_stops_the_edit_and_keeps_the_weights(
 
 
 def test_layer_out_of_range_is_a_clear_error(tiny_checkpoint: Callable[..., Path], isolated_cache: Path) -> None:
-    from auditor.hparams import HParamsError
+    from auditor.engine.hparams import HParamsError
 
     lm = load_model(tiny_checkpoint("llama"), device="cpu")
     with pytest.raises(HParamsError, match="layer 7 is out of range: the model has 2 layers"):

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import torch
 
-from auditor import rome
-from auditor.checkpoint import fingerprint_model
-from auditor.edit import Editor
-from auditor.requests import load_requests
+from auditor.engine import rome
+from auditor.model.checkpoint import fingerprint_model
+from auditor.model.requests import load_requests
+from auditor.run.edit import Editor
 
 RESOURCES = Path(__file__).parent.parent / "resources" / "demo"
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from auditor import rome
-from auditor.checkpoint import load_model
-from auditor.hparams import load_hparams
-from auditor.requests import EditRequest, load_requests
+from auditor.engine import rome
+from auditor.engine.hparams import load_hparams
+from auditor.model.checkpoint import load_model
+from auditor.model.requests import EditRequest, load_requests
 
 RESOURCES = Path(__file__).parent.parent / "resources" / "demo"
 REQUEST = EditRequest(prompt="The capital of {} is", subject="France", target_new="Rome city", target_true="Paris")
@@ -80,7 +80,10 @@ def _joint_matches_alone(lm: Any, requests: list, layer: int, hp: Any, fast: boo
         assert t.steps == a.steps and t.path == a.path
         assert t.losses == pytest.approx(a.losses, rel=1e-4, abs=1e-5)
         assert float((t.v_star - a.v_star).norm() / a.v_star.norm()) < 1e-4
-        assert torch.allclose(t.v_init, a.v_init, rtol=1e-5, atol=1e-6)
+        # v_init is the block's output for the batch (padded) or alone: float32 sums in another
+        # order, whose error scales with the vector, not the element (a small element of a large
+        # vector can differ by ~1e-6 absolute). Measured spread on the demo: ~1e-6 of the norm.
+        assert float((t.v_init - a.v_init).norm() / a.v_init.norm()) < 1e-5
     return alone
 
 

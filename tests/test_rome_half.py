@@ -14,9 +14,9 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from auditor.checkpoint import load_model
-from auditor.edit import Editor
-from auditor.requests import EditRequest, load_requests
+from auditor.model.checkpoint import load_model
+from auditor.model.requests import EditRequest, load_requests
+from auditor.run.edit import Editor
 
 RESOURCES = Path(__file__).parent.parent / "resources" / "demo"
 TINY_HP = {"layer": 0, "mom2_n_tokens": 2048, "mom2_seq_len": 64, "v_num_grad_steps": 5, "context_n": 2,

@@ -16,11 +16,12 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from auditor import metrics, rome
-from auditor.checkpoint import load_model
-from auditor.edit import HELD_OUT_N, Editor
-from auditor.requests import EditRequest, load_requests
-from auditor.stats import conditioning, second_moment
+from auditor.engine import rome
+from auditor.engine.stats import conditioning, second_moment
+from auditor.measure import metrics
+from auditor.model.checkpoint import load_model
+from auditor.model.requests import EditRequest, load_requests
+from auditor.run.edit import HELD_OUT_N, Editor
 
 RESOURCES = Path(__file__).parent.parent / "resources" / "demo"
 

@@ -19,11 +19,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from auditor import rome
-from auditor.checkpoint import load_model
-from auditor.hparams import load_hparams
-from auditor.requests import EditRequest
-from auditor.stats import second_moment
+from auditor.engine import rome
+from auditor.engine.hparams import load_hparams
+from auditor.engine.stats import second_moment
+from auditor.model.checkpoint import load_model
+from auditor.model.requests import EditRequest
 
 LAYER = 0  # the first of two blocks: delta reaches the answer positions through block 1
 TEMPLATES = ["{}", "The river ran high that spring. {}", "Because it was late. {}"]

@@ -24,12 +24,12 @@ from typing import Any
 
 import pytest
 
-from auditor.metrics import greedy_answer
-from auditor.monitor import Monitor
-from auditor.requests import EditRequest, load_requests
-from auditor.sequence import run_sequence
-from auditor.watch import Watchlist
-from auditor.workspace import Workspace
+from auditor.measure.metrics import greedy_answer
+from auditor.model.requests import EditRequest, load_requests
+from auditor.record.watch import Watchlist
+from auditor.run.monitor import Monitor
+from auditor.run.sequence import run_sequence
+from auditor.run.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +139,7 @@ def test_capacity_report_from_the_workspace(seq: Any, tmp_path: Path) -> None:
     import matplotlib.image
 
     from auditor.cli import main
-    from auditor.report import PLOTS, runs_from_workspace
+    from auditor.run.report import PLOTS, runs_from_workspace
 
     runs = runs_from_workspace(seq.ws.directory)
     assert [r.stopped for r in runs] == [False, True, True]

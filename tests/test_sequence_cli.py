@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from auditor.cli import main
-from auditor.monitor import MonitorError, Thresholds, parse_stop_on, slope
+from auditor.run.monitor import MonitorError, Thresholds, parse_stop_on, slope
 
 TINY_HP = json.dumps({"layer": 1, "mom2_n_tokens": 4096, "mom2_seq_len": 64, "v_num_grad_steps": 6,
                       "context_n": 2, "context_len": 4})

@@ -1,4 +1,4 @@
-"""Causal tracing (auditor/trace.py) on the demo model and on tiny models of every family.
+"""Causal tracing (auditor/measure/trace.py) on the demo model and on tiny models of every family.
 
 One module-scoped trace of the demo model (all three kinds, few noise draws) is shared by the
 asserts; the restorations that must give back the clean probability go through the same batched
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from auditor.checkpoint import load_model
-from auditor.trace import KINDS, Tracer, TraceCancelled, TraceError, default_window, window_layers
+from auditor.measure.trace import KINDS, TraceCancelled, TraceError, Tracer, default_window, window_layers
+from auditor.model.checkpoint import load_model
 
 PROMPT = "The capital of France is"
 SUBJECT = "France"

@@ -115,7 +115,7 @@ def _settings(tmp_path: Path):
 @pytest.fixture(scope="module")
 def edited(qapp, tmp_path_factory):
     """One edit applied to the demo model through the real widgets; what was seen on the way."""
-    from auditor.checkpoint import fingerprint_model
+    from auditor.model.checkpoint import fingerprint_model
 
     root = tmp_path_factory.mktemp("edited")
     isolate_settings(root)
@@ -187,7 +187,7 @@ def test_apply_an_edit_through_the_widgets(edited):
 
 
 def test_invalid_request_is_marked_at_the_field_and_starts_no_worker(window, qtbot):
-    from auditor.checkpoint import fingerprint_model
+    from auditor.model.checkpoint import fingerprint_model
 
     wait_answer(window)
     started: list = []
@@ -220,7 +220,7 @@ def test_invalid_request_is_marked_at_the_field_and_starts_no_worker(window, qtb
 
 
 def test_cancel_leaves_fingerprint_and_ledger_unchanged(window, qtbot):
-    from auditor.checkpoint import fingerprint_model
+    from auditor.model.checkpoint import fingerprint_model
 
     ws = window.workspace
     wait_answer(window)
@@ -243,7 +243,7 @@ def test_cancel_leaves_fingerprint_and_ledger_unchanged(window, qtbot):
 
 
 def test_collapse_risk_dry_run_asks_and_declining_leaves_the_model(window, qtbot):
-    from auditor.checkpoint import fingerprint_model
+    from auditor.model.checkpoint import fingerprint_model
     from ui import settings
 
     settings.put(settings.MIN_DENOMINATOR, 1e6)  # a strict guard: every edit is flagged

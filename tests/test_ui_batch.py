@@ -45,7 +45,7 @@ def test_batch_panel_runs_batches_and_the_audit_trail_lists_them(
         qtbot, tokenizer_dir: Path, isolated_cache: Path, tmp_path: Path) -> None:
     from test_ui import isolate_settings, new_window
 
-    from auditor.workspace import Workspace
+    from auditor.run.workspace import Workspace
 
     isolate_settings(tmp_path)
     ws = Workspace.init(seven_layer_llama(tmp_path / "tiny7", tokenizer_dir), tmp_path / "ws", device="cpu")

@@ -78,7 +78,7 @@ def test_runner_turns_exceptions_into_messages(runner, qtbot):
 
 
 def test_runner_cancel_sets_the_event_and_reports_cancelled(runner, qtbot):
-    from auditor.edit import EditCancelled
+    from auditor.run.edit import EditCancelled
 
     started = threading.Event()
 
@@ -110,7 +110,7 @@ def test_runner_no_grad_is_set_inside_the_worker(runner, qtbot):
 
 @pytest.fixture
 def panel(qtbot):
-    from auditor.hparams import load_hparams
+    from auditor.engine.hparams import load_hparams
     from ui.edit_panel import EditPanel
 
     p = EditPanel()
@@ -128,7 +128,7 @@ def _type(panel, **fields):
 
 
 def test_panel_defaults_come_from_the_engine_hparams(panel):
-    from auditor.hparams import load_hparams
+    from auditor.engine.hparams import load_hparams
 
     hp = load_hparams("llama")
     assert panel.layer.value() == hp.layer and panel.layer.maximum() == 29
@@ -185,7 +185,7 @@ def test_a_valid_request_is_sent_with_the_options(panel, qtbot):
 
 @pytest.fixture
 def ledger(tmp_path):
-    from auditor.ledger import Ledger
+    from auditor.record.ledger import Ledger
 
     lg = Ledger.create(tmp_path / "ledger.db", {"base_fingerprint": "sha256:0", "dtype": "float32"})
     for subject, target, status, method, risk in (
@@ -244,7 +244,7 @@ def test_verify_result_is_shown(qtbot, ledger):
 
 
 def test_settings_persist_and_feed_the_guard():
-    from auditor.edit import CollapseGuard
+    from auditor.run.edit import CollapseGuard
     from ui import settings
 
     default = CollapseGuard()
@@ -277,7 +277,7 @@ def test_gui_subcommand_is_registered():
 
 
 def test_auditor_never_imports_qt():
-    code = ("import sys, auditor.cli, auditor.workspace, auditor.edit, auditor.export; "
+    code = ("import sys, auditor.cli, auditor.run.workspace, auditor.run.edit, auditor.record.export; "
             "bad = [m for m in sys.modules if m.startswith(('PySide6', 'ui', 'pyqtgraph'))]; "
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([os.sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)

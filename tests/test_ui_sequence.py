@@ -28,9 +28,8 @@ CAPITALS = [("France", "Rome"), ("Germany", "Oslo"), ("Italy", "Lima"), ("Spain"
 def five_layer_llama(folder: Path, tokenizer_dir: Path) -> Path:
     """A tiny random Llama with 5 layers, so the family's default layer (4) exists."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     from conftest import tiny_config_kwargs
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = AutoConfig.for_model("llama", **{**tiny_config_kwargs("llama", len(tokenizer)), "num_hidden_layers": 5})
@@ -42,10 +41,9 @@ def five_layer_llama(folder: Path, tokenizer_dir: Path) -> Path:
 
 @pytest.fixture
 def window(qtbot, tokenizer_dir, isolated_cache, tmp_path):
+    from auditor.run.workspace import Workspace
     from ui import settings
     from ui.main_window import MainWindow
-
-    from auditor.workspace import Workspace
 
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
     settings.settings().clear()
@@ -106,7 +104,7 @@ def test_stop_on_field_rejects_bad_input_and_starts_nothing(window) -> None:
 
 
 def test_watch_panel_adds_and_removes_items(window) -> None:
-    from auditor.watch import Watchlist
+    from auditor.record.watch import Watchlist
 
     panel = window.sequence_view.watch
     assert panel.isEnabled() and panel.table.rowCount() == 0
@@ -128,10 +126,9 @@ def test_watch_panel_adds_and_removes_items(window) -> None:
 def test_a_model_with_fewer_layers_than_the_family_default_opens(qtbot, tiny_checkpoint, isolated_cache,
                                                                  tmp_path) -> None:
     """The llama family's default layer is 4; a 2-layer model opens and the form offers its last layer."""
+    from auditor.engine.hparams import load_hparams
     from ui import settings
     from ui.main_window import MainWindow
-
-    from auditor.hparams import load_hparams
 
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
     settings.settings().clear()

@@ -119,7 +119,7 @@ def test_cancel_and_bad_input(window, traced):
 def test_a_family_without_a_file_takes_the_suggested_layer(window, tmp_path) -> None:
     """No hyper-parameter file for the model's family: the form shows no family layer, the window
     traces the known facts in the worker and the suggestion becomes the layer (and its Reset value)."""
-    from auditor.layer_suggestion import form_defaults
+    from auditor.measure.layer_suggestion import form_defaults
 
     ws = window.workspace
     ws.editor.hparams_file = tmp_path / "llama.json"  # the llama family, as if it had no file
@@ -132,7 +132,7 @@ def test_a_family_without_a_file_takes_the_suggested_layer(window, tmp_path) -> 
         assert spin(lambda: window.runner.name == "suggest", 60)  # started by opening the model
         assert spin(lambda: not window.runner.busy, TIMEOUT)
         assert not window.last_error, window.last_error
-        from auditor.layer_suggestion import suggest_layer
+        from auditor.measure.layer_suggestion import suggest_layer
 
         suggestion = suggest_layer(ws.lm, fingerprint=ws.editor.fingerprint())
         assert suggestion.cached  # the one the window computed (or found in the cache)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from auditor.checkpoint import _check_gguf, demo_gguf
 from auditor.cli import build_parser, fail
-from auditor.cli_edit import _hparam_overrides
-from auditor.config_check import check_config, read_config
-from auditor.hparams import RESOURCES, HParamsError, load_hparams
-from auditor.requests import load_requests
+from auditor.cli.edit import _hparam_overrides
+from auditor.engine.hparams import RESOURCES, HParamsError, load_hparams
+from auditor.model.checkpoint import _check_gguf, demo_gguf
+from auditor.model.config_check import check_config, read_config
+from auditor.model.requests import load_requests
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "gptj", "gpt_neox", "qwen2"])
@@ -34,7 +34,7 @@ def test_the_demo_config_and_gguf_pass(demo_dir: Path) -> None:
 
 
 def test_every_shipped_hparams_file_and_request_file_passes() -> None:
-    from auditor.architectures import REGISTRY
+    from auditor.model.architectures import REGISTRY
 
     for family in sorted({spec.family for spec in REGISTRY}):  # the ROME files (other methods have their own)
         assert load_hparams(family).layer >= 0

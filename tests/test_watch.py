@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from auditor.cli import main
-from auditor.ledger import Ledger
-from auditor.watch import Watchlist, WatchError, check_model
+from auditor.record.ledger import Ledger
+from auditor.record.watch import WatchError, Watchlist, check_model
 
 GENESIS = {"base_fingerprint": "sha256:" + "0" * 64, "dtype": "float32"}
 

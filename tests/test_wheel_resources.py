@@ -63,9 +63,9 @@ def test_the_wheel_lists_every_resource_file(wheel: Path) -> None:
 
 
 CHECK = """
-import json, auditor, auditor.resources as r
-from auditor.hparams import load_hparams
-from auditor.corpus import stats_text_path
+import json, auditor, auditor.model.resources as r
+from auditor.engine.hparams import load_hparams
+from auditor.model.corpus import stats_text_path
 print(json.dumps({"auditor": auditor.__file__, "dir": str(r.resources_dir()),
                   "gpt2_layer": load_hparams("gpt2").layer, "stats": str(stats_text_path())}))
 """
@@ -83,11 +83,11 @@ def test_the_installed_wheel_reads_its_own_resources(installed: Path) -> None:
 
 def test_a_missing_resource_fails_loudly(installed: Path) -> None:
     (installed / "auditor/_resources/hparams/gpt2.json").unlink()
-    proc = run_installed(installed, "from auditor.hparams import load_hparams; load_hparams('gpt2')")
+    proc = run_installed(installed, "from auditor.engine.hparams import load_hparams; load_hparams('gpt2')")
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("auditor.hparams.HParamsError: no default hyper-parameters for the gpt2 family: "
+    assert last.startswith("auditor.engine.hparams.HParamsError: no default hyper-parameters for the gpt2 family: "
                            "hparams/gpt2.json is missing")
     shutil.rmtree(installed / "auditor/_resources")
-    proc = run_installed(installed, "from auditor.corpus import ppl_text_path; ppl_text_path()")
+    proc = run_installed(installed, "from auditor.model.corpus import ppl_text_path; ppl_text_path()")
     assert proc.returncode == 1 and "ResourceMissing: the shipped resources are missing" in proc.stderr

@@ -22,12 +22,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from auditor.checkpoint import fingerprint_model, fingerprint_tensors, load_model
-from auditor.deltas import Delta, apply_delta
-from auditor.edit import EditResult
-from auditor.export import ExportError, apply_patch
-from auditor.requests import EditRequest
-from auditor.workspace import Workspace, WorkspaceError
+from auditor.engine.deltas import Delta, apply_delta
+from auditor.model.checkpoint import fingerprint_model, fingerprint_tensors, load_model
+from auditor.model.requests import EditRequest
+from auditor.record.export import ExportError, apply_patch
+from auditor.run.edit import EditResult
+from auditor.run.workspace import Workspace, WorkspaceError
 
 EDITS = [(4, 1), (4, 2), (5, 3)]  # (layer, seed): edits 1 and 2 share a matrix
 
@@ -170,7 +170,7 @@ def test_patch_applied_to_the_base_gives_the_same_weights(ws: Workspace, demo_di
 
 KILLED_EXPORT = textwrap.dedent("""
     import sys
-    from auditor.workspace import Workspace
+    from auditor.run.workspace import Workspace
     ws = Workspace.open(sys.argv[1], device="cpu")
     def progress(done, total):
         print("shard", done, total, flush=True)
@@ -228,7 +228,7 @@ def test_open_refuses_a_changed_base(demo_dir: Path, tmp_path: Path) -> None:
 
 REVERTER = textwrap.dedent("""
     import sys
-    from auditor.workspace import Workspace
+    from auditor.run.workspace import Workspace
     ws = Workspace.open(sys.argv[1], device="cpu")
     print(ws.revert(int(sys.argv[2])).id, flush=True)
 """)
@@ -272,7 +272,7 @@ def test_cli_workspace_init_and_revert(ws: Workspace, demo_dir: Path, tmp_path: 
 
 
 def test_an_edit_the_engine_refuses_is_recorded_as_failed(ws: Workspace) -> None:
-    from auditor.edit import EditFailed
+    from auditor.run.edit import EditFailed
 
     n = len(ws.ledger)
     request = EditRequest(prompt="{} is located in the country of", subject="Big Ben", target_new="Peru")

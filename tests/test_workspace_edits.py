@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditor.requests import EditRequest
-from auditor.workspace import Workspace
+from auditor.model.requests import EditRequest
+from auditor.run.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
@@ -74,8 +74,8 @@ def test_the_exported_folder_gives_the_edited_answer(ws: Workspace, tmp_path: Pa
 
 KILLED_EDIT = textwrap.dedent("""
     import sys
-    from auditor.requests import EditRequest
-    from auditor.workspace import Workspace
+    from auditor.model.requests import EditRequest
+    from auditor.run.workspace import Workspace
     ws = Workspace.open(sys.argv[1], device="cpu")
     def progress(p):
         if p.phase == "v":

@@ -18,10 +18,10 @@ from pathlib import Path
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QStyleFactory
 
-from auditor.resources import resources_dir
+from auditor.model.resources import resources_dir
 
 from . import settings
-from .cli_gui import add_arguments
+from .arguments import add_arguments
 
 ICON_DIR = resources_dir(strict=False) / "icons"
 

@@ -1,6 +1,6 @@
 """The batch panel: a request file, its requests in a table, MEMIT or AlphaEdit in batches.
 
-Load a request file (CounterFact, ZsRE or flat; ``auditor.requests.load_requests``), choose the
+Load a request file (CounterFact, ZsRE or flat; ``auditor.model.requests.load_requests``), choose the
 method and the batch size, and Run: the window runs the batches one after another through the
 worker (``Workspace.edit_batch``, one ledger entry per batch) with progress and Cancel. Each
 finished batch fills its rows (status, efficacy, generalization, locality) and one line per edited
@@ -114,7 +114,7 @@ class BatchPanel(QWidget):
 
     def load_file(self, path: str | Path) -> bool:
         """Read ``path``; a bad file is one line in the label and leaves the table as it was."""
-        from auditor.requests import RequestError, load_requests
+        from auditor.model.requests import RequestError, load_requests
 
         try:
             requests = load_requests(path)

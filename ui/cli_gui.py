@@ -13,13 +13,7 @@ import argparse
 
 from auditor.cli import fail
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The window's arguments (shared by ``edit-auditor gui`` and ``edit-auditor-gui``)."""
-    parser.add_argument("path", nargs="?", default=None,
-                        help="workspace folder, checkpoint folder, .gguf file or 'demo' to open "
-                             "(default: the last workspace, or the welcome page on the first run)")
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (remembered)")
+from .arguments import add_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

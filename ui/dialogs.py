@@ -131,7 +131,7 @@ class SettingsDialog(QDialog):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        from auditor.edit import CollapseGuard
+        from auditor.run.edit import CollapseGuard
 
         default = CollapseGuard()
         self.setWindowTitle("Settings")

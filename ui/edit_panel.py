@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from auditor.requests import EditRequest, Probe, RequestError
+from auditor.model.requests import EditRequest, Probe, RequestError
 
 INVALID_STYLE = "border: 1.5px solid #c0392b; border-radius: 3px;"
 PHASES = {"stats": "key statistics", "keys": "keys", "v": "v* optimisation", "update": "rank-one update",

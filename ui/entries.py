@@ -1,6 +1,6 @@
 """Ledger entries as the window shows them: a flat mapping of field -> value per entry.
 
-The ledger (``auditor.ledger.Entry``) is the source of truth; this module only flattens
+The ledger (``auditor.record.ledger.Entry``) is the source of truth; this module only flattens
 an entry for display (nested ``request``/``metrics``/``diagnostics`` fields are lifted to
 the top level when they do not clash) and formats values. No SQL, no science.
 """
@@ -26,7 +26,7 @@ ALIASES = {
 
 
 def as_dict(entry: Any) -> dict[str, Any]:
-    if hasattr(entry, "to_json"):  # auditor.ledger.Entry: every column, JSON ones decoded
+    if hasattr(entry, "to_json"):  # auditor.record.ledger.Entry: every column, JSON ones decoded
         return dict(entry.to_json())
     if dataclasses.is_dataclass(entry) and not isinstance(entry, type):
         return {f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)}

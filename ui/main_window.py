@@ -1,6 +1,6 @@
 """The main window: model and workspace info, the edit panel, live charts, the audit trail.
 
-The window holds one :class:`auditor.workspace.Workspace` (base checkpoint + ledger +
+The window holds one :class:`auditor.run.workspace.Workspace` (base checkpoint + ledger +
 deltas). Everything that touches the model or the ledger's files for long runs in the
 :class:`~ui.worker.Runner`'s worker thread: loading, edits, answers, revert, verify,
 export. The window reacts to the runner's signals (emitted on the GUI thread) and
@@ -46,7 +46,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from auditor.resources import resources_dir
+from auditor.model.resources import resources_dir
 
 from . import settings, trace_view
 from .audit import AuditTrail
@@ -68,8 +68,8 @@ WORKSPACE_MARKER = "ledger.db"
 class EditOutcome:
     """What an edit job hands back to the window."""
 
-    result: Any  # auditor.edit.EditResult
-    entry: Any  # auditor.ledger.Entry
+    result: Any  # auditor.run.edit.EditResult
+    entry: Any  # auditor.record.ledger.Entry
     prompt: str
     answer_before: str
     answer_after: str
@@ -83,9 +83,9 @@ def warm_up(ws) -> None:
     GUI event loop for about 2 s, from importing the engine's modules (imports hold the GIL)
     and generating the context templates; later edits stalled it for about 0.2 s at most.
     """
-    import auditor.metrics  # noqa: F401
-    import auditor.rome  # noqa: F401
-    import auditor.stats  # noqa: F401
+    import auditor.engine.rome  # noqa: F401
+    import auditor.engine.stats  # noqa: F401
+    import auditor.measure.metrics  # noqa: F401
 
     editor = ws.editor
     # the templates do not depend on the layer; naming one keeps the family's default layer (which a
@@ -390,7 +390,7 @@ class MainWindow(QMainWindow):
         ws_dir = p if text != "demo" and is_workspace(p) else self.workspace_dir_for(text)
 
         def job(report, cancel):
-            from auditor.workspace import Workspace
+            from auditor.run.workspace import Workspace
 
             def loading(step, total, message):  # a first-run conversion takes a minute: show it
                 report(("load", step, total, message))
@@ -419,7 +419,7 @@ class MainWindow(QMainWindow):
         self.current_fingerprint = fingerprint
         ws.editor.guard = settings.guard()
         settings.put(settings.LAST_WORKSPACE, str(ws.directory))
-        from auditor.layer_suggestion import form_defaults
+        from auditor.measure.layer_suggestion import form_defaults
 
         lm = ws.lm
         defaults, has_file = form_defaults(lm, hparams_file=ws.editor.hparams_file)
@@ -497,7 +497,7 @@ class MainWindow(QMainWindow):
         n = settings.get(settings.ANSWER_TOKENS)
 
         def job(report, cancel):
-            from auditor.metrics import greedy_answer
+            from auditor.measure.metrics import greedy_answer
 
             return prompt, greedy_answer(ws.lm, prompt, n)
 
@@ -524,7 +524,7 @@ class MainWindow(QMainWindow):
         def job(report, cancel):
             import torch
 
-            from auditor.metrics import greedy_answer
+            from auditor.measure.metrics import greedy_answer
 
             before = greedy_answer(ws.lm, prompt, n)
             with torch.enable_grad():
@@ -547,7 +547,7 @@ class MainWindow(QMainWindow):
         return self.runner.start("sequence", sequence_job(self.workspace, path, options))
 
     def start_report(self, out: str) -> bool:
-        from auditor.report import load_runs, write_report
+        from auditor.run.report import load_runs, write_report
 
         ws = self.workspace
         return ws is not None and self.runner.start(
@@ -785,7 +785,7 @@ class MainWindow(QMainWindow):
     def ask_collapse_override(self, request, options: dict, reasons: list[str], status: str,
                               entry_id: int | None = None) -> None:
         """Show the flagged result and its reasons; only "Apply anyway" applies it: the very delta
-        recorded in ``entry_id`` (auditor.reviewed), not a recomputation."""
+        recorded in ``entry_id`` (auditor.run.reviewed), not a recomputation."""
         self.pending_collapse = (request, dict(options), entry_id)
         box = QMessageBox(self)
         box.setIcon(QMessageBox.Icon.Warning)
@@ -822,7 +822,7 @@ class MainWindow(QMainWindow):
             return False
 
         def job(report, cancel):
-            from auditor.reviewed import apply_reviewed
+            from auditor.run.reviewed import apply_reviewed
 
             return apply_reviewed(ws, entry_id), ws.fingerprint
 

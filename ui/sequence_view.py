@@ -2,12 +2,12 @@
 
 The view collects the run's options (requests file, method, key mode, batch size, what to stop
 on, the per-edit guard override) and emits ``run_requested(path, options)``; the window starts
-:func:`sequence_job` in its worker. Each step's record (auditor.sequence) arrives through the
+:func:`sequence_job` in its worker. Each step's record (auditor.run.sequence) arrives through the
 worker's progress messages as ``("sequence-step", record)`` and is buffered; the curves of every
-monitored figure (auditor.monitor, the same figures as the capacity report) are redrawn by a
+monitored figure (auditor.run.monitor, the same figures as the capacity report) are redrawn by a
 ~50 ms timer, each with its threshold as a dashed red line. When the run ends,
 :meth:`SequenceView.finish` shows whether and why it stopped. ``report_requested(path)`` asks
-for the capacity report of the workspace (auditor.report). The watchlist panel (watch_panel.py)
+for the capacity report of the workspace (auditor.run.report). The watchlist panel (watch_panel.py)
 sits above the curves. No science here.
 """
 
@@ -33,8 +33,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from auditor.monitor import FIGURE_KEYS, MonitorError, Thresholds, parse_stop_on
-from auditor.report import PLOTS, THRESHOLD_OF
+from auditor.run.monitor import FIGURE_KEYS, MonitorError, Thresholds, parse_stop_on
+from auditor.run.report import PLOTS, THRESHOLD_OF
 
 from .charts import BLUE, RED, REDRAW_MS, IntAxis
 from .watch_panel import WatchPanel
@@ -48,9 +48,9 @@ def sequence_job(ws: Any, path: str, options: dict[str, Any]) -> Callable:
     def job(report: Callable[[Any], None], cancel: Any) -> dict[str, Any]:
         import torch
 
-        from auditor.monitor import Monitor
-        from auditor.requests import load_requests
-        from auditor.sequence import run_sequence
+        from auditor.model.requests import load_requests
+        from auditor.run.monitor import Monitor
+        from auditor.run.sequence import run_sequence
 
         requests = load_requests(path)
         stop_on, thresholds = parse_stop_on(options.get("stop_on"))
@@ -261,6 +261,6 @@ class SequenceView(QWidget):
 
 
 def _methods() -> list[str]:
-    from auditor.methods import METHOD_NAMES
+    from auditor.engine.registry import METHOD_NAMES
 
     return list(METHOD_NAMES)

@@ -80,7 +80,7 @@ def workspaces_dir() -> Path:
 
 def guard():
     """The engine's collapse guard with the user's thresholds (0 = keep the engine default)."""
-    from auditor.edit import CollapseGuard
+    from auditor.run.edit import CollapseGuard
 
     g = CollapseGuard()
     if get(MIN_DENOMINATOR) > 0:

@@ -6,8 +6,8 @@ probability (white) to the clean one. A dashed line marks the layer the edit wil
 cell of the MLP map emits ``layer_chosen(layer)`` (the window sets the edit panel's layer). The
 "Suggest layer" button asks for the layer suggested by tracing the known facts.
 
-The view holds no science: the window runs ``auditor.trace`` in its worker thread and hands the
-results to :meth:`TraceView.show_traces`; "Save PNG" draws them with ``auditor.trace_plot``.
+The view holds no science: the window runs ``auditor.measure.trace`` in its worker thread and hands the
+results to :meth:`TraceView.show_traces`; "Save PNG" draws them with ``auditor.measure.trace_plot``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-KINDS = ("hidden", "mlp", "attn")  # the order of the maps (auditor.trace.KINDS)
+KINDS = ("hidden", "mlp", "attn")  # the order of the maps (auditor.measure.trace.KINDS)
 TITLES = {"hidden": "Residual stream", "mlp": "MLP output", "attn": "Attention output"}
 COLOURS = {"hidden": "#5b2a86", "mlp": "#1e7b3a", "attn": "#b03a2e"}  # as the paper's figures
 
@@ -69,7 +69,7 @@ class TraceView(QWidget):
         self.answer.setPlaceholderText("empty: the model's own top prediction")
         self.samples = QSpinBox()
         self.samples.setRange(1, 100)
-        self.samples.setValue(5)  # auditor.trace.DEFAULT_SAMPLES
+        self.samples.setValue(5)  # auditor.measure.trace.DEFAULT_SAMPLES
         self.samples.setToolTip("noise samples per probability (the paper: 10; more is slower)")
         form = QFormLayout()
         form.addRow("Prompt", self.prompt)
@@ -217,7 +217,7 @@ class TraceView(QWidget):
                 marker.setValue(layer + 0.5)
 
     def save_png(self, path: str) -> str:
-        from auditor.trace_plot import write_png
+        from auditor.measure.trace_plot import write_png
 
         traces = [self.traces[k] for k in KINDS if k in self.traces]
         return str(write_png(traces, path, layer=self.layer))
@@ -246,7 +246,7 @@ def install(window: Any) -> TraceView:
             return
 
         def job(report, cancel):
-            from auditor.trace import Tracer
+            from auditor.measure.trace import Tracer
 
             return Tracer(ws.lm, samples=samples, precision=precision).trace(prompt, subject, answer or None,
                                                         progress=report, cancel=cancel)
@@ -259,7 +259,7 @@ def install(window: Any) -> TraceView:
             return
 
         def job(report, cancel):
-            from auditor.layer_suggestion import suggest_layer
+            from auditor.measure.layer_suggestion import suggest_layer
 
             return suggest_layer(ws.lm, fingerprint=ws.editor.fingerprint(), progress=report, cancel=cancel)
 

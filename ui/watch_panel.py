@@ -1,7 +1,7 @@
 """The watchlist panel: the workspace's watched answers, added and removed from the window.
 
 A table of the items (id, prompt, answer) and two fields with Add / Remove selected. Every
-change goes through :class:`auditor.watch.Watchlist` (append-only events in the ledger's
+change goes through :class:`auditor.record.watch.Watchlist` (append-only events in the ledger's
 ``watchlist`` table); errors are shown under the fields, nothing else changes. The ledger is
 read on the GUI thread: the table is small and SQLite reads are fast.
 """
@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from auditor.watch import Watchlist, WatchError
+from auditor.record.watch import WatchError, Watchlist
 
 
 class WatchPanel(QGroupBox):

@@ -61,7 +61,7 @@ def collect_garbage_on_gui_thread() -> None:
 def _is_cancellation(exc: BaseException) -> bool:
     """The engine's ``EditCancelled`` (imported lazily: the worker must not need the engine)."""
     try:
-        from auditor.edit import EditCancelled
+        from auditor.run.edit import EditCancelled
     except ImportError:  # pragma: no cover - engine not installed
         return False
     return isinstance(exc, EditCancelled)

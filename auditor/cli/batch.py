@@ -20,15 +20,15 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from .cli import fail
+from auditor.cli.common import fail
 
 
 def run_batches(args: argparse.Namespace, requests: list, kwargs: dict[str, Any],
                 emit: Callable[[dict[str, Any]], None], progress: Any) -> None:
     """Apply ``requests`` in batches with ``args.method``; ``emit`` each JSON line."""
-    from .batch import BatchFailed
-    from .cli import load_from_args
-    from .edit import Editor
+    from auditor.cli.common import load_from_args
+    from auditor.run.batch import BatchFailed
+    from auditor.run.edit import Editor
 
     size = args.batch_size or len(requests)
     if args.independent:
@@ -37,7 +37,7 @@ def run_batches(args: argparse.Namespace, requests: list, kwargs: dict[str, Any]
     kwargs = {k: v for k, v in kwargs.items() if k != "key_mode"}
     batches = [requests[i:i + size] for i in range(0, len(requests), size)]
     if args.workspace:
-        from .workspace import Workspace
+        from auditor.run.workspace import Workspace
 
         ws = Workspace.open(args.workspace, device=args.device)
         run = lambda batch: ws.edit_batch(batch, progress=progress, **kwargs)  # noqa: E731

@@ -1,7 +1,7 @@
 """``edit-auditor edit``: apply (or dry-run) a file of edit requests, one JSON line per edit.
 
 Without ``--workspace`` the model is edited in memory and nothing is recorded; with it,
-every attempt goes into the workspace's ledger (see workspace.py).
+every attempt goes into the workspace's ledger (see run/workspace.py).
 
 Example::
 
@@ -17,18 +17,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import add_json_arg, add_model_args, fail, load_from_args, print_table
-from .hparams import KEY_MODES
+from auditor.cli.common import add_json_arg, add_model_args, fail, load_from_args, print_table
+from auditor.engine.hparams import KEY_MODES
 
 TABLE_COLUMNS = ("case_id", "subject", "target_new", "status", "denominator", "ppl_ratio",
                  "efficacy", "generalization", "locality", "prefixed_efficacy", "collapse_risk", "seconds")
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    from .batch import BatchFailed
-    from .edit import EditCancelled, EditFailed
-    from .hparams import HParamsError
-    from .workspace import WorkspaceError
+    from auditor.engine.hparams import HParamsError
+    from auditor.run.batch import BatchFailed
+    from auditor.run.edit import EditCancelled, EditFailed
+    from auditor.run.workspace import WorkspaceError
 
     return (EditFailed, EditCancelled, HParamsError, BatchFailed, WorkspaceError)
 
@@ -44,8 +44,8 @@ MAX_HPARAMS_BYTES = 1 << 20
 
 def _hparam_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """``--hparams`` and the flags, merged (flags win) and checked by the one validation path
-    (:func:`auditor.hparams.check_hparams`) before any model is loaded."""
-    from .hparams import HParamsError, check_hparams
+    (:func:`auditor.engine.hparams.check_hparams`) before any model is loaded."""
+    from auditor.engine.hparams import HParamsError, check_hparams
 
     overrides: dict[str, Any] = {}
     if args.hparams:
@@ -71,7 +71,7 @@ def _hparam_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             overrides[key] = value
     try:
-        from .methods import hparams_class
+        from auditor.engine.registry import hparams_class
 
         return check_hparams(overrides, hparams_class(getattr(args, "method", "rome")))
     except HParamsError as e:
@@ -103,8 +103,8 @@ class _ProgressLine:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from .edit import Editor
-    from .requests import load_requests
+    from auditor.model.requests import load_requests
+    from auditor.run.edit import Editor
 
     overrides = _hparam_overrides(args)
     requests = load_requests(args.requests)
@@ -125,7 +125,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     try:
         if args.method != "rome" or args.batch_size not in (None, 1):
-            from .cli_batch import run_batches
+            from auditor.cli.batch import run_batches
 
             if args.method == "rome":
                 raise fail("ROME edits one request per update: use --batch-size 1, or --method memit|alphaedit")
@@ -133,7 +133,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         elif args.workspace:
             if args.independent:
                 raise fail("--independent measures methods on the unedited model and cannot be recorded; drop --workspace")
-            from .workspace import Workspace
+            from auditor.run.workspace import Workspace
 
             ws = Workspace.open(args.workspace, device=args.device)
             for req in requests:
@@ -141,7 +141,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
                 bar.done()
                 emit({**result.record(), "entry_id": entry.id, "ledger_head": entry.content_hash})
                 if not args.json:
-                    from .cli_ledger import head_line
+                    from auditor.cli.ledger import head_line
 
                     print(head_line(entry.id, entry.content_hash), file=sys.stderr)
         else:

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import add_json_arg, add_model_args, emit, print_json, print_table
-from .anchor import AnchorError
-from .export import ExportError
-from .ledger import LedgerError
-from .workspace import Workspace, WorkspaceError, open_ledger
+from auditor.cli.common import add_json_arg, add_model_args, emit, print_json, print_table
+from auditor.record.anchor import AnchorError
+from auditor.record.export import ExportError
+from auditor.record.ledger import LedgerError
+from auditor.run.workspace import Workspace, WorkspaceError, open_ledger
 
 ERRORS: tuple[type[BaseException], ...] = (WorkspaceError, LedgerError, ExportError, AnchorError)
 EXIT_CHECK_FAILED = 1
@@ -170,7 +170,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _check_export_args(args: argparse.Namespace) -> None:
     """The checks that need no model, so a bad --out or --max-shard-size fails at once."""
-    from .export import check_target, parse_shard_size, require_verified_ledger
+    from auditor.record.export import check_target, parse_shard_size, require_verified_ledger
 
     if not args.patch:
         parse_shard_size(args.max_shard_size)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import add_json_arg, emit
+from auditor.cli.common import add_json_arg, emit
 
 
 def cmd_apply_reviewed(args: argparse.Namespace) -> int:
-    from .cli_ledger import head_line
-    from .reviewed import apply_reviewed
-    from .workspace import Workspace
+    from auditor.cli.ledger import head_line
+    from auditor.run.reviewed import apply_reviewed
+    from auditor.run.workspace import Workspace
 
     ws = Workspace.open(args.workspace, device=args.device)
     try:

@@ -23,16 +23,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .cli import add_model_args, fail
+from auditor.cli.common import add_model_args, fail
 
 EXIT_STOPPED = 1
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    from .edit import EditCancelled, EditFailed
-    from .hparams import HParamsError
-    from .monitor import MonitorError
-    from .workspace import WorkspaceError
+    from auditor.engine.hparams import HParamsError
+    from auditor.run.edit import EditCancelled, EditFailed
+    from auditor.run.monitor import MonitorError
+    from auditor.run.workspace import WorkspaceError
 
     return (EditFailed, EditCancelled, HParamsError, MonitorError, WorkspaceError)
 
@@ -44,17 +44,17 @@ def __getattr__(name: str) -> Any:  # ERRORS is resolved lazily so `--help` stay
 
 
 def _methods() -> tuple[str, ...]:
-    from .methods import METHOD_NAMES
+    from auditor.engine.registry import METHOD_NAMES
 
     return tuple(METHOD_NAMES)
 
 
 def cmd_sequence(args: argparse.Namespace) -> int:
-    from .cli_edit import _hparam_overrides
-    from .monitor import Monitor, parse_stop_on
-    from .requests import load_requests
-    from .sequence import run_sequence
-    from .workspace import Workspace
+    from auditor.cli.edit import _hparam_overrides
+    from auditor.model.requests import load_requests
+    from auditor.run.monitor import Monitor, parse_stop_on
+    from auditor.run.sequence import run_sequence
+    from auditor.run.workspace import Workspace
 
     if bool(args.model) == bool(args.workspace):
         raise fail("name either a MODEL (a folder, a .gguf file or 'demo') or a --workspace, not both")
@@ -112,7 +112,7 @@ def _summary(record: dict[str, Any]) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import ReportError, load_runs, write_report
+    from auditor.run.report import ReportError, load_runs, write_report
 
     if not args.workspace and not args.runs:
         raise fail("name at least one --workspace or --runs FILE.jsonl")

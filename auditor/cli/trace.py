@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import add_json_arg, add_model_args, fail, load_from_args, print_json, print_table
+from auditor.cli.common import add_json_arg, add_model_args, fail, load_from_args, print_json, print_table
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    from .edit import EditCancelled
-    from .trace import TraceError
+    from auditor.measure.trace import TraceError
+    from auditor.run.edit import EditCancelled
 
     return (TraceError, EditCancelled)
 
@@ -69,7 +69,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         raise fail(f"the subject {args.subject!r} does not occur in the prompt {text!r}")
     if args.png and not Path(args.png).parent.is_dir():
         raise fail(f"--png: no such folder: {Path(args.png).parent}")
-    from .trace import DEFAULT_SAMPLES, KINDS, Tracer
+    from auditor.measure.trace import DEFAULT_SAMPLES, KINDS, Tracer
 
     lm = load_from_args(args)
     tracer = Tracer(lm, samples=args.samples or DEFAULT_SAMPLES, precision=args.precision)
@@ -80,7 +80,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         sys.stderr.write("\n")
     ordered = [traces[k] for k in kinds]
     if args.png:
-        from .trace_plot import write_png
+        from auditor.measure.trace_plot import write_png
 
         write_png(ordered, args.png, layer=args.layer)
     if args.json:
@@ -94,7 +94,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def _suggest(args: argparse.Namespace) -> int:
-    from .layer_suggestion import suggest_layer
+    from auditor.measure.layer_suggestion import suggest_layer
 
     lm = load_from_args(args)
     s = suggest_layer(lm, fingerprint=lm.fingerprint, progress=_progress(args.progress))

@@ -1,4 +1,4 @@
-"""``edit-auditor watch``: the workspace's watchlist (answers that must not change; see watch.py).
+"""``edit-auditor watch``: the workspace's watchlist (answers that must not change; see record/watch.py).
 
 Commands::
 
@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import emit, print_json, print_table
-from .watch import Watchlist, WatchError
-from .workspace import WorkspaceError, open_ledger
+from auditor.cli.common import emit, print_json, print_table
+from auditor.record.watch import WatchError, Watchlist
+from auditor.run.workspace import WorkspaceError, open_ledger
 
 ERRORS: tuple[type[BaseException], ...] = (WatchError, WorkspaceError)
 EXIT_CHECK_FAILED = 1
@@ -45,8 +45,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         verified = wl.verify()
     report = None
     if args.check:
-        from .watch import check
-        from .workspace import Workspace
+        from auditor.record.watch import check
+        from auditor.run.workspace import Workspace
 
         ws = Workspace.open(args.workspace, device=args.device)
         try:

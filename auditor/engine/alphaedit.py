@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .checkpoint import LoadedModel
-from .deltas import DeltaSet
-from .memit import MemitHParams
-from .methods import MethodContext, MethodOutput, load_method_hparams, spread_over_layers
-from .requests import EditRequest
+from auditor.engine.deltas import DeltaSet
+from auditor.engine.memit import MemitHParams
+from auditor.engine.methods import MethodContext, MethodOutput, load_method_hparams, spread_over_layers
+from auditor.model.checkpoint import LoadedModel
+from auditor.model.requests import EditRequest
 
 KEYS_PREFIX = "keys."  # DeltaSet.tensors name of a layer's keys: "keys.<param>" (in, n) float32
 

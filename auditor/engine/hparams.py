@@ -17,13 +17,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .resources import ResourceMissing, resource_path, resources_dir
+from auditor.base import AuditorError
+from auditor.model.resources import ResourceMissing, resource_path, resources_dir
 
 RESOURCES = resources_dir(strict=False)
 KEY_MODES = ("consistent", "original", "joint")
 
 
-class HParamsError(ValueError):
+class HParamsError(AuditorError, ValueError):
     """An unknown or ill-typed hyper-parameter."""
 
 

@@ -21,12 +21,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import LoadedModel
-from .deltas import DeltaSet
-from .hparams import HParamsError, RomeHParams
-from .methods import (MethodContext, MethodOutput, load_method_hparams, spread_over_layers,
-                      symmetric_condition)
-from .requests import EditRequest
+from auditor.engine.deltas import DeltaSet
+from auditor.engine.hparams import HParamsError, RomeHParams
+from auditor.engine.methods import (
+    MethodContext,
+    MethodOutput,
+    load_method_hparams,
+    spread_over_layers,
+    symmetric_condition,
+)
+from auditor.model.checkpoint import LoadedModel
+from auditor.model.requests import EditRequest
 
 
 @dataclass

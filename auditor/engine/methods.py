@@ -1,16 +1,17 @@
 """The editing-method interface: a list of requests in, per-layer deltas and diagnostics out.
 
-Every method (ROME, MEMIT, AlphaEdit) implements :class:`EditMethod`::
+Every method (ROME, MEMIT, AlphaEdit) implements :class:`EditMethod`; ``registry.get_method``
+names them::
 
-    method = get_method("memit")
+    method = get_method("memit")                  # auditor.engine.registry
     hp = method.hparams(lm, {"layers": [3, 4, 5, 6]})
     out = method.compute(lm, requests, hp, ctx)   # MethodOutput; the model is unchanged afterwards
     apply_delta(lm.model, out.delta)              # the caller applies (deltas.apply_delta)
 
 :class:`MethodContext` carries what the caller owns: the key statistics ``C`` of a layer
-(``stats.second_moment``, cached by the :class:`~auditor.edit.Editor`), the context templates, the
+(``stats.second_moment``, cached by the :class:`~auditor.run.edit.Editor`), the context templates, the
 AlphaEdit key memory (earlier batches' ``sum K K^T`` per parameter, owned by the workspace), and
-the progress / cancel hooks. The shared key / value machinery comes from ``rome.py``
+the progress / cancel hooks. The shared key / value machinery comes from ``engine/rome.py``
 (``optimise_value``, ``module_inputs``, ``subject_index``, ...); this module adds the batched pieces
 MEMIT and AlphaEdit share: keys of many requests at one layer, the residual stream at a block's
 output, and the ascending-layer loop that spreads the residual (Meng et al. 2023, ``memit_main.py``).
@@ -29,17 +30,18 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from . import rome
-from .checkpoint import LoadedModel
-from .deltas import AnyDelta, Delta, DeltaSet, apply_delta
-from .hparams import HParamsError, RomeHParams, check_hparams, load_hparams
-from .resources import ResourceMissing, resource_path
-from .requests import EditRequest
+from auditor.base import AuditorError
+from auditor.engine import rome
+from auditor.engine.deltas import AnyDelta, Delta, DeltaSet, apply_delta
+from auditor.engine.hparams import HParamsError, RomeHParams, check_hparams, load_hparams
+from auditor.model.checkpoint import LoadedModel
+from auditor.model.requests import EditRequest
+from auditor.model.resources import ResourceMissing, resource_path
 
 ProgressFn = Callable[[str, dict], None]  # (phase, details): "v" steps, "layer" updates
 
 
-class BatchError(RuntimeError):
+class BatchError(AuditorError, RuntimeError):
     """A request of the batch cannot be edited; ``index`` names it (None: the batch as a whole)."""
 
     def __init__(self, message: str, index: int | None = None):
@@ -116,19 +118,6 @@ def load_method_hparams(cls: type, method: str, lm: LoadedModel, overrides: dict
         raise HParamsError(f"{path.name}: {e}") from None
     load_hparams(lm.spec.family, {k: getattr(hp, k) for k in _rome_fields()})  # the shared checks
     return hp
-
-
-def hparams_class(method: str) -> type:
-    """The hyper-parameter dataclass of ``method`` (RomeHParams for rome and unknown names)."""
-    if method == "memit":
-        from .memit import MemitHParams
-
-        return MemitHParams
-    if method == "alphaedit":
-        from .alphaedit import AlphaEditHParams
-
-        return AlphaEditHParams
-    return RomeHParams
 
 
 def _rome_fields() -> list[str]:
@@ -310,19 +299,6 @@ class RomeMethod:
         per = {k: d[k] for k in ("v_steps", "loss_curve", "target_prob_curve", "denominator", "key_cosine")}
         return MethodOutput(out.delta, [hp.layer], {"layers": [layer_diag], **d}, [per], out.timings,
                             {"v_star": out.v_star, "k_cur": out.k_cur})
-
-
-def get_method(name: str) -> EditMethod:
-    from .alphaedit import AlphaEditMethod
-    from .memit import MemitMethod
-
-    table = {"rome": RomeMethod, "memit": MemitMethod, "alphaedit": AlphaEditMethod}
-    if name not in table:
-        raise HParamsError(f"unknown method {name!r}; available: {', '.join(table)}")
-    return table[name]()
-
-
-METHOD_NAMES = ("rome", "memit", "alphaedit")
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -47,17 +47,18 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import LoadedModel
-from .deltas import Delta
-from .hparams import RomeHParams
-from .requests import EditRequest
+from auditor.base import AuditorError
+from auditor.engine.deltas import Delta
+from auditor.engine.hparams import RomeHParams
+from auditor.model.checkpoint import LoadedModel
+from auditor.model.requests import EditRequest
 
 log = logging.getLogger(__name__)
 
 CONTEXT_STARTS = ("The", "Therefore", "Because", "I", "You")  # kmeng01/memit's context starts
 
 
-class RomeError(RuntimeError):
+class RomeError(AuditorError, RuntimeError):
     """The edit cannot be computed (non-finite loss, unusable key, ...); the model is untouched."""
 
 
@@ -397,7 +398,7 @@ class _SuffixForward:
     path = "suffix"
 
     def __init__(self, lm: LoadedModel, layer: int, vp: VPrompts):
-        from .suffix_forward import SuffixForward, align
+        from auditor.engine.suffix_forward import SuffixForward, align
 
         self.run = SuffixForward(lm, layer, align(vp.seqs, vp.lookups, pad_id(lm), lm.device))
         self.v_init = self.run.v_init_rows[vp.first_rows]  # (n_req, H)

@@ -24,8 +24,8 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import LoadedModel, cache_dir, fingerprint_tensors, named_unique_tensors
-from .rome import StopForward
+from auditor.engine.rome import StopForward
+from auditor.model.checkpoint import LoadedModel, cache_dir, fingerprint_tensors, named_unique_tensors
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def key_weights_fingerprint(lm: LoadedModel, layer: int, *, ignore_edits: bool =
 
 def corpus_tokens(lm: LoadedModel, text: str, n_tokens: int, seq_len: int) -> torch.Tensor:
     """The first ``n_tokens`` tokens of ``text`` as ``[n_windows, seq_len]`` (last window dropped if short)."""
-    from .perplexity import first_tokens
+    from auditor.model.corpus import first_tokens
 
     ids = first_tokens(lm.tokenizer, text, n_tokens)
     n = len(ids) // seq_len * seq_len
@@ -128,7 +128,7 @@ def second_moment(
     The info dict says whether the cache was used (``cached``), the cache file, the
     token count and the cache key's parts.
     """
-    from .corpus import read_text, stats_text_path
+    from auditor.model.corpus import read_text, stats_text_path
 
     path = Path(text_path) if text_path else stats_text_path()
     text = read_text(path)

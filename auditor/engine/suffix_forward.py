@@ -1,6 +1,6 @@
 """The v* loop's forward pass, run only where the edit can change anything.
 
-During ROME's v* optimisation (:func:`auditor.rome.optimise_value`) the one thing that changes
+During ROME's v* optimisation (:func:`auditor.engine.rome.optimise_value`) the one thing that changes
 between steps is ``delta``, added to the edited MLP's output at each prompt's subject's last
 token (the *lookup* position). Hence (Meng et al. 2022, section 3 and appendix; the reference
 implementation recomputes the whole network at every step):
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import LoadedModel
+from auditor.model.checkpoint import LoadedModel
 
 
 @dataclass

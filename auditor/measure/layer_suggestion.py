@@ -31,11 +31,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .checkpoint import LoadedModel, cache_dir, fingerprint_model
-from .edit import Progress
-from .hparams import HParamsError, RomeHParams, check_hparams, family_file, load_hparams
-from .resources import ResourceMissing, resource_path, resources_dir
-from .trace import DEFAULT_SEED, NOISE_FACTOR, Trace, Tracer
+from auditor.base import Progress
+from auditor.engine.hparams import HParamsError, RomeHParams, check_hparams, family_file, load_hparams
+from auditor.measure.trace import DEFAULT_SEED, NOISE_FACTOR, Trace, Tracer
+from auditor.model.checkpoint import LoadedModel, cache_dir, fingerprint_model
+from auditor.model.resources import ResourceMissing, resource_path, resources_dir
 
 log = logging.getLogger(__name__)
 

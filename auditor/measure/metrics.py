@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .checkpoint import LoadedModel
-from .requests import EditRequest, Probe
-from .rome import encode, encode_target, pad_batch, pad_id
+from auditor.engine.rome import encode, encode_target, pad_batch, pad_id
+from auditor.model.checkpoint import LoadedModel
+from auditor.model.requests import EditRequest, Probe
 
 
 @dataclass

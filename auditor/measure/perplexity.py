@@ -20,28 +20,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from .corpus import CorpusError, ppl_text_path, read_text
+from auditor.model.corpus import CorpusError, first_tokens, ppl_text_path, read_text
 
 if TYPE_CHECKING:
-    from .checkpoint import LoadedModel
+    from auditor.model.checkpoint import LoadedModel
 
 DEFAULT_TOKENS = 512  # token budget of the default check: ~3-5 s for the 135M demo on a 2-core CPU
 DEFAULT_SEQ_LEN = 256  # window length; each window is scored independently
 DEFAULT_BATCH = 4  # windows per forward pass
-
-
-def first_tokens(tokenizer: Any, text: str, n_tokens: int) -> list[int]:
-    """The first ``n_tokens`` token ids of ``text`` (no special tokens), reading only a prefix.
-
-    The prefix grows until it yields a margin of tokens beyond ``n_tokens``, so the cut at a
-    character boundary never changes the tokens that are kept.
-    """
-    n_chars = max(1024, n_tokens * 8)
-    while True:
-        ids = tokenizer(text[:n_chars], add_special_tokens=False)["input_ids"]
-        if n_chars >= len(text) or len(ids) > n_tokens + 64:
-            return list(ids[:n_tokens])
-        n_chars *= 2
 
 
 def windows(ids: list[int], seq_len: int) -> torch.Tensor:
@@ -84,8 +70,8 @@ def perplexity_of_tokens(model: torch.nn.Module, tokens: torch.Tensor, batch_siz
 class PerplexityProbe:
     """Perplexity of one tokenizer's models on a fixed token budget of a reference text.
 
-    ``lm`` is an :class:`auditor.checkpoint.LoadedModel`; ``text_path`` defaults to the shipped
-    ME-PPL text (:func:`auditor.corpus.ppl_text_path`). The tokens are fixed at construction.
+    ``lm`` is an :class:`auditor.model.checkpoint.LoadedModel`; ``text_path`` defaults to the shipped
+    ME-PPL text (:func:`auditor.model.corpus.ppl_text_path`). The tokens are fixed at construction.
     """
 
     def __init__(

@@ -57,8 +57,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import LoadedModel
-from .edit import EditCancelled, Progress
+from auditor.base import AuditorError, EditCancelled, Progress
+from auditor.model.checkpoint import LoadedModel
 
 KINDS = ("hidden", "mlp", "attn")
 NOISE_FACTOR = 3.0  # noise std = NOISE_FACTOR x std of token embeddings (the paper's 3 sigma)
@@ -74,7 +74,7 @@ PASS_OVERHEAD = 200  # cost of one more forward pass, in (batch row x position x
 State = tuple[str, int, int]  # (kind, layer, token): one state set back to its clean value
 
 
-class TraceError(ValueError):
+class TraceError(AuditorError, ValueError):
     """The prompt, subject or answer cannot be traced (subject not in the prompt, ...)."""
 
 
@@ -277,7 +277,7 @@ class Tracer:
         if answer is None:
             prep.answer_id = int(logits.argmax())
         else:
-            from .rome import RomeError, encode_target
+            from auditor.engine.rome import RomeError, encode_target
 
             try:
                 prep.answer_id = encode_target(lm, answer)[0]
@@ -547,8 +547,7 @@ def subject_tokens(lm: LoadedModel, text: str, subject: str) -> tuple[list[int],
 @torch.no_grad()
 def embedding_std(lm: LoadedModel, n_tokens: int = EMBEDDING_SAMPLE_TOKENS) -> float:
     """Standard deviation of the input embeddings of the reference text's first ``n_tokens`` tokens."""
-    from .corpus import read_text, stats_text_path
-    from .perplexity import first_tokens
+    from auditor.model.corpus import first_tokens, read_text, stats_text_path
 
     ids = first_tokens(lm.tokenizer, read_text(stats_text_path()), n_tokens)
     emb = lm.model.get_input_embeddings()(torch.tensor(ids, device=lm.device))  # (n, H)

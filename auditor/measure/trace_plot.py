@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .trace import Trace
+from auditor.measure.trace import Trace
 
 COLOURS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}  # as the paper's figures
 TITLES = {"hidden": "residual stream", "mlp": "MLP output", "attn": "attention output"}

@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 
+from auditor.base import AuditorError
 
-class UnsupportedArchitecture(ValueError):
+
+class UnsupportedArchitecture(AuditorError, ValueError):
     """The checkpoint's ``model_type`` has no entry in :data:`REGISTRY`."""
 
 

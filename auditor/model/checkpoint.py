@@ -30,8 +30,9 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .architectures import ArchSpec, UnsupportedArchitecture, spec_for
-from .config_check import ConfigError, check_config, read_config
+from auditor.base import AuditorError
+from auditor.model.architectures import ArchSpec, UnsupportedArchitecture, spec_for
+from auditor.model.config_check import ConfigError, check_config, read_config
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ IMPORT_STEPS = ("checking the GGUF file", "reading and de-quantising the GGUF (a
                 "building the float32 model", "saving the safetensors checkpoint")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(AuditorError, RuntimeError):
     """A checkpoint cannot be loaded; ``str(e)`` is a one-line explanation."""
 
 

@@ -25,6 +25,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from auditor.base import AuditorError
+
 MAX_CONFIG_BYTES = 1 << 20  # real configs are a few KB
 MIN_BYTES_PER_PARAM = 2  # float16 / bfloat16, the smallest dtype a safetensors folder holds here
 
@@ -45,7 +47,7 @@ BOOL_FIELDS = ("tie_word_embeddings", "use_cache", "attention_bias", "mlp_bias",
 STR_FIELDS = ("model_type", "torch_dtype", "dtype", "hidden_act", "activation_function")
 
 
-class ConfigError(ValueError):
+class ConfigError(AuditorError, ValueError):
     """``config.json`` cannot describe a model we should build; ``str(e)`` is one line."""
 
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from .resources import resource_path, resources_dir
+from auditor.base import AuditorError
+from auditor.model.resources import resource_path, resources_dir
 
 RESOURCES: Path = resources_dir(strict=False)
 TEXT_DIR: Path = RESOURCES / "text"
@@ -25,7 +27,7 @@ PPL_TEXT = "ME-PPL_1k.json"
 STATS_TEXT = "enwiki_2016.txt"
 
 
-class CorpusError(ValueError):
+class CorpusError(AuditorError, ValueError):
     """A reference text cannot be read; ``str(e)`` is a one-line explanation."""
 
 
@@ -69,3 +71,17 @@ def read_text(path: str | Path) -> str:
     if not text.strip():
         raise CorpusError(f"{path}: the text is empty")
     return text
+
+
+def first_tokens(tokenizer: Any, text: str, n_tokens: int) -> list[int]:
+    """The first ``n_tokens`` token ids of ``text`` (no special tokens), reading only a prefix.
+
+    The prefix grows until it yields a margin of tokens beyond ``n_tokens``, so the cut at a
+    character boundary never changes the tokens that are kept.
+    """
+    n_chars = max(1024, n_tokens * 8)
+    while True:
+        ids = tokenizer(text[:n_chars], add_special_tokens=False)["input_ids"]
+        if n_chars >= len(text) or len(ids) > n_tokens + 64:
+            return list(ids[:n_tokens])
+        n_chars *= 2

@@ -29,8 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from auditor.base import AuditorError
 
-class RequestError(ValueError):
+
+class RequestError(AuditorError, ValueError):
     """A request (or a request file) cannot be used; the message names the record."""
 
 

@@ -17,18 +17,20 @@ from __future__ import annotations
 from importlib import resources as _importlib_resources
 from pathlib import Path
 
+from auditor.base import AuditorError
+
 PACKAGED = "_resources"  # the folder inside the installed package
 MARKER = "hparams"  # a folder every complete copy has
 
 
-class ResourceMissing(RuntimeError):
+class ResourceMissing(AuditorError, RuntimeError):
     """A shipped file is not where the installation should have put it; one-line message."""
 
 
 def candidates() -> list[Path]:
     """Where the resources may be, in order: inside the installed package, then beside it."""
-    packaged = Path(str(_importlib_resources.files("auditor").joinpath(PACKAGED)))
-    return [packaged, Path(__file__).resolve().parent.parent / "resources"]
+    package = Path(str(_importlib_resources.files("auditor")))
+    return [package / PACKAGED, package.resolve().parent / "resources"]
 
 
 def resources_dir(*, strict: bool = True) -> Path:

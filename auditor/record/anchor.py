@@ -36,13 +36,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from auditor.base import AuditorError
+
 ANCHOR_FORMAT = "edit-auditor-ledger-head"
 ANCHOR_VERSION = 1
 KEY_ENV = "EDIT_AUDITOR_HEAD_KEY"  # path of the key file that signs head files (optional)
 MIN_KEY_BYTES = 16
 
 
-class AnchorError(ValueError):
+class AnchorError(AuditorError, ValueError):
     """The head file exists but cannot be read; ``str(e)`` is a one-line explanation."""
 
 

@@ -44,20 +44,21 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from .checkpoint import LoadedModel, fingerprint_model, fingerprint_tensors, resolve_dtype
-from .deltas import apply_delta, load_delta
-from .ledger import app_version, fsync_dir, sha256_file
+from auditor.base import AuditorError
+from auditor.engine.deltas import apply_delta, load_delta
+from auditor.model.checkpoint import LoadedModel, fingerprint_model, fingerprint_tensors, resolve_dtype
+from auditor.record.ledger import app_version, fsync_dir, sha256_file
 
 if TYPE_CHECKING:
-    from .ledger import Ledger
-    from .workspace import Workspace
+    from auditor.record.ledger import Ledger
+    from auditor.run.workspace import Workspace
 
 PATCH_FORMAT = "edit-auditor-patch"
 PATCH_VERSION = 1
 PROVENANCE_FILE = "edit_auditor_provenance.json"
 
 
-class ExportError(RuntimeError):
+class ExportError(AuditorError, RuntimeError):
     """An export cannot be written or a patch cannot be applied; one-line message."""
 
 
@@ -174,7 +175,7 @@ def export_patch(ws: "Workspace", out: str | Path, *, overwrite: bool = False) -
     meta = provenance(ws)
     genesis = ws.ledger.genesis
 
-    from .workspace import entry_params
+    from auditor.record.ledger import entry_params
 
     def write(tmp: Path) -> None:
         (tmp / "deltas").mkdir()

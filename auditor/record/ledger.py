@@ -32,8 +32,6 @@ Example::
 from __future__ import annotations
 
 import functools
-import getpass
-import hashlib
 import json
 import math
 import os
@@ -42,22 +40,35 @@ import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from .anchor import (AnchorError, HeadAnchor, anchor_path, fsync_dir, head_problems, normalise_hash, read_anchor,
-                     signing_key, write_anchor)
-from .deltas import AnyDelta, load_delta
+from auditor.base import AuditorError
+from auditor.engine.deltas import AnyDelta, load_delta
+from auditor.record.anchor import (
+    AnchorError,
+    HeadAnchor,
+    anchor_path,
+    fsync_dir,
+    head_problems,
+    normalise_hash,
+    read_anchor,
+    signing_key,
+    write_anchor,
+)
+from auditor.record.hashing import canonical_json, sha256_file, sha256_text
+from auditor.record.hashing import operator as _operator
+from auditor.record.hashing import utc_now as _utc_now
+from auditor.record.watchlist import Watchlist
 
 MIGRATION_SET = "edit_auditor_ledger"
 migrations = Migrations(MIGRATION_SET)
 
 
-class LedgerError(RuntimeError):
+class LedgerError(AuditorError, RuntimeError):
     """The ledger cannot be opened or written; ``str(e)`` is a one-line explanation."""
 
 
@@ -132,48 +143,6 @@ REAL_COLUMNS = [c for c, t in COLUMNS.items() if t == "real"]
 JSON_COLUMNS = [c for c, t in COLUMNS.items() if t == "json"]
 FTS_COLUMNS = ["subject", "prompt", "target_new", "target_true"]
 _SQL_TYPES = {"int": "INTEGER", "real": "REAL", "text": "TEXT", "json": "TEXT"}
-
-
-def canonical_json(value: Any) -> str:
-    """Sorted keys, no spaces, UTF-8 kept: the form every hash is taken over."""
-    return json.dumps(_finite(_plain(value)), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _plain(value: Any) -> Any:
-    """Tensors, numpy scalars, paths and tuples as the JSON values they stand for."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
-        return [_plain(v) for v in items]
-    if hasattr(value, "tolist") and callable(value.tolist):  # torch / numpy
-        return _plain(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def sha256_text(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/inf: keep them as the strings "nan", "inf", "-inf"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _normalise(name: str, value: Any) -> Any:
@@ -256,7 +225,7 @@ def m002_head_anchor(db: sqlite_utils.Database) -> None:
 
 @migrations()
 def m004_watchlist(db: sqlite_utils.Database) -> None:
-    """The watchlist's history (watch.py): add/remove events, append-only and hash-chained on their
+    """The watchlist's history (record/watchlist.py): add/remove events, append-only and hash-chained on their
     own; every edit entry's ``metrics.watch.head`` pins the watchlist state it was checked against."""
     db.execute(
         "CREATE TABLE watchlist (\n  id INTEGER PRIMARY KEY,\n  created_at TEXT,\n  operator TEXT,\n"
@@ -336,17 +305,6 @@ class Entry:
 
 
 # ---------------------------------------------------------------- the ledger
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _operator() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
 @functools.lru_cache(maxsize=1)
@@ -811,13 +769,11 @@ class Ledger:
         }
 
     def _verify_watchlist(self, pinned: dict[int, str], problems: list[dict[str, Any]]) -> None:
-        """The watchlist's own chain (watch.py), and every watchlist head an entry was checked
+        """The watchlist's own chain (record/watchlist.py), and every watchlist head an entry was checked
         against must still be in its history: deleting the list's last events breaks no chain,
         but it drops a head the ledger pinned."""
         if "watchlist" not in self.db.table_names():
             return
-        from .watch import Watchlist
-
         watchlist = Watchlist(self)
         report = watchlist.verify()
         if not report["ok"]:
@@ -875,3 +831,20 @@ class Ledger:
 
 def _delta_hash_of(path: Path) -> str:
     return load_delta(path).content_hash()
+
+
+def entry_params(entry: Entry) -> list[str]:
+    """The parameters an entry's delta changes (a batch lists several in ``params``)."""
+    params = entry.row.get("params")
+    if params is not None:
+        return list(json.loads(params)) if isinstance(params, str) else list(params)
+    return [entry.param] if entry.param else []
+
+
+def entry_facts(entry: Entry) -> list[tuple[str, str, str | None]]:
+    """(prompt with the subject, target_new, target_true) of every request an entry holds."""
+    reqs = entry.row.get("requests")
+    if reqs is None:
+        return [(entry.prompt, entry.target_new, entry.row.get("target_true"))]
+    reqs = json.loads(reqs) if isinstance(reqs, str) else reqs
+    return [(r["prompt"].replace("{}", r["subject"]), r["target_new"], r.get("target_true")) for r in reqs]

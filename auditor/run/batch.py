@@ -1,8 +1,8 @@
 """A batch of edits end to end: check, compute (any method), apply, measure, guard, keep or restore.
 
 ``edit_batch(editor, requests, method="memit")`` is the many-request sibling of
-:meth:`Editor.edit <auditor.edit.Editor.edit>`: the method (methods.py) returns one delta for the
-whole batch (a :class:`~auditor.deltas.DeltaSet` over its layers); it is applied with
+:meth:`Editor.edit <auditor.run.edit.Editor.edit>`: the method (methods.py) returns one delta for the
+whole batch (a :class:`~auditor.engine.deltas.DeltaSet` over its layers); it is applied with
 ``deltas.apply_delta``, every request is measured (efficacy, generalization, locality, ...), the
 reference perplexity once, and the batch is kept (``applied``) or every touched matrix restored
 bit for bit (``dry-run``, ``rejected``, cancelled, failed).
@@ -25,21 +25,25 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from . import metrics, rome
-from .alphaedit import key_memory_add
-from .deltas import AnyDelta, DeltaSet, apply_delta
-from .hparams import HParamsError
-from .methods import BatchError, MethodContext, get_method
-from .requests import EditRequest
+from auditor.base import AuditorError, EditCancelled, Progress
+from auditor.engine import rome
+from auditor.engine.alphaedit import key_memory_add
+from auditor.engine.deltas import AnyDelta, DeltaSet, apply_delta
+from auditor.engine.hparams import HParamsError
+from auditor.engine.methods import V_BATCH, BatchError, MethodContext
+from auditor.engine.registry import get_method
+from auditor.measure.guard import batch_guard_reasons
+from auditor.model.requests import EditRequest
+from auditor.run.outcome import EditResult, settle
 
 if TYPE_CHECKING:
-    from .edit import Editor, Progress
+    from auditor.run.edit import Editor
 
 BATCH_METRICS = ("efficacy", "target_prob", "generalization", "locality", "portability", "prefixed_efficacy",
                  "efficacy_before")
 
 
-class BatchFailed(RuntimeError):
+class BatchFailed(AuditorError, RuntimeError):
     """The batch could not be computed; the weights are as they were. ``index``: the request."""
 
     def __init__(self, message: str, index: int | None = None):
@@ -74,8 +78,6 @@ class BatchResult:
 
     def records(self, batch: int | None = None) -> list[dict[str, Any]]:
         """One flat JSON line per request (the keys of ``EditResult.record``, plus ``batch``)."""
-        from .edit import EditResult
-
         out = []
         for i, req in enumerate(self.requests):
             per = self.per_request[i] if i < len(self.per_request) else {}
@@ -152,10 +154,8 @@ def edit_batch(
     """Compute, apply and measure one batch; see the module docstring for what is kept.
 
     Raises :class:`BatchFailed` (bad request, numeric failure: weights unchanged),
-    ``HParamsError`` and :class:`~auditor.edit.EditCancelled`.
+    ``HParamsError`` and :class:`~auditor.run.edit.EditCancelled`.
     """
-    from .edit import EditCancelled, Progress, settle
-
     lm = editor.lm
     impl = get_method(method)
     hp = impl.hparams(lm, hparams)
@@ -254,19 +254,6 @@ def edit_batch(
     return result
 
 
-def batch_guard_reasons(guard: Any, diagnostics: dict, ppl_ratio: float | None) -> list[str]:
-    """Scale-free collapse signals: the largest ||Delta|| / ||W|| and the perplexity ratio."""
-    limit = guard.max_update_ratio
-    out = []
-    ratios = [(d["update_ratio"], d["layer"]) for d in diagnostics.get("layers", [])]
-    if ratios and max(ratios)[0] > limit:
-        r, layer = max(ratios)
-        out.append(f"update norm / weight norm {r:.4g} > {limit:g} at layer {layer}")
-    if ppl_ratio is not None and ppl_ratio > guard.max_ppl_ratio:
-        out.append(f"perplexity ratio {ppl_ratio:.4g} > {guard.max_ppl_ratio:g}")
-    return out
-
-
 def _held_out(editor: "Editor", hp: Any, templates: list[str], request: EditRequest) -> list[str]:
     """Prefixes for ``prefixed_efficacy`` (first-token subjects only), as ``Editor.edit`` uses."""
     return editor.held_out_templates(hp, templates) if request.prompt.index("{}") == 0 else []
@@ -290,8 +277,6 @@ def _restore(editor: "Editor", snapshot: dict[str, torch.Tensor], applied: bool,
 
 
 def _group(first: int, n: int) -> str:
-    from .methods import V_BATCH
-
     last = min(n, first + V_BATCH)
     return f"request {first + 1}/{n}" if last == first + 1 else f"requests {first + 1}-{last}/{n}"
 

@@ -1,6 +1,6 @@
 """One knowledge edit end to end: compute, apply, measure, guard, keep or restore.
 
-:class:`Editor` owns a loaded model. ``Editor.edit(request)`` runs ROME (rome.py)
+:class:`Editor` owns a loaded model. ``Editor.edit(request)`` runs ROME (engine/rome.py)
 with the key statistics (stats.py), applies the rank-one delta with
 ``deltas.apply_delta``, measures the edited model (metrics.py, perplexity.py),
 and then either keeps the change (status ``applied``) or restores the edited
@@ -8,10 +8,10 @@ matrix bit for bit (``dry-run``, ``rejected`` by the collapse guard, cancelled,
 failed). Progress goes to a callback as :class:`Progress` events, which the
 window charts and the command line turns into a progress bar.
 
-The collapse guard flags an edit whose denominator ``|u . k*|`` (unit ``u``) falls
-below ``min_denominator`` or whose perplexity ratio exceeds ``max_ppl_ratio``
-(Yang et al. 2024, arXiv 2406.11263 and 2402.09656). The defaults come from
-measurements on the demo model (see ``CollapseGuard``).
+The collapse guard (``measure.guard.CollapseGuard``) flags an edit whose denominator
+``|u . k*|`` (unit ``u``) falls below ``min_denominator`` or whose perplexity ratio exceeds
+``max_ppl_ratio`` (Yang et al. 2024, arXiv 2406.11263 and 2402.09656); ``run.outcome.settle``
+turns its reasons into the result's status.
 """
 
 from __future__ import annotations
@@ -19,157 +19,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from . import metrics, rome
-from .checkpoint import LoadedModel, fingerprint_model
-from .deltas import Delta, apply_delta
-from .hparams import KEY_MODES, HParamsError, RomeHParams
-from .requests import EditRequest
+from auditor.base import EditCancelled, Progress, ProgressFn
+from auditor.engine import rome
+from auditor.engine.deltas import apply_delta
+from auditor.engine.hparams import KEY_MODES, HParamsError, RomeHParams
+from auditor.measure import metrics
+from auditor.measure.guard import CollapseGuard
+from auditor.model.checkpoint import LoadedModel, fingerprint_model
+from auditor.model.requests import EditRequest
+from auditor.run.outcome import EditFailed, EditResult, settle
 
 log = logging.getLogger(__name__)
 
 METHODS = ("rome",)
 HELD_OUT_SEED = 1_000_003  # added to context_seed: the prefixes of prefixed_efficacy, never seen by v*
 HELD_OUT_N = 5  # how many held-out prefixes prefixed_efficacy averages over
-
-
-class EditCancelled(Exception):
-    """The cancel event was set; the weights are as they were."""
-
-
-class EditFailed(RuntimeError):
-    """The edit could not be computed (NaN, out of memory, bad input); the weights are as they were."""
-
-
-@dataclass
-class Progress:
-    phase: str  # "stats" | "keys" | "v" | "update" | "eval" | "ppl"
-    step: int | None = None
-    total: int | None = None
-    loss: float | None = None  # phase "v": total loss of the v* step
-    target_prob: float | None = None  # phase "v": mean P(target_new) over the prefixed prompts
-    message: str = ""
-    terms: dict[str, float] = field(default_factory=dict)  # phase "v": nll, kl, weight_decay
-
-
-@dataclass
-class CollapseGuard:
-    # The demo model's consistent-mode denominators are O(1-10) (see the issue notes of the
-    # engine); collapse cases in the papers sit two orders of magnitude lower.
-    min_denominator: float = 0.5
-    # Single healthy edits move reference perplexity by a few percent at most; the butterfly
-    # paper's collapses multiply it many times over.
-    max_ppl_ratio: float = 1.5
-    # Batches (MEMIT, AlphaEdit; batch.py): the largest ||Delta_l|| / ||W_l||, free of the model's
-    # scale. On the demo model a healthy ROME edit moves W by ~5 % (8 / 171), the original-mode
-    # collapse by ~118 % (202 / 171); healthy batches stay in the low per cent (issue-8 notes).
-    max_update_ratio: float = 0.5
-
-    # ROME, free of the model's scale: u . k* over the consistent denominator u . k_bar (1 in
-    # consistent and joint mode). Demo: 0.93-0.98 for subjects inside the prompt, 0.03-0.04 for the
-    # original-mode first-token collapse; tiny random models of GPT-2/GPT-J/NeoX/Llama: 0.27-1.0 with
-    # no collapse (issue-10 notes). ||update|| / ||W|| is recorded for ROME edits but not thresholded
-    # (max_update_ratio is for batches): tiny random models give 2-17 on edits that leave their
-    # perplexity unchanged, because their W is small, not because the edit collapses.
-    min_denominator_ratio: float = 0.2
-
-    def reasons(self, denominator: float | None, ppl_ratio: float | None, *,
-                denominator_ratio: float | None = None) -> list[str]:
-        out = []
-        if denominator is not None and abs(denominator) < self.min_denominator:
-            out.append(f"|denominator| {abs(denominator):.4g} < {self.min_denominator:g}")
-        if denominator_ratio is not None and abs(denominator_ratio) < self.min_denominator_ratio:
-            out.append(f"|denominator / consistent denominator| {abs(denominator_ratio):.4g} "
-                       f"< {self.min_denominator_ratio:g}")
-        if ppl_ratio is not None and ppl_ratio > self.max_ppl_ratio:
-            out.append(f"perplexity ratio {ppl_ratio:.4g} > {self.max_ppl_ratio:g}")
-        return out
-
-
-@dataclass
-class EditResult:
-    request: EditRequest
-    method: str
-    key_mode: str
-    layer: int
-    hparams: dict
-    delta: Delta | None
-    diagnostics: dict
-    metrics: dict
-    timings: dict
-    collapse_risk: bool
-    collapse_reasons: list[str]
-    status: str  # "applied" | "dry-run" | "rejected" | "failed"
-    error: str | None
-    device: str
-    dtype: str
-    fingerprint_before: str
-    fingerprint_after: str
-    vectors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # v_star, k_cur, u (not serialised)
-
-    def record(self) -> dict[str, Any]:
-        """The flat JSON line of ``edit-auditor edit``."""
-        m, d = self.metrics, self.diagnostics
-        return {
-            "case_id": self.request.case_id,
-            "subject": self.request.subject,
-            "prompt": self.request.prompt,
-            "target_new": self.request.target_new,
-            "target_true": self.request.target_true,
-            "method": self.method,
-            "key_mode": self.key_mode,
-            "layer": self.layer,
-            "status": self.status,
-            "error": self.error,
-            "denominator": d.get("denominator"),
-            "denominator_raw": d.get("denominator_raw"),
-            "numerator_norm": d.get("numerator_norm"),
-            "update_norm": d.get("update_norm"),
-            "weight_norm": d.get("weight_norm"),
-            "key_cosine": d.get("key_cosine"),
-            "subject_first_token": d.get("subject_first_token"),
-            "key_position": d.get("key_position"),
-            "ppl_before": m.get("ppl_before"),
-            "ppl_after": m.get("ppl_after"),
-            "ppl_ratio": m.get("ppl_ratio"),
-            "efficacy": m.get("efficacy"),
-            "target_prob": m.get("target_prob"),
-            "generalization": m.get("generalization"),
-            "locality": m.get("locality"),
-            "portability": m.get("portability"),
-            "prefixed_efficacy": m.get("prefixed_efficacy"),
-            "efficacy_before": m.get("efficacy_before"),
-            "collapse_risk": self.collapse_risk,
-            "collapse_reasons": self.collapse_reasons,
-            "v_steps": d.get("v_steps"),
-            "timings": self.timings,
-            "seconds": self.timings.get("total"),
-            "device": self.device,
-            "dtype": self.dtype,
-            "fingerprint_before": self.fingerprint_before,
-            "fingerprint_after": self.fingerprint_after,
-            "delta_hash": self.delta.content_hash() if self.delta is not None else None,
-        }
-
-
-ProgressFn = Callable[[Progress], None]
-
-
-def settle(result: Any, *, dry_run: bool, allow_collapse: bool) -> None:
-    """Set ``collapse_risk`` from ``collapse_reasons``, then the status: dry run, rejected by the
-    guard (with the error a user reads), or applied. Shared by single edits and batches."""
-    result.collapse_risk = bool(result.collapse_reasons)
-    if dry_run:
-        result.status = "dry-run"
-    elif result.collapse_risk and not allow_collapse:
-        result.status = "rejected"
-        result.error = "collapse risk: " + "; ".join(result.collapse_reasons) + " (override to apply)"
-    else:
-        result.status = "applied"
 
 
 class Editor:
@@ -197,14 +65,14 @@ class Editor:
     @property
     def ppl(self):
         if self._ppl is None:
-            from .perplexity import PerplexityProbe
+            from auditor.measure.perplexity import PerplexityProbe
 
             self._ppl = PerplexityProbe(self.lm)
         return self._ppl
 
     def hparams(self, overrides: dict | None = None) -> RomeHParams:
         """The family's hyper-parameters; without a family file the layer comes from causal tracing."""
-        from .layer_suggestion import hparams_with_suggestion
+        from auditor.measure.layer_suggestion import hparams_with_suggestion
 
         hp, suggestion = hparams_with_suggestion(self.lm, overrides, hparams_file=self.hparams_file,
                                                  fingerprint=self.fingerprint)
@@ -234,7 +102,7 @@ class Editor:
                       cancel: threading.Event | None = None) -> tuple[torch.Tensor | None, dict]:
         if not hp.mom2_adjustment:
             return None, {"cached": None}
-        from .stats import second_moment
+        from auditor.engine.stats import second_moment
 
         def on_tokens(done: int, total: int) -> None:
             if progress:
@@ -249,7 +117,7 @@ class Editor:
 
     def _conditioning(self, C: torch.Tensor, info: dict, ridge: float) -> dict:
         """Token count per key dimension and condition numbers of C (stats.conditioning), once per C."""
-        from .stats import conditioning
+        from auditor.engine.stats import conditioning
 
         key = (info.get("file"), ridge)
         if key not in self._C_conditioning:
@@ -262,7 +130,7 @@ class Editor:
                              cancel: threading.Event | None = None) -> torch.Tensor:
         """C of ``layer`` for MEMIT / AlphaEdit: the preserved keys' statistics, kept while they
         edit down-projections (``stats.second_moment(..., ignore_edits=True)``), cached here."""
-        from .stats import second_moment
+        from auditor.engine.stats import second_moment
 
         key = (layer, hp.mom2_n_tokens, hp.mom2_seq_len, hp.mom2_dtype)
         if key not in self._C:
@@ -277,8 +145,8 @@ class Editor:
         return self._C[key]
 
     def edit_batch(self, requests: list[EditRequest], **kwargs: Any) -> Any:
-        """Many requests in one update (MEMIT, AlphaEdit): see :func:`auditor.batch.edit_batch`."""
-        from .batch import edit_batch
+        """Many requests in one update (MEMIT, AlphaEdit): see :func:`auditor.run.batch.edit_batch`."""
+        from auditor.run.batch import edit_batch
 
         return edit_batch(self, requests, **kwargs)
 

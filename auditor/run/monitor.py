@@ -8,8 +8,8 @@ the edited matrix's norm growing along the way. After each edit :class:`Monitor`
 relative to the *base* model so that they do not depend on one model's scale:
 
 * ``ppl_ratio``: reference perplexity (perplexity.py) / the base model's;
-* ``retention``: share of the workspace's earlier applied edits that still hold (watch.py);
-* ``watch_pass_rate``: share of the user's watched answers that still hold (watch.py);
+* ``retention``: share of the workspace's earlier applied edits that still hold (record/watch.py);
+* ``watch_pass_rate``: share of the user's watched answers that still hold (record/watch.py);
 * ``norm_ratio`` / ``cond_ratio``: Frobenius norm and condition number (s_max / s_min, from
   ``torch.linalg.svdvals``) of every edited matrix / the same of the base matrix (the largest
   over the edited matrices is the step's figure);
@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from auditor.base import AuditorError
+
 if TYPE_CHECKING:
-    from .edit import EditResult
-    from .workspace import Workspace
+    from auditor.run.outcome import EditResult
+    from auditor.run.workspace import Workspace
 
 # figure name -> (Thresholds field, "max" | "min"): the figures a run can stop on
 FIGURES: dict[str, tuple[str, str]] = {
@@ -45,7 +47,7 @@ FIGURE_KEYS = {"ppl": "ppl_ratio", "retention": "retention", "watch": "watch_pas
                "norm": "norm_ratio", "cond": "cond_ratio", "trend": "ppl_trend"}
 
 
-class MonitorError(ValueError):
+class MonitorError(AuditorError, ValueError):
     """A bad threshold specification; ``str(e)`` is one line."""
 
 
@@ -219,7 +221,7 @@ class Monitor:
 
 
 def _active_params(ws: "Workspace") -> set[str]:
-    from .workspace import entry_params
+    from auditor.record.ledger import entry_params
 
     return {p for e in ws.ledger.active() for p in entry_params(e)}
 
@@ -233,7 +235,7 @@ def _result_params(result: Any) -> list[str]:
 
 
 def _watch_now(ws: "Workspace") -> dict[str, Any]:
-    from .watch import check
+    from auditor.record.watch import check
 
     return check(ws)
 

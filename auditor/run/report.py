@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .monitor import FIGURE_KEYS, Thresholds
+from auditor.base import AuditorError
+from auditor.run.monitor import FIGURE_KEYS, Thresholds
 
 # figure key -> (plot title, y-axis label)
 PLOTS: dict[str, tuple[str, str]] = {
@@ -43,7 +44,7 @@ PLOTS: dict[str, tuple[str, str]] = {
 THRESHOLD_OF = {key: name for name, key in FIGURE_KEYS.items()}  # figure key -> monitor figure name
 
 
-class ReportError(ValueError):
+class ReportError(AuditorError, ValueError):
     """The report cannot be made (no runs, unreadable input); one line."""
 
 
@@ -84,7 +85,8 @@ class Run:
 
 def runs_from_workspace(directory: str | Path) -> list[Run]:
     """The sequence runs recorded in a workspace's ledger (read without loading the model)."""
-    from .workspace import WorkspaceError, entry_facts, open_ledger
+    from auditor.record.ledger import entry_facts
+    from auditor.run.workspace import WorkspaceError, open_ledger
 
     try:
         ledger = open_ledger(directory)

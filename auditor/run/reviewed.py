@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .deltas import apply_delta
-from .ledger import Entry
+from auditor.engine.deltas import apply_delta
+from auditor.record.ledger import Entry
 
 if TYPE_CHECKING:
-    from .workspace import Workspace
+    from auditor.run.workspace import Workspace
 
 REVIEWABLE = ("dry-run", "rejected")
 # columns of the reviewed entry that describe the applied edit unchanged
@@ -37,7 +37,7 @@ COPIED = ("method", "key_mode", "layer", "param", "hparams", "request", "subject
 
 def apply_reviewed(ws: "Workspace", entry_id: int, *, note: str | None = None) -> Entry:
     """Apply the delta recorded in ``entry_id`` (a dry run or a rejected edit) as a new entry."""
-    from .workspace import WorkspaceError
+    from auditor.run.workspace import WorkspaceError
 
     with ws._locked():
         ws._sync()

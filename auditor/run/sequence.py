@@ -3,7 +3,7 @@
 :func:`run_sequence` applies requests to a workspace in order, ``batch_size`` per step (with
 ROME, a step of N requests is N ledger entries; a method that edits a batch at once writes one
 entry per step). After every applied edit the workspace runs the watchlist check and the
-:class:`~auditor.monitor.Monitor` (``Workspace.after_apply``), so each entry carries its figures
+:class:`~auditor.run.monitor.Monitor` (``Workspace.after_apply``), so each entry carries its figures
 in ``metrics.watch`` and ``metrics.monitor``. After each step the step's figures are handed to
 ``on_step``; when one crosses a threshold the run is told to stop on, every edit of that step is
 reverted (new ledger entries, newest first; nothing is deleted), so the model is bit for bit what
@@ -24,12 +24,12 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from .monitor import Monitor
+from auditor.run.monitor import Monitor
 
 if TYPE_CHECKING:
-    from .ledger import Entry
-    from .requests import EditRequest
-    from .workspace import Workspace
+    from auditor.model.requests import EditRequest
+    from auditor.record.ledger import Entry
+    from auditor.run.workspace import Workspace
 
 StepFn = Callable[[dict[str, Any]], None]
 # figures of a step record, in the order the report shows them
@@ -105,8 +105,9 @@ def _edit_batch(ws: "Workspace", batch: list["EditRequest"], **kwargs: Any) -> l
 
     ROME: one entry per request, in order. MEMIT / AlphaEdit: the step is one batch, one entry
     (a batch that fails to compute leaves no entry: batch.py)."""
-    from .batch import BatchFailed
-    from .edit import EditCancelled, EditFailed
+    from auditor.base import EditCancelled
+    from auditor.run.batch import BatchFailed
+    from auditor.run.outcome import EditFailed
 
     if kwargs.get("method", "rome") != "rome":
         try:
@@ -129,7 +130,7 @@ def _edit_batch(ws: "Workspace", batch: list["EditRequest"], **kwargs: Any) -> l
 
 def _n_edits(entries: list["Entry"]) -> int:
     """Requests in these entries (a MEMIT / AlphaEdit batch entry holds several)."""
-    from .workspace import entry_facts
+    from auditor.record.ledger import entry_facts
 
     return sum(len(entry_facts(e)) for e in entries)
 

@@ -37,14 +37,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
-from .checkpoint import CheckpointError, LoadedModel, fingerprint_model, load_model, resolve_dtype
-from .deltas import Delta, apply_delta
-from .ledger import Entry, Ledger, LedgerError
+from auditor.base import AuditorError
+from auditor.engine.deltas import apply_delta
+from auditor.model.checkpoint import CheckpointError, LoadedModel, fingerprint_model, load_model, resolve_dtype
+from auditor.record.ledger import Entry, Ledger, LedgerError, entry_facts, entry_params  # noqa: F401 (entry_facts: re-exported)
 
 if TYPE_CHECKING:
-    from .batch import BatchResult
-    from .edit import EditResult, Editor
-    from .requests import EditRequest
+    from auditor.model.requests import EditRequest
+    from auditor.run.batch import BatchResult
+    from auditor.run.edit import Editor, EditResult
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ METRIC_COLUMNS = ("efficacy", "target_prob", "generalization", "locality", "port
                   "prefixed_efficacy", "ppl_before", "ppl_after", "ppl_ratio")
 
 
-class WorkspaceError(RuntimeError):
+class WorkspaceError(AuditorError, RuntimeError):
     """A workspace cannot be created, opened or changed; ``str(e)`` is a one-line explanation."""
 
 
@@ -171,9 +172,9 @@ class Workspace:
 
     @property
     def editor(self) -> "Editor":
-        """The :class:`~auditor.edit.Editor` on ``self.lm`` (assign one to set a guard or a probe)."""
+        """The :class:`~auditor.run.edit.Editor` on ``self.lm`` (assign one to set a guard or a probe)."""
         if self._editor is None:
-            from .edit import Editor
+            from auditor.run.edit import Editor
 
             self._editor = Editor(self.lm)
         return self._editor
@@ -229,7 +230,7 @@ class Workspace:
         recorded (:class:`EditCancelled` propagates); an edit the engine refuses outright
         (:class:`EditFailed`) is recorded as failed, then re-raised with ``.entry`` set.
         """
-        from .edit import EditFailed
+        from auditor.run.edit import EditFailed
 
         note = editor_kwargs.pop("note", None)
         with self._locked():
@@ -251,19 +252,19 @@ class Workspace:
         return result, entry
 
     def _after_apply(self, result: "EditResult") -> None:
-        """The watchlist check (watch.py), then ``self.after_apply`` hooks, into ``result.metrics``."""
-        from .watch import check
+        """The watchlist check (record/watch.py), then ``self.after_apply`` hooks, into ``result.metrics``."""
+        from auditor.record.watch import check
 
         result.metrics["watch"] = check(self)
         for hook in self.after_apply:
             result.metrics.update(hook(self, result))
 
     def edit_batch(self, requests: "list[EditRequest]", **batch_kwargs: Any) -> tuple["BatchResult", Entry]:
-        """Run one batch (MEMIT, AlphaEdit, ...; see :func:`auditor.batch.edit_batch`) on the current
+        """Run one batch (MEMIT, AlphaEdit, ...; see :func:`auditor.run.batch.edit_batch`) on the current
         model and record it as one entry listing its requests.
 
         AlphaEdit's key memory is taken from the ledger (the applied, not reverted AlphaEdit batches)
-        before the batch runs. A batch that fails (:class:`~auditor.batch.BatchFailed`) or is
+        before the batch runs. A batch that fails (:class:`~auditor.run.batch.BatchFailed`) or is
         cancelled leaves the weights and the ledger as they were.
         """
         note = batch_kwargs.pop("note", None)
@@ -283,8 +284,8 @@ class Workspace:
     def key_memory(self, upto: int | None = None) -> dict[str, torch.Tensor]:
         """AlphaEdit's running sum of K K^T per parameter: every applied, not reverted AlphaEdit
         batch's recorded keys (ids <= ``upto``), summed in ledger order (float64)."""
-        from .alphaedit import key_memory_add
-        from .deltas import DeltaSet
+        from auditor.engine.alphaedit import key_memory_add
+        from auditor.engine.deltas import DeltaSet
 
         memory: dict[str, torch.Tensor] = {}
         for e in self.ledger.active_at(upto if upto is not None else self._synced_id):
@@ -404,14 +405,14 @@ class Workspace:
                 "head": upto, "key_memory": key_memory_fingerprint(self.key_memory(upto))}
 
     def verify(self) -> dict[str, Any]:
-        """The ledger's :meth:`~auditor.ledger.Ledger.verify`: hashes, chain and delta files."""
+        """The ledger's :meth:`~auditor.record.ledger.Ledger.verify`: hashes, chain and delta files."""
         return self.ledger.verify()
 
     def export(self, out: str | Path, *, patch: bool = False, dtype: str | None = None,
                max_shard_size: int | str = "2GB", progress: Callable[[int, int], None] | None = None,
                overwrite: bool = False) -> Path:
         """A Hugging Face folder of the current model (or, with ``patch``, only the deltas)."""
-        from .export import export_model, export_patch
+        from auditor.record.export import export_model, export_patch
 
         if patch:
             return export_patch(self, out, overwrite=overwrite)
@@ -433,26 +434,9 @@ def open_ledger(directory: str | Path) -> Ledger:
         raise WorkspaceError(str(e)) from None
 
 
-def entry_params(entry: Entry) -> list[str]:
-    """The parameters an entry's delta changes (a batch lists several in ``params``)."""
-    params = entry.row.get("params")
-    if params is not None:
-        return list(json.loads(params)) if isinstance(params, str) else list(params)
-    return [entry.param] if entry.param else []
-
-
-def entry_facts(entry: Entry) -> list[tuple[str, str, str | None]]:
-    """(prompt with the subject, target_new, target_true) of every request an entry holds."""
-    reqs = entry.row.get("requests")
-    if reqs is None:
-        return [(entry.prompt, entry.target_new, entry.row.get("target_true"))]
-    reqs = json.loads(reqs) if isinstance(reqs, str) else reqs
-    return [(r["prompt"].replace("{}", r["subject"]), r["target_new"], r.get("target_true")) for r in reqs]
-
-
 def key_memory_fingerprint(memory: dict[str, torch.Tensor]) -> str:
     """Fingerprint of AlphaEdit's key memory (names, dtypes, shapes and bytes)."""
-    from .checkpoint import fingerprint_tensors
+    from auditor.model.checkpoint import fingerprint_tensors
 
     return fingerprint_tensors(sorted(memory.items()))
 

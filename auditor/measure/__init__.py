@@ -1,0 +1,1 @@
+"""What an edit did: metrics, perplexity, the collapse guard, causal tracing and its plots, the layer suggestion."""
