@@ -79,18 +79,25 @@ def new_home(old: str) -> str:
     return f"auditor.{MOVED[old][0]}"
 
 
-def lookup(homes: tuple[str, ...], name: str, where: str):
-    """The first of ``homes`` (paths under ``auditor.``) that defines ``name``."""
-    modules = [importlib.import_module(f"auditor.{home}") for home in homes]
-    for module in modules:
+def find(homes: tuple[str, ...], name: str, where: str) -> tuple[str, object]:
+    """``(home, value)``: the first of ``homes`` (paths under ``auditor.``) that defines ``name``."""
+    modules = [(home, importlib.import_module(f"auditor.{home}")) for home in homes]
+    for home, module in modules:
         if name in vars(module):
-            return vars(module)[name]
-    for module in modules:  # a name the module makes on demand (its own ``__getattr__``)
+            return home, vars(module)[name]
+    for home, module in modules:  # a name the module makes on demand (its own ``__getattr__``)
         try:
-            return getattr(module, name)
+            return home, getattr(module, name)
         except AttributeError:
             pass
     raise AttributeError(f"module {where!r} has no attribute {name!r}")
+
+
+def renamed(old: str, name: str):
+    """The object :data:`RENAMED` gives for ``auditor.<old>.<name>``."""
+    path, _, attribute = RENAMED[old, name].partition(":")
+    target = importlib.import_module(f"auditor.{path}")
+    return getattr(target, attribute) if attribute else target
 
 
 def _importer_frame(skip: tuple[str, ...]):
@@ -139,10 +146,8 @@ class _MovedLoader(importlib.abc.Loader):
             if name.startswith("__"):
                 raise AttributeError(name)
             if (self.old, name) in RENAMED:
-                path, _, attribute = RENAMED[self.old, name].partition(":")
-                target = importlib.import_module(f"auditor.{path}")
-                return getattr(target, attribute) if attribute else target
-            return lookup(homes, name, where)
+                return renamed(self.old, name)
+            return find(homes, name, where)[1]
 
         def __dir__():
             return sorted({n for home in homes for n in vars(importlib.import_module(f"auditor.{home}"))})

@@ -7,8 +7,6 @@ The names below are the interface for command plugins (entry-point group
 ``edit_auditor.commands``, such as the window's ``ui.cli_gui``) and for scripts.
 """
 
-import importlib
-
 from auditor.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_USER_ERROR,
@@ -39,7 +37,6 @@ def __getattr__(name: str):
 
     if name.startswith("__"):
         raise AttributeError(name)
-    value = _moved.lookup(_moved.CLI_MODULES, name, __name__)
-    home = next(m for m in _moved.CLI_MODULES if name in vars(importlib.import_module(f"auditor.{m}")))
+    home, value = _moved.find(_moved.CLI_MODULES, name, __name__)
     _moved.warn_moved(f"auditor.cli.{name}", f"auditor.{home}.{name}", skip=(__file__,))
     return value
