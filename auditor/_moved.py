@@ -68,6 +68,11 @@ RENAMED: dict[tuple[str, str], str] = {
     ("watch", "_operator"): "record.hashing:operator",
     ("watch", "_utc_now"): "record.hashing:utc_now",
     ("workspace", "Delta"): "engine.deltas:Delta",
+    ("export", "_alive"): "files:_alive",
+    ("export", "_remove_stale_partials"): "files:remove_stale_partials",
+    ("export", "_inside"): "files:_inside",
+    ("export", "tempfile"): "files:tempfile",
+    ("export", "fsync_dir"): "files:fsync_dir",
 }
 # ``auditor.cli`` is itself a package now: ``auditor/cli/__init__.py`` answers the old module's
 # other names from these (see its ``__getattr__``).

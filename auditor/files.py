@@ -98,7 +98,7 @@ def protection(path: str | Path, *, protected: Iterable[str | Path] = ()) -> str
     for folder in protected:
         folder = Path(os.path.realpath(Path(folder).expanduser()))
         if _inside(real, folder) or _inside(folder, real):
-            return f"is, holds or lies inside {folder}, which the program reads from"
+            return f"is, holds or lies inside {folder} (the workspace or the base checkpoint in use)"
     workspace = workspace_of(real)
     if workspace is not None:
         if real == workspace:
@@ -120,7 +120,7 @@ def check_output(path: str | Path, *, what: str = "output", folder: bool = False
 
     ``folder``: the output is a folder (else a regular file). ``overwrite``: an existing target may
     be replaced (folders: only an earlier output of the program, see :func:`atomic_folder`).
-    Creates missing parent folders.
+    The parent folder must exist: nothing the user did not name is created.
     """
     if str(path).strip() == "" or "\x00" in str(path):
         raise OutputError(f"{what}: an empty or invalid path")
@@ -139,11 +139,9 @@ def check_output(path: str | Path, *, what: str = "output", folder: bool = False
         if not overwrite:
             raise OutputError(f"{target}: already exists ({what}); choose another path or allow overwriting")
     parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{target}: cannot create its folder {parent} ({e.strerror or e})") from None
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    if not parent.is_dir():
+        raise OutputError(f"{target}: no such folder: {parent} ({what}); create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{target}: its folder {parent} is not writable ({what})")
     return target
 
@@ -205,10 +203,11 @@ def atomic_file(target: Path, mode: str = "w", *, what: str = "output") -> Itera
     """Write ``target`` (already checked by :func:`check_output`) through a temporary sibling.
 
     The body writes to the yielded file; on success it is fsynced and renamed over ``target``; on
-    any exception the temporary file is removed and ``target`` is untouched.
+    any exception the temporary file is removed and ``target`` is untouched. Mode ``"a"`` starts
+    the temporary file with a copy of ``target``, so an append is all or nothing too.
     """
-    if mode not in ("w", "wb"):
-        raise ValueError("atomic_file writes whole files: mode 'w' or 'wb'")
+    if mode not in ("w", "wb", "a"):
+        raise ValueError("atomic_file writes whole files: mode 'w', 'wb' or 'a'")
     target = Path(target)
     remove_stale_partials(target)
     try:
@@ -216,7 +215,10 @@ def atomic_file(target: Path, mode: str = "w", *, what: str = "output") -> Itera
     except OSError as e:
         raise OutputError(f"{target}: cannot write in {target.parent} ({describe_os_error(e)})") from None
     try:
-        kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
+        if mode == "a" and target.exists():
+            with open(target, "rb") as src, open(fd, "wb", closefd=False) as dst:
+                shutil.copyfileobj(src, dst)
+        kwargs = {"encoding": "utf-8", "newline": ""} if mode != "wb" else {}
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 PROG = "edit-auditor"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of our output went away
 
 
 class CliError(Exception):

@@ -12,12 +12,14 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from auditor.cli.common import add_json_arg, add_model_args, fail, load_from_args, print_table
+from auditor.files import atomic_file, check_output
 from auditor.engine.hparams import KEY_MODES
 
 TABLE_COLUMNS = ("case_id", "subject", "target_new", "status", "denominator", "ppl_ratio",
@@ -112,18 +114,18 @@ def cmd_edit(args: argparse.Namespace) -> int:
                   allow_collapse=args.allow_collapse)
     show = args.progress or (sys.stderr.isatty() and not args.json)
     bar = _ProgressLine(show, len(requests))
-    out = open(args.out, "a", encoding="utf-8") if args.out else None
+    target = check_output(args.out, what="edit --out") if args.out else None
     records = []
 
-    def emit(record: dict[str, Any]) -> None:
-        records.append(record)
-        if out:
-            out.write(json.dumps(record, default=str) + "\n")
-            out.flush()
-        if args.json:
-            print(json.dumps(record, default=str), flush=True)
+    with atomic_file(target, "a", what="edit --out") if target else contextlib.nullcontext() as out:
+        def emit(record: dict[str, Any]) -> None:
+            records.append(record)
+            if out:
+                out.write(json.dumps(record, default=str) + "\n")
+                out.flush()
+            if args.json:
+                print(json.dumps(record, default=str), flush=True)
 
-    try:
         if args.method != "rome" or args.batch_size not in (None, 1):
             from auditor.cli.batch import run_batches
 
@@ -155,9 +157,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
             editor.edit_many(requests, independent=args.independent, on_result=on_result,
                              progress=bar, **kwargs)
-    finally:
-        if out:
-            out.close()
     if not args.json:
         print_table([r for r in records if "summary" not in r], TABLE_COLUMNS)
         for r in records:

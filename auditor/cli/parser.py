@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Callable
 
-from auditor.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, PROG, user_errors
+from auditor.cli.common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USER_ERROR, PROG, user_errors
 
 # The core's command modules (one line per module; optional commands use ENTRY_POINT_GROUP).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -120,16 +120,68 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def describe(error: BaseException, errors: tuple[type[BaseException], ...] = ()) -> str:
+    """The one line a user sees for ``error``: what failed, on which file, what to do.
+
+    The product's own errors (:class:`~auditor.base.AuditorError`, the command modules' ``ERRORS``)
+    already say all three. An ``OSError`` names its file and the system's reason. Anything else is a
+    bug: its type and message, and how to see the traceback.
+    """
+    from auditor.base import AuditorError
+    from auditor.files import describe_os_error
+
+    if isinstance(error, (AuditorError, *errors)):
+        return _one_line(error)
+    if isinstance(error, (MemoryError,)) or type(error).__name__ == "OutOfMemoryError":
+        return ("out of memory: " + _one_line(error)[:200] + "; try --device cpu, a smaller --dtype, fewer requests "
+                "per batch, or `edit-auditor info MODEL --plan`")
+    if isinstance(error, OSError):
+        names = [str(n) for n in (error.filename, error.filename2) if n is not None]
+        where = f"{' -> '.join(names)}: " if names else ""
+        return " ".join(f"{where}{describe_os_error(error)}".split())
+    if isinstance(error, UnicodeError):
+        return f"text that cannot be encoded or decoded ({_one_line(error)[:200]})"
+    return (f"unexpected {type(error).__name__}: {_one_line(error)[:300]} "
+            f"(a bug; run `{PROG} -v ...` for the traceback and report it)")
+
+
 def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace,
-         errors: tuple[type[BaseException], ...]) -> int:
+         errors: tuple[type[BaseException], ...], verbose: bool) -> int:
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except errors as e:
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    except BrokenPipeError:
+        return _closed_stdout()
+    except Exception as e:  # the error boundary: every failure is one line and exit 2
+        return report_error(e, errors, verbose)
+
+
+def report_error(error: BaseException, errors: tuple[type[BaseException], ...] = (), verbose: bool = False) -> int:
+    """Print ``error`` as one line on stderr (and its traceback with ``verbose``); the exit code."""
+    if verbose:
+        import traceback
+
+        traceback.print_exception(error, file=sys.stderr)
+    line = describe(error, errors).encode("utf-8", "backslashreplace").decode("utf-8")
+    try:
+        print(f"{PROG}: error: {line}", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+    return EXIT_USER_ERROR
+
+
+def _closed_stdout() -> int:
+    """The reader of our output went away (``... | head``): stop quietly, as a shell tool does."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 def _quiet_libraries(verbose: bool) -> None:
@@ -143,9 +195,23 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``edit-auditor``; returns the exit code."""
-    modules = command_modules()
-    args = build_parser(modules).parse_args(argv)
-    _quiet_libraries(args.verbose)
-    errors = user_errors() + tuple(e for m in modules for e in getattr(m, "ERRORS", ()))
-    return _run(args.func, args, errors)
+    """Entry point of ``edit-auditor``; returns the exit code.
+
+    The error boundary of every command: whatever a command raises ends as one line on stderr and
+    exit code 2 (a failed check returns 1 itself), with the traceback only under ``-v``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = bool(argv) and argv[0] in ("-v", "--verbose")
+    errors: tuple[type[BaseException], ...] = ()
+    try:
+        modules = command_modules()
+        args = build_parser(modules).parse_args(argv)
+        verbose = args.verbose
+        _quiet_libraries(args.verbose)
+        errors = user_errors() + tuple(e for m in modules for e in getattr(m, "ERRORS", ()))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        return report_error(e, errors, verbose)
+    return _run(args.func, args, errors, verbose)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.cli.common import add_model_args, fail
+from auditor.files import atomic_file, check_output
 
 EXIT_STOPPED = 1
 
@@ -65,6 +66,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     stop_on, thresholds = parse_stop_on(args.stop_on)
     requests = load_requests(args.requests)
     overrides = _hparam_overrides(args)
+    target = check_output(args.out, what="sequence --out")
     tmp = None
     if args.workspace:
         ws = Workspace.open(args.workspace, device=args.device)
@@ -73,21 +75,20 @@ def cmd_sequence(args: argparse.Namespace) -> int:
         ws = Workspace.init(args.model, Path(tmp.name) / "workspace", dtype=args.dtype, device=args.device)
         print(f"{args.model}: running in a temporary workspace (use --workspace DIR to keep the ledger)",
               file=sys.stderr)
-    out = open(args.out, "w", encoding="utf-8")
-
-    def write(record: dict[str, Any]) -> None:
-        out.write(json.dumps(record, default=str) + "\n")
-        out.flush()
-        if not args.quiet:
-            print(_summary(record), file=sys.stderr, flush=True)
-
     try:
-        final = run_sequence(ws, requests, Monitor(thresholds=thresholds, stop_on=stop_on),
-                             batch_size=args.batch_size, on_step=write, method=args.method,
-                             key_mode=args.key_mode, hparams=overrides, allow_collapse=args.allow_collapse)
-        write(final)
+        with atomic_file(target, "w", what="sequence --out") as out:
+
+            def write(record: dict[str, Any]) -> None:
+                out.write(json.dumps(record, default=str) + "\n")
+                out.flush()
+                if not args.quiet:
+                    print(_summary(record), file=sys.stderr, flush=True)
+
+            final = run_sequence(ws, requests, Monitor(thresholds=thresholds, stop_on=stop_on),
+                                 batch_size=args.batch_size, on_step=write, method=args.method,
+                                 key_mode=args.key_mode, hparams=overrides, allow_collapse=args.allow_collapse)
+            write(final)
     finally:
-        out.close()
         ws.close()
         if tmp is not None:
             tmp.cleanup()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.cli.common import add_json_arg, add_model_args, fail, load_from_args, print_json, print_table
+from auditor.files import check_output
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -67,8 +68,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     text = args.prompt.replace("{}", args.subject, 1) if "{}" in args.prompt else args.prompt
     if args.subject not in text:
         raise fail(f"the subject {args.subject!r} does not occur in the prompt {text!r}")
-    if args.png and not Path(args.png).parent.is_dir():
-        raise fail(f"--png: no such folder: {Path(args.png).parent}")
+    if args.png:
+        check_output(args.png, what="--png")  # before the work: a refused path fails at once
     from auditor.measure.trace import DEFAULT_SAMPLES, KINDS, Tracer
 
     lm = load_from_args(args)

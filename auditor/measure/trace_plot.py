@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from auditor.files import atomic_file, check_output
 from auditor.measure.trace import Trace
 
 COLOURS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}  # as the paper's figures
@@ -48,6 +49,7 @@ def write_png(traces: Sequence[Trace], path: str | Path, *, layer: int | None = 
     fig.suptitle(f"{first.prompt!r} -> {first.answer!r}   clean {first.clean_prob:.3f}, "
                  f"corrupted {first.corrupted_prob:.3f}, {first.samples} noise samples", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path
+    target = check_output(path, what="--png")
+    with atomic_file(target, "wb", what="--png") as f:
+        fig.savefig(f, format="png")
+    return target

@@ -38,16 +38,16 @@ import copy
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from auditor.base import AuditorError
+from auditor.files import OutputError, ReadError, atomic_folder, check_output, owned_files, read_regular
 from auditor.engine.deltas import apply_delta, load_delta
 from auditor.model.checkpoint import LoadedModel, fingerprint_model, fingerprint_tensors, resolve_dtype
-from auditor.record.ledger import app_version, fsync_dir, sha256_file
+from auditor.record.ledger import app_version, sha256_file
 
 if TYPE_CHECKING:
     from auditor.record.ledger import Ledger
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 PATCH_FORMAT = "edit-auditor-patch"
 PATCH_VERSION = 1
 PROVENANCE_FILE = "edit_auditor_provenance.json"
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest or provenance file larger than this is not one of ours
 
 
 class ExportError(AuditorError, RuntimeError):
@@ -125,7 +126,7 @@ def export_model(ws: "Workspace", out: str | Path, *, dtype: str | None = None,
 
     out = Path(out).absolute()
     shard_bytes = parse_shard_size(max_shard_size)
-    check_target(out, overwrite=overwrite, protected=protected_folders(ws))
+    out = check_target(out, overwrite=overwrite, protected=protected_folders(ws))
     require_verified_ledger(ws.ledger)
     model = ws.lm.model
     torch_dtype = resolve_dtype(dtype or ws.lm.dtype)
@@ -161,7 +162,8 @@ def export_model(ws: "Workspace", out: str | Path, *, dtype: str | None = None,
             write_safetensors(tmp / filename, {n: tensors[n] for n in names}, meta, on_bytes=wrote)
         index = {"metadata": {"total_size": total, **meta}, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
         _write_json(tmp / "model.safetensors.index.json", index)
-        _write_json(tmp / PROVENANCE_FILE, {**meta, "entries": [e.to_json() for e in ws.ledger.active()]})
+        _write_json(tmp / PROVENANCE_FILE, {**meta, "entries": [e.to_json() for e in ws.ledger.active()],
+                                            "files": _files_in(tmp)})
 
     return _atomic_folder(out, write, overwrite)
 
@@ -169,7 +171,7 @@ def export_model(ws: "Workspace", out: str | Path, *, dtype: str | None = None,
 def export_patch(ws: "Workspace", out: str | Path, *, overwrite: bool = False) -> Path:
     """Write the active deltas, their entries (``entries.json``) and ``manifest.json`` to ``out``."""
     out = Path(out).absolute()
-    check_target(out, overwrite=overwrite, protected=protected_folders(ws))
+    out = check_target(out, overwrite=overwrite, protected=protected_folders(ws))
     require_verified_ledger(ws.ledger)
     active = ws.ledger.active()
     meta = provenance(ws)
@@ -195,6 +197,7 @@ def export_patch(ws: "Workspace", out: str | Path, *, overwrite: bool = False) -
             "dtype": genesis["dtype"], "ledger_head": meta["edit_auditor.ledger_head"],
             "applied_edits": len(active), "fingerprint": ws.fingerprint,
             "app_version": meta["edit_auditor.app_version"], "deltas": items,
+            "files": _files_in(tmp),
         })
 
     return _atomic_folder(out, write, overwrite)
@@ -254,89 +257,54 @@ def protected_folders(ws: "Workspace") -> list[Path]:
     return [Path(ws.directory), Path(ws.lm.path)]
 
 
+def listed_files(folder: Path) -> list[str] | None:
+    """The files an earlier export (its provenance file) or patch (its manifest) in ``folder`` wrote.
+
+    None when ``folder`` is neither, or is one from before exports listed their files: such a
+    folder is never replaced, so an overwrite cannot delete a file the program did not write.
+    """
+    for name in (PROVENANCE_FILE, "manifest.json"):
+        try:
+            raw = read_regular(folder / name, limit=MAX_MANIFEST_BYTES, what=name, missing_ok=True)
+            data = json.loads(raw) if raw is not None else None
+        except (ReadError, ValueError):
+            return None
+        if data is None:
+            continue
+        if not isinstance(data, dict) or (name == "manifest.json" and data.get("format") != PATCH_FORMAT):
+            return None
+        files = data.get("files")
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            return None
+        return [*files, name]
+    return None
+
+
 def is_export(folder: Path) -> bool:
-    """An earlier model export (its provenance file) or patch (its manifest)."""
-    if (folder / PROVENANCE_FILE).is_file():
-        return True
+    """An earlier model export or patch of this program that lists its files."""
+    return listed_files(folder) is not None
+
+
+def check_target(out: Path, *, overwrite: bool, protected: list[Path]) -> Path:
+    """Refuse an ``--out`` that would destroy something or cannot be a folder (:mod:`auditor.files`)."""
     try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format") == PATCH_FORMAT
+        target = check_output(out, what="export --out", folder=True, overwrite=overwrite, protected=protected)
+    except OutputError as e:
+        raise ExportError(str(e)) from None
+    if target.exists() and owned_files(target, listed_files) is None:
+        raise ExportError(f"{target}: is not an earlier Edit Auditor export, or holds files its manifest does not "
+                          "list; refusing to replace it; choose another --out")
+    return target
 
 
-def _inside(a: Path, b: Path) -> bool:
-    """``a`` is ``b`` or lies inside it (both resolved)."""
-    return a == b or b in a.parents
-
-
-def check_target(out: Path, *, overwrite: bool, protected: list[Path]) -> None:
-    """Refuse an ``--out`` that would destroy something or cannot be a folder; create its parent."""
-    out = Path(out).absolute()
-    real = out.resolve()
-    for folder in protected:
-        folder = Path(folder).resolve()
-        if _inside(real, folder) or _inside(folder, real):
-            raise ExportError(f"{out}: is, holds or lies inside {folder} (the workspace or the base checkpoint); "
-                              "choose another --out")
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ExportError(f"{out}: exists and is not a folder; choose another --out")
-    if out.exists():
-        if not overwrite:
-            raise ExportError(f"{out}: already exists; choose another --out or overwrite it")
-        if not is_export(out):
-            raise ExportError(f"{out}: is not an earlier Edit Auditor export; refusing to overwrite it")
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"{out}: cannot create its folder {parent} ({e.strerror})") from None
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"{out}: its folder {parent} is not writable")
-
-
-def _remove_stale_partials(out: Path) -> None:
-    """``.<name>.partial-<pid>-*`` folders left by exports whose process is gone."""
-    for p in out.parent.glob(f".{out.name}.partial-*"):
-        pid = p.name[len(f".{out.name}.partial-"):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
+def _files_in(folder: Path) -> list[str]:
+    """Every file under ``folder``, relative, sorted (what a manifest lists)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
 def _atomic_folder(out: Path, write: Callable[[Path], None], overwrite: bool) -> Path:
-    """Run ``write(tmp)`` in a hidden sibling folder, then rename it to ``out``."""
-    _remove_stale_partials(out)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
-    except OSError as e:
-        raise ExportError(f"{out}: cannot write in {out.parent} ({e.strerror})") from None
-    try:
-        write(tmp)
-        fsync_dir(tmp)
-        if out.exists():
-            if not overwrite or not is_export(out):
-                raise ExportError(f"{out}: appeared while exporting; not replaced")
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.replace(old / out.name)
-            tmp.replace(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.replace(out)
-        fsync_dir(out.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    """Run ``write(tmp)`` in a hidden sibling folder, then rename it to ``out`` (:func:`atomic_folder`)."""
+    return atomic_folder(out, write, overwrite=overwrite, listed=listed_files, what="export")
 
 
 _ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.base import AuditorError
+from auditor.files import write_file
 from auditor.run.monitor import FIGURE_KEYS, Thresholds
 
 # figure key -> (plot title, y-axis label)
@@ -242,14 +243,8 @@ def render_html(runs: list[Run], *, title: str = "Edit Auditor capacity report")
 
 
 def write_report(runs: list[Run], out: str | Path, *, title: str = "Edit Auditor capacity report") -> Path:
-    out = Path(out)
-    if out.exists() and out.is_dir():
-        raise ReportError(f"{out}: is a folder; name the HTML file to write")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render_html(runs, title=title), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    """Write the HTML report to ``out`` under the output-path policy (:mod:`auditor.files`)."""
+    return write_file(out, render_html(runs, title=title), what="report --out")
 
 
 def figures_of_interest() -> list[str]:
