@@ -46,6 +46,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "auditor.cli.ledger",
     "auditor.cli.watch",
     "auditor.cli.reviewed",
+    "auditor.cli.patch",
     "auditor.cli.sequence",
     "auditor.cli.trace",
 )

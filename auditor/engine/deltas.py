@@ -122,18 +122,15 @@ class Delta:
 class DeltaSet:
     """The update of one batch: one :class:`Delta` per edited parameter, plus recorded state."""
 
-    parts: list[Delta]  # in the order the method computed them (ascending layers)
+    parts: list[Delta]  # applied in this order (a method's: ascending layers, one per parameter;
+    #                     an applied patch's: its deltas in ledger order, a parameter possibly twice)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # exact state kept with the edit
     meta: dict[str, str] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        names = [p.param for p in self.parts]
-        if len(set(names)) != len(names):
-            raise ValueError("a DeltaSet holds at most one part per parameter")
-
     @property
     def params(self) -> list[str]:
-        return [p.param for p in self.parts]
+        """The parameters the set changes, each once, in order of first change."""
+        return list(dict.fromkeys(p.param for p in self.parts))
 
     def part(self, param: str) -> Delta:
         for p in self.parts:

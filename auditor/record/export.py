@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 import os
 import shutil
 from pathlib import Path
@@ -44,8 +45,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from auditor.base import AuditorError
-from auditor.files import OutputError, ReadError, atomic_folder, check_output, owned_files, read_regular
-from auditor.engine.deltas import apply_delta, load_delta
+from auditor.files import OutputError, ReadError, atomic_folder, check_output, check_regular, owned_files, read_regular
+from auditor.engine.deltas import AnyDelta, apply_delta, load_delta
 from auditor.model.checkpoint import LoadedModel, fingerprint_model, fingerprint_tensors, resolve_dtype
 from auditor.record.ledger import app_version, sha256_file
 
@@ -203,42 +204,154 @@ def export_patch(ws: "Workspace", out: str | Path, *, overwrite: bool = False) -
     return _atomic_folder(out, write, overwrite)
 
 
-def apply_patch(base_model: LoadedModel | torch.nn.Module, patch_dir: str | Path, *,
-                check_base: bool = True) -> dict[str, Any]:
-    """Apply a patch's deltas, in order, to the base model (in place).
+@dataclass
+class CheckedPatch:
+    """A patch read and checked whole: every delta loaded, hashed and fitted to the model."""
 
-    Checks the base fingerprint (when given a :class:`LoadedModel`) and every delta's hashes.
-    Returns ``{"fingerprint", "expected", "match", "applied"}``.
-    """
-    patch_dir = Path(patch_dir)
+    folder: Path
+    manifest: dict[str, Any]
+    deltas: list[AnyDelta]  # in the manifest's order
+    entries: list[dict[str, Any]]  # the source ledger's entries (entries.json), for the record
+
+    @property
+    def params(self) -> list[str]:
+        return list(dict.fromkeys(p for d in self.deltas for p in d.params))
+
+
+def _patch_error(folder: Path, text: str) -> ExportError:
+    return ExportError(f"{folder}: {text}; the patch was not applied")
+
+
+def _patch_json(folder: Path, name: str) -> Any:
     try:
-        manifest = json.loads((patch_dir / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"{patch_dir}: not a readable patch (manifest.json: {e})") from None
-    if manifest.get("format") != PATCH_FORMAT:
-        raise ExportError(f"{patch_dir}: not an Edit Auditor patch")
-    model = base_model.model if isinstance(base_model, LoadedModel) else base_model
-    if isinstance(base_model, LoadedModel) and check_base and base_model.fingerprint != manifest["base_fingerprint"]:
-        raise ExportError(
-            f"{patch_dir}: made for base {manifest['base_fingerprint'][:19]}..., "
-            f"but this model is {base_model.fingerprint[:19]}... (same checkpoint and dtype {manifest['dtype']}?)"
-        )
+        raw = read_regular(folder / name, limit=MAX_MANIFEST_BYTES, what=name)
+        return json.loads(raw)
+    except (ReadError, ValueError, RecursionError) as e:
+        raise _patch_error(folder, f"not a readable patch ({name}: {' '.join(str(e).split())[:200]})") from None
+
+
+def _inside_patch(folder: Path, name: Any) -> Path:
+    """``folder/name`` for a relative ``name`` that stays inside ``folder`` (symbolic links resolved)."""
+    if not isinstance(name, str) or not name or "\x00" in name or os.path.isabs(name):
+        raise _patch_error(folder, f"a delta file name {str(name)[:80]!r} is not a relative path")
+    path = folder / name
+    if not _is_inside(Path(os.path.realpath(path)), Path(os.path.realpath(folder))):
+        raise _patch_error(folder, f"the delta file {name[:80]!r} lies outside the patch")
+    return path
+
+
+def _is_inside(a: Path, b: Path) -> bool:
+    return a == b or b in a.parents
+
+
+def _check_part(folder: Path, model: torch.nn.Module, spec: Any, part: Any, entry: Any) -> None:
+    """``part`` changes an editable matrix of this family, with factors of exactly its shape."""
+    n_layers = spec.n_layers(model.config)
+    editable = {spec.weight_name(i) for i in range(n_layers)}
+    if part.param not in editable:
+        raise _patch_error(folder, f"entry {entry}: {part.param[:120]!r} is not an editable matrix of this "
+                                   f"{spec.family} model")
+    weight = model.get_parameter(part.param)
+    out_dim, in_dim = (weight.shape[1], weight.shape[0]) if spec.transposed else tuple(weight.shape)
+    if bool(part.transposed) != bool(spec.transposed):
+        raise _patch_error(folder, f"entry {entry}: the delta's orientation does not match {part.param}")
+    tensors = [part.full] if part.full is not None else [part.left, part.right]
+    if any(t is None or not t.is_floating_point() for t in tensors):
+        raise _patch_error(folder, f"entry {entry}: the delta on {part.param} is incomplete or not floating point")
+    if part.full is not None:
+        ok = tuple(part.full.shape) == (out_dim, in_dim)
+    else:
+        left, right = part.left, part.right
+        ok = (left.dim() == right.dim() and left.dim() in (1, 2) and left.shape[0] == out_dim
+              and right.shape[0] == in_dim and (left.dim() == 1 or left.shape[1] == right.shape[1]))
+    if not ok:
+        shapes = " x ".join(str(tuple(t.shape)) for t in tensors)
+        raise _patch_error(folder, f"entry {entry}: the delta's shape {shapes} does not fit {part.param} "
+                                   f"{tuple(weight.shape)}")
+    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        raise _patch_error(folder, f"entry {entry}: the delta on {part.param} holds NaN or infinite values")
+
+
+def check_patch(lm: LoadedModel, patch_dir: str | Path, *, base_fingerprint: str | None = None) -> CheckedPatch:
+    """Read and check a whole patch against ``lm`` before anything changes.
+
+    The manifest and entries (bounded, regular files); the base fingerprint (``base_fingerprint``,
+    default the model's); every delta file: a relative path inside the patch, its file hash, its
+    content hash, every part an editable matrix of the family with factors of exactly its shape and
+    finite values. Raises :class:`ExportError` naming the first problem.
+    """
+    folder = Path(patch_dir).expanduser().absolute()
+    if not folder.is_dir():
+        raise _patch_error(folder, "no such patch folder")
+    manifest = _patch_json(folder, "manifest.json")
+    if not isinstance(manifest, dict) or manifest.get("format") != PATCH_FORMAT:
+        raise _patch_error(folder, "not an Edit Auditor patch (manifest.json)")
+    if manifest.get("version") != PATCH_VERSION:
+        raise _patch_error(folder, f"patch format version {str(manifest.get('version'))[:20]} is not {PATCH_VERSION}")
+    expected = base_fingerprint or lm.fingerprint
+    if manifest.get("base_fingerprint") != expected:
+        raise _patch_error(folder, f"made for base {str(manifest.get('base_fingerprint'))[:19]}..., but this model's "
+                                   f"base is {expected[:19]}... (same checkpoint and dtype {str(manifest.get('dtype'))[:20]}?)")
+    items = manifest.get("deltas")
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise _patch_error(folder, "manifest.json has no list of deltas")
+    entries = _patch_json(folder, "entries.json") if (folder / "entries.json").exists() else []
+    if not isinstance(entries, list):
+        raise _patch_error(folder, "entries.json is not a list of entries")
+    limit = 8 * sum(p.numel() for p in lm.model.parameters()) + (1 << 20)  # float64 of the whole model at most
     deltas = []
-    for item in manifest["deltas"]:  # check everything before touching the weights
-        path = patch_dir / item["file"]
-        if not path.is_file() or sha256_file(path) != item["file_sha256"]:
-            raise ExportError(f"{path}: missing or changed (entry {item['entry']})")
-        delta = load_delta(path)
-        if delta.content_hash() != item["delta_hash"]:
-            raise ExportError(f"{path}: does not match its delta hash (entry {item['entry']})")
+    for item in items:
+        entry = str(item.get("entry"))[:20]
+        path = _inside_patch(folder, item.get("file"))
+        try:
+            check_regular(path, limit=limit, what="delta file")
+        except ReadError as e:
+            raise _patch_error(folder, f"entry {entry}: {e}") from None
+        if sha256_file(path) != item.get("file_sha256"):
+            raise _patch_error(folder, f"entry {entry}: {item.get('file')} does not match its file hash")
+        try:
+            delta = load_delta(path)
+        except Exception as e:  # a file that is not a delta: safetensors/JSON errors of many kinds
+            raise _patch_error(folder, f"entry {entry}: {item.get('file')} is not a delta "
+                                       f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+        if delta.content_hash() != item.get("delta_hash"):
+            raise _patch_error(folder, f"entry {entry}: {item.get('file')} does not match its delta hash")
+        for part in delta.parts_on(None):
+            _check_part(folder, lm.model, lm.spec, part, entry)
         deltas.append(delta)
-    for delta in deltas:
-        apply_delta(model, delta)
-    fp = fingerprint_model(model)
-    if isinstance(base_model, LoadedModel):
-        base_model.extra["patch"] = str(patch_dir)
-    return {"fingerprint": fp, "expected": manifest["fingerprint"], "match": fp == manifest["fingerprint"],
-            "applied": len(deltas)}
+    if not deltas:
+        raise _patch_error(folder, "the patch holds no deltas")
+    return CheckedPatch(folder, manifest, deltas, [e for e in entries if isinstance(e, dict)])
+
+
+@torch.no_grad()
+def apply_checked(model: torch.nn.Module, patch: CheckedPatch) -> None:
+    """Apply a checked patch's deltas in order; on any failure every touched weight is restored."""
+    saved = {name: model.get_parameter(name).detach().clone() for name in patch.params}
+    try:
+        for delta in patch.deltas:
+            apply_delta(model, delta)
+    except BaseException:
+        for name, tensor in saved.items():
+            model.get_parameter(name).copy_(tensor)
+        raise
+
+
+def apply_patch(base_model: LoadedModel, patch_dir: str | Path, *, check_base: bool = True) -> dict[str, Any]:
+    """Check a whole patch (:func:`check_patch`), then apply its deltas, in order, to the base model.
+
+    Returns ``{"fingerprint", "expected", "match", "applied"}``. Nothing changes when a check fails.
+    """
+    if not isinstance(base_model, LoadedModel):
+        raise ExportError("apply_patch needs a LoadedModel (its fingerprint and architecture are checked)")
+    patch = check_patch(base_model, patch_dir, base_fingerprint=None if check_base else
+                        json.loads(read_regular(Path(patch_dir) / "manifest.json", limit=MAX_MANIFEST_BYTES,
+                                                what="manifest.json")).get("base_fingerprint"))
+    apply_checked(base_model.model, patch)
+    fp = fingerprint_model(base_model.model)
+    base_model.extra["patch"] = str(patch.folder)
+    return {"fingerprint": fp, "expected": patch.manifest.get("fingerprint"),
+            "match": fp == patch.manifest.get("fingerprint"), "applied": len(patch.deltas)}
 
 
 # ---------------------------------------------------------------- files

@@ -39,6 +39,7 @@ import torch
 
 from auditor.base import AuditorError
 from auditor.engine.deltas import apply_delta
+from auditor.files import atomic_folder, describe_os_error, protection
 from auditor.model.checkpoint import CheckpointError, LoadedModel, fingerprint_model, load_model, resolve_dtype
 from auditor.record.ledger import Entry, Ledger, LedgerError, entry_facts, entry_params  # noqa: F401 (entry_facts: re-exported)
 
@@ -64,6 +65,15 @@ class WorkspaceError(AuditorError, RuntimeError):
     """A workspace cannot be created, opened or changed; ``str(e)`` is a one-line explanation."""
 
 
+def describe(error: OSError) -> str:
+    return str(error) if isinstance(error, AuditorError) else describe_os_error(error)
+
+
+def _empty_folder(folder: Path) -> list[str]:
+    """An empty folder may be replaced by a new workspace (it holds nothing to lose)."""
+    return []
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -87,11 +97,19 @@ class Workspace:
     @classmethod
     def init(cls, model: str | Path, directory: str | Path, *, dtype: str = "float32",
              device: str = "auto", progress: Any = None) -> "Workspace":
-        """A new workspace in ``directory`` (absent or empty) on the checkpoint ``model``."""
-        directory = Path(directory)
+        """A new workspace in ``directory`` (absent or empty) on the checkpoint ``model``.
+
+        Atomic: the ledger is built in a hidden sibling folder and renamed to ``directory`` only when
+        complete, so a killed or failed init (a full disk) leaves nothing under that name that blocks
+        a retry; the next init removes the partial folders of processes that are gone.
+        """
+        directory = Path(directory).expanduser().absolute()
+        why = protection(directory)
         if (directory / LEDGER_FILE).exists():
             raise WorkspaceError(f"{directory}: already a workspace (open it instead)")
-        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        if why:
+            raise WorkspaceError(f"{directory}: {why}; choose another folder for the workspace")
+        if directory.is_symlink() or (directory.exists() and (not directory.is_dir() or any(directory.iterdir()))):
             raise WorkspaceError(f"{directory}: exists and is not an empty folder")
         lm = load_model(model, dtype=dtype, device=device, progress=progress)  # progress: see load_model
         source = "demo" if str(model) == "demo" else str(Path(model).expanduser().resolve())
@@ -103,10 +121,21 @@ class Workspace:
             "architecture": type(lm.model).__name__,
             "family": lm.spec.family,
         }
-        directory.mkdir(parents=True, exist_ok=True)
-        ledger = Ledger.create(directory / LEDGER_FILE, genesis)
-        ledger.set_setting("base_path", str(Path(lm.path).resolve()))
-        return cls(directory, lm, ledger)
+
+        def build(tmp: Path) -> None:
+            ledger = Ledger.create(tmp / LEDGER_FILE, genesis)
+            try:
+                ledger.set_setting("base_path", str(Path(lm.path).resolve()))
+            finally:
+                ledger.close()
+
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            atomic_folder(directory, build, overwrite=True, listed=_empty_folder, what="workspace")
+        except OSError as e:
+            raise WorkspaceError(f"{directory}: the workspace could not be created ({describe(e)}); "
+                                 "nothing was left behind, retry when the cause is fixed") from None
+        return cls(directory, lm, Ledger(directory / LEDGER_FILE))
 
     @classmethod
     def open(cls, directory: str | Path, *, device: str = "auto", base: str | Path | None = None,
