@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -90,6 +91,24 @@ def requests_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def runs_file(tiny: Path, requests_file: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The JSON lines of a real two-step MEMIT sequence on the tiny model (for ``report --runs``)."""
+    out = tmp_path_factory.mktemp("runs") / "sequence.jsonl"
+    old = os.environ.get("EDIT_AUDITOR_CACHE")
+    os.environ["EDIT_AUDITOR_CACHE"] = str(cache)
+    try:
+        assert main(["sequence", str(tiny), "--requests", str(requests_file), "--method", "memit", "--batch-size", "2",
+                     "--hparams", json.dumps(HP), "--device", "cpu", "--stop-on", "none", "--quiet",
+                     "--out", str(out)]) == 0
+    finally:
+        if old is None:
+            os.environ.pop("EDIT_AUDITOR_CACHE", None)
+        else:
+            os.environ["EDIT_AUDITOR_CACHE"] = old
+    return out
+
+
+@pytest.fixture(scope="module")
 def edited(tiny: Path, requests_file: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace on the tiny model with one real MEMIT batch of two requests (read-only for tests)."""
     old = os.environ.get("EDIT_AUDITOR_CACHE")
@@ -129,12 +148,12 @@ def refused_targets(ws: Path, outside: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("command", ["report", "sequence", "edit", "trace", "export", "export-patch"])
 def test_no_command_writes_into_a_ledger_a_workspace_file_or_a_device(
-        command: str, edited: Path, tiny: Path, requests_file: Path, tmp_path: Path, env_cache: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        command: str, edited: Path, tiny: Path, requests_file: Path, runs_file: Path, tmp_path: Path,
+        env_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = snapshot(edited)
     for name, target in refused_targets(edited, tmp_path).items():
         argv = {
-            "report": ["report", "--workspace", str(edited), "--out", str(target)],
+            "report": ["report", "--runs", str(runs_file), "--out", str(target)],
             "sequence": ["sequence", str(tiny), "--requests", str(requests_file), "--out", str(target)],
             "edit": ["edit", str(tiny), "--requests", str(requests_file), "--dry-run", "--out", str(target)],
             "trace": ["trace", str(tiny), "--prompt", "The capital of France is", "--subject", "France",
@@ -143,7 +162,8 @@ def test_no_command_writes_into_a_ledger_a_workspace_file_or_a_device(
             "export-patch": ["export", "--workspace", str(edited), "--patch", "--out", str(target), "--overwrite"],
         }[command]
         assert main(argv) == 2, (command, name)
-        one_line_error(capsys)
+        err = one_line_error(capsys)
+        assert any(why in err for why in ("refusing", "symbolic link", "not a regular file", "not a folder")), err
         assert snapshot(edited) == before, (command, name)
     assert main(["ledger", "verify", "--workspace", str(edited)]) == 0
 
@@ -385,3 +405,91 @@ def test_a_bad_patch_changes_nothing(damage, needle: str, patch: Path, fresh: Pa
     ws = Workspace.open(fresh, device="cpu")
     assert ws.fingerprint == ws.base_fingerprint and len(ws.ledger) == 0
     ws.close()
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MiB tmpfs (root only): ``fill(leave)`` fills it, leaving ``leave`` bytes free."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("tmpfs cannot be mounted here")
+
+    def fill(leave: int = 0) -> None:
+        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        if leave:
+            size = (disk / "filler").stat().st_size
+            os.truncate(disk / "filler", max(0, size - leave))
+
+    try:
+        yield SimpleNamespace(path=disk, fill=fill)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def no_temporary_files(*folders: Path) -> None:
+    for folder in folders:
+        left = [p for p in folder.rglob("*") if ".partial-" in p.name or p.name.endswith(".tmp")]
+        assert not left, left
+
+
+def test_a_full_disk_during_export_report_edit_and_sequence_is_one_line_and_leaves_nothing(
+        small_disk: SimpleNamespace, edited: Path, tiny: Path, requests_file: Path, runs_file: Path,
+        env_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    small_disk.fill()
+    commands = {
+        "export": ["export", "--workspace", str(edited), "--out", str(small_disk.path / "model")],
+        "export-patch": ["export", "--workspace", str(edited), "--patch", "--out", str(small_disk.path / "p")],
+        "report": ["report", "--runs", str(runs_file), "--out", str(small_disk.path / "r.html")],
+        "edit": ["edit", str(tiny), "--requests", str(requests_file), "--dry-run", "--layer", "1",
+                 "--hparams", json.dumps({"v_num_grad_steps": 2, "mom2_n_tokens": 2048, "mom2_seq_len": 64}),
+                 "--device", "cpu", "--out", str(small_disk.path / "runs.jsonl")],
+        "sequence": ["sequence", str(tiny), "--requests", str(requests_file), "--method", "memit",
+                     "--batch-size", "2", "--hparams", json.dumps(HP), "--device", "cpu",
+                     "--out", str(small_disk.path / "seq.jsonl")],
+    }
+    before = snapshot(edited)
+    for name, argv in commands.items():
+        code = main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, (name, err)
+        assert err[-1].startswith("edit-auditor: error: ") and "No space left on device" in err[-1], (name, err)
+        assert not any("Traceback" in line for line in err), name
+        assert sorted(p.name for p in small_disk.path.iterdir()) == ["filler"], name  # nothing half written
+    assert snapshot(edited) == before
+    assert main(["ledger", "verify", "--workspace", str(edited)]) == 0
+
+
+@pytest.mark.parametrize("leave", [0, 48 * 1024])
+def test_a_full_disk_under_the_workspace_leaves_no_delta_without_its_entry(
+        leave: int, small_disk: SimpleNamespace, tiny: Path, requests_file: Path, env_cache: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    ws = small_disk.path / "ws"
+    assert main(["workspace", "init", str(tiny), str(ws), "--device", "cpu"]) == 0
+    small_disk.fill(leave=leave)  # 0: SQLite cannot even open; 48 KiB: it opens, the append runs out
+    code = main(["edit", "--workspace", str(ws), "--requests", str(requests_file), "--method", "memit",
+                 "--batch-size", "2", "--hparams", json.dumps(HP), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code in (0, 2) and "Traceback" not in "\n".join(err), err
+    if code == 2:
+        assert err[-1].startswith("edit-auditor: error: "), err
+    os.unlink(small_disk.path / "filler")
+    assert main(["ledger", "verify", "--workspace", str(ws)]) == 0
+    no_temporary_files(ws)
+    opened = Workspace.open(ws, device="cpu")
+    referenced = {e.delta_hash.split(":")[1] for e in opened.ledger.entries() if e.delta_hash}
+    opened.close()
+    on_disk = {p.stem for p in (ws / "deltas").glob("*.safetensors")} if (ws / "deltas").exists() else set()
+    assert on_disk <= referenced

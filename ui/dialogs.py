@@ -28,6 +28,18 @@ from PySide6.QtWidgets import (
 
 from . import settings
 
+def output_refusal(path: str, *, what: str, folder: bool = False, overwrite: bool = True) -> str | None:
+    """Why the core's output-path policy refuses ``path`` (one line), or None: every save dialog
+    asks before a job starts, so a refused path is said at once, not after the work."""
+    from auditor.files import OutputError, check_output
+
+    try:
+        check_output(path, what=what, folder=folder, overwrite=overwrite)
+    except OutputError as e:
+        return str(e)
+    return None
+
+
 SHARD_RE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$", re.IGNORECASE)
 KEEP_DTYPE = "as loaded"
 
@@ -99,6 +111,10 @@ class ExportDialog(QDialog):
         out = self.out.text().strip()
         if not out:
             self.error.setText("Choose an output folder.")
+            return
+        refused = output_refusal(out, what="export", folder=True, overwrite=self.overwrite.isChecked())
+        if refused:
+            self.error.setText(refused)
             return
         if self.full.isChecked() and not SHARD_RE.match(self.shard.text()):
             self.error.setText("Shard size: a number with a unit, such as 500MB or 2GB.")

@@ -37,6 +37,7 @@ from auditor.run.monitor import FIGURE_KEYS, MonitorError, Thresholds, parse_sto
 from auditor.run.report import PLOTS, THRESHOLD_OF
 
 from .charts import BLUE, RED, REDRAW_MS, IntAxis
+from .dialogs import output_refusal
 from .watch_panel import WatchPanel
 
 STEP_MESSAGE = "sequence-step"
@@ -188,7 +189,10 @@ class SequenceView(QWidget):
 
     def _report_clicked(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Capacity report", "report.html", "HTML (*.html)")
-        if path:
+        refused = output_refusal(path, what="report") if path else None
+        if refused:
+            self.show_message(refused, error=True)
+        elif path:
             self.report_requested.emit(path)
 
     # ------------------------------------------------------------ run state

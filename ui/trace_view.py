@@ -12,6 +12,7 @@ results to :meth:`TraceView.show_traces`; "Save PNG" draws them with ``auditor.m
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from .dialogs import output_refusal
 
 KINDS = ("hidden", "mlp", "attn")  # the order of the maps (auditor.measure.trace.KINDS)
 TITLES = {"hidden": "Residual stream", "mlp": "MLP output", "attn": "Attention output"}
@@ -224,9 +227,12 @@ class TraceView(QWidget):
 
     def _ask_png(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save the heatmaps", "trace.png", "PNG images (*.png)")
-        if path:
+        refused = output_refusal(path, what="heatmap PNG") if path else None
+        if refused:
+            self.summary.setText(self.summary.text() + f"<br><span style='color:#c0392b'>{html.escape(refused)}</span>")
+        elif path:
             self.save_png(path)
-            self.summary.setText(self.summary.text() + f"<br>Saved to {path}")
+            self.summary.setText(self.summary.text() + f"<br>Saved to {html.escape(path)}")
 
 
 def install(window: Any) -> TraceView:

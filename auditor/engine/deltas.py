@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Union
@@ -195,9 +196,13 @@ def _canonical(obj: object) -> str:
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(tmp), metadata=meta)
+        tmp.replace(path)
+    except BaseException:  # a full disk, an I/O error: no half-written file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:

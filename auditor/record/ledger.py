@@ -470,11 +470,15 @@ class Ledger:
         if not path.is_file() or _delta_hash_of(path) != h:
             self.deltas_dir.mkdir(parents=True, exist_ok=True)
             # Delta.save writes "<name>.tmp" then renames; a per-process name keeps two writers apart
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.safetensors")
-            delta.save(tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            tmp.replace(path)
+            tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}-{threading.get_ident()}.safetensors")
+            try:
+                delta.save(tmp)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                tmp.replace(path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             fsync_dir(self.deltas_dir)
         return h, sha256_file(path)
 
@@ -502,8 +506,21 @@ class Ledger:
         row.update({"created_at": _utc_now(), "operator": _operator(), "host": socket.gethostname(),
                     "app_version": app_version(), "kind": "edit"})
         row.update(fields)
+        new_delta = None  # a delta file this append wrote: removed again if the entry is not written
         if delta is not None:
+            new_delta = None if self.delta_path(delta.content_hash()).is_file() else delta.content_hash()
             row["delta_hash"], row["delta_file_sha256"] = self.store_delta(delta)
+        try:
+            entry = self._insert(row)
+        except BaseException:
+            if new_delta is not None:
+                self.delta_path(new_delta).unlink(missing_ok=True)
+            raise
+        self._advance_anchor()
+        return entry
+
+    def _insert(self, row: dict[str, Any]) -> Entry:
+        """Write the entry ``row`` (delta already stored) as the new head, in one transaction."""
         for k in JSON_COLUMNS:
             if row[k] is None and k not in LATER_COLUMNS:
                 row[k] = {} if k in ("hparams", "diagnostics", "metrics", "timings", "request") else []
@@ -528,7 +545,6 @@ class Ledger:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self._advance_anchor()
         return Entry.from_row(row)
 
     # -------------------------------------------------------- the head anchor
