@@ -8,6 +8,7 @@ one line on stderr, exit code 2, and the workspace byte for byte as it was.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -90,39 +91,33 @@ def requests_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def cache_env(cache: Path):
+    """``EDIT_AUDITOR_CACHE`` set for a module-scoped fixture (monkeypatch is per test)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDIT_AUDITOR_CACHE", str(cache))
+        yield
+
+
 @pytest.fixture(scope="module")
 def runs_file(tiny: Path, requests_file: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The JSON lines of a real two-step MEMIT sequence on the tiny model (for ``report --runs``)."""
     out = tmp_path_factory.mktemp("runs") / "sequence.jsonl"
-    old = os.environ.get("EDIT_AUDITOR_CACHE")
-    os.environ["EDIT_AUDITOR_CACHE"] = str(cache)
-    try:
+    with cache_env(cache):
         assert main(["sequence", str(tiny), "--requests", str(requests_file), "--method", "memit", "--batch-size", "2",
                      "--hparams", json.dumps(HP), "--device", "cpu", "--stop-on", "none", "--quiet",
                      "--out", str(out)]) == 0
-    finally:
-        if old is None:
-            os.environ.pop("EDIT_AUDITOR_CACHE", None)
-        else:
-            os.environ["EDIT_AUDITOR_CACHE"] = old
     return out
 
 
 @pytest.fixture(scope="module")
 def edited(tiny: Path, requests_file: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace on the tiny model with one real MEMIT batch of two requests (read-only for tests)."""
-    old = os.environ.get("EDIT_AUDITOR_CACHE")
-    os.environ["EDIT_AUDITOR_CACHE"] = str(cache)
-    try:
-        ws = tmp_path_factory.mktemp("edited") / "ws"
+    ws = tmp_path_factory.mktemp("edited") / "ws"
+    with cache_env(cache):
         assert main(["workspace", "init", str(tiny), str(ws), "--device", "cpu"]) == 0
         assert main(["edit", "--workspace", str(ws), "--requests", str(requests_file), "--method", "memit",
                      "--batch-size", "2", "--hparams", json.dumps(HP), "--device", "cpu", "--json"]) == 0
-    finally:
-        if old is None:
-            os.environ.pop("EDIT_AUDITOR_CACHE", None)
-        else:
-            os.environ["EDIT_AUDITOR_CACHE"] = old
     return ws
 
 
