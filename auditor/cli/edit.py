@@ -167,7 +167,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
                       f"max update/weight norm {r['update_ratio_max']}")
         for r in records:
             if r.get("error"):
-                print(f"{r['case_id']}: {r['status']}: {r['error']}", file=sys.stderr)
+                who = f"batch {r.get('batch')}" if r.get("summary") == "batch" else r.get("case_id")
+                print(f"{who}: {r['status']}: {r['error']}", file=sys.stderr)
     return 0 if all(r["status"] in ("applied", "dry-run") for r in records) else 1
 
 

@@ -8,7 +8,8 @@ Commands::
     edit-auditor report --workspace DIR [--workspace DIR2 ...] [--runs FILE.jsonl ...] --out report.html
 
 ``sequence`` writes one JSON line per step with every monitored figure (monitor.py) and a final
-line (``"final": true``) saying whether and why it stopped; it exits 1 when the monitor stopped it.
+line (``"final": true``) saying whether and why it stopped; it exits 1 when the monitor stopped it
+or when a step could not be applied (a failed batch, an edit the collapse guard refused).
 With MODEL instead of ``--workspace`` the run uses a new workspace in a temporary folder (the
 JSON lines are then the only record). ``report`` draws the curves of every run recorded in the
 workspaces (and JSON-lines files) into one self-contained HTML file.
@@ -132,8 +133,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Apply the requests in order, measuring after each step perplexity relative to the "
                     "base, retention of earlier edits, the watchlist, and norm and condition number of "
                     "each edited matrix relative to the base. When a threshold is crossed the run stops "
-                    "and the offending step is reverted (new ledger entries). One JSON line per step, "
-                    "then a final line. Exit code 1 when the monitor stopped the run.")
+                    "and the offending step is reverted (new ledger entries); a step that cannot be applied "
+                    "(a failed batch, an edit the guard refuses) also stops the run. One JSON line per step, "
+                    "then a final line. Exit code 1 when the run stopped.")
     p.add_argument("model", nargs="?", metavar="MODEL",
                    help="a checkpoint folder, a .gguf file or 'demo' (not with --workspace)")
     add_model_args(p, model=False)
