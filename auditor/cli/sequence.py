@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from auditor.cli.common import add_model_args, fail
+from auditor.cli.common import add_model_args, bounded_int, fail
 
 EXIT_STOPPED = 1
 
@@ -148,7 +148,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "batch) (default: rome)")
     p.add_argument("--key-mode", default="consistent", choices=("consistent", "original"),
                    help="ROME key mode (default: consistent)")
-    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+    p.add_argument("--batch-size", type=bounded_int(1, 100_000), default=1, metavar="N",
                    help="requests per step; the monitor decides after each step (default: 1)")
     p.add_argument("--stop-on", default="all", metavar="SPEC",
                    help="figures that stop the run, with optional thresholds: 'all' (default), 'none', or "
