@@ -137,6 +137,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
             from auditor.run.workspace import Workspace
 
             ws = Workspace.open(args.workspace, device=args.device)
+            ws.editor.check_requests(requests)
             for req in requests:
                 result, entry = ws.edit(req, progress=bar, **kwargs)
                 bar.done()

@@ -61,6 +61,16 @@ def _print_heatmap(tr: Any) -> None:
         print(f"{lab:<{width}}{star}" + " ".join(f"{row[c]:5.3f}" for c in cols) + f"  {int(np.argmax(row)):>4}")
 
 
+def _check_fits(lm: Any, text: str, answer: str | None) -> None:
+    """The prompt (and its answer) within the model's context, before any forward pass."""
+    from auditor.measure.perplexity import max_positions
+
+    limit = max_positions(lm.model.config)
+    n = len(lm.tokenizer(text + " " + (answer or ""))["input_ids"]) + 1  # + the predicted token
+    if limit is not None and n > limit:
+        raise fail(f"--prompt is {n} tokens with its answer; the model reads at most {limit}: shorten it")
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     if args.suggest_layer:
         return _suggest(args)
@@ -75,6 +85,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     lm = load_from_args(args)
     check_layer(lm, args.layer)
+    _check_fits(lm, text, args.answer)
     tracer = Tracer(lm, samples=args.samples or DEFAULT_SAMPLES, precision=args.precision)
     kinds = [args.kind] if args.kind else list(KINDS)
     show = args.progress or (sys.stderr.isatty() and not args.json)

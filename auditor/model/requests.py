@@ -119,6 +119,31 @@ class EditRequest:
         return parse_record(d, 0)
 
 
+# Tokens kept free beyond a prompt and its answer: the context templates' prefixes (ROME, MEMIT and
+# AlphaEdit prepend a few words of generated text) and the positions a prefix of the subject moves.
+CONTEXT_MARGIN = 32
+
+
+def check_context(requests: list[EditRequest], tokenizer: Any, limit: int | None,
+                  margin: int = CONTEXT_MARGIN) -> None:
+    """Refuse, before anything is computed, a request whose prompt (or paraphrase, neighbourhood or
+    portability prompt) with its answer would not fit the model's context of ``limit`` tokens
+    (``margin`` kept for the templates); a learned position table (GPT-2) fails with an
+    IndexError past its end, rotary models silently read garbage. ``limit`` None: no limit known."""
+    if limit is None:
+        return
+    for req in requests:
+        probes = [("prompt", req.text, req.target_new), ("true target", req.text, req.target_true or ""),
+                  *((f"paraphrase {i + 1}", p, req.target_new) for i, p in enumerate(req.paraphrases)),
+                  *((f"neighbourhood prompt {i + 1}", p.prompt, p.target) for i, p in enumerate(req.neighborhood)),
+                  *((f"portability prompt {i + 1}", p.prompt, p.target) for i, p in enumerate(req.portability))]
+        for name, prompt, answer in probes:
+            n = len(tokenizer(prompt + " " + answer)["input_ids"])
+            if n + margin > limit:
+                raise RequestError(f"{req.label}: the {name} with its answer is {n} tokens; the model reads at most "
+                                   f"{limit} ({margin} kept for the context templates): shorten it")
+
+
 def _fill(prompt: str, subject: str) -> str:
     return prompt.replace("{}", subject)
 

@@ -57,6 +57,7 @@ def run_sequence(ws: "Workspace", requests: list["EditRequest"], monitor: Monito
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    ws.editor.check_requests(requests)  # all of them fit the model's context, before the first step
     monitor.run = monitor.run or new_run_id()
     monitor.label = monitor.label or f"{edit_kwargs.get('method', 'rome')}/{edit_kwargs.get('key_mode', 'consistent')}"
     t0 = time.perf_counter()
