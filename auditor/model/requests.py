@@ -341,14 +341,15 @@ def check_record(rec: Any, where: str) -> None:
     if not isinstance(rec, dict):
         raise RequestError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     for key, kind in FIELDS.items():
-        if rec.get(key) is not None and (problem := _kind_error(rec[key], kind)):
+        if key in rec and (rec[key] is not None or kind == "text") and (problem := _kind_error(rec[key], kind)):
             raise RequestError(f"{where}: {_field_problem(key, problem, rec[key])}")
     if isinstance(rec.get("portability"), list) and (problem := _kind_error(rec["portability"], "probes")):
         raise RequestError(f"{where}: {_field_problem('portability', problem, rec['portability'])}")
     rewrite = rec.get("requested_rewrite")
     if isinstance(rewrite, dict):
         for key, kind in REWRITE_FIELDS.items():
-            if rewrite.get(key) is not None and (problem := _kind_error(rewrite[key], kind)):
+            if key in rewrite and (rewrite[key] is not None or kind == "text") and (
+                    problem := _kind_error(rewrite[key], kind)):
                 raise RequestError(f"{where}: field 'requested_rewrite.{key}' {problem}, got {_type_name(rewrite[key])}")
     stack: list[tuple[str, Any]] = [(str(k), v) for k, v in rec.items()]
     while stack:
@@ -395,7 +396,7 @@ def _safe(name: str) -> str:
 
 def _type_name(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "a number",
-            float: "a number"}.get(type(value), type(value).__name__)
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def parse_record(rec: Any, index: int) -> EditRequest:
