@@ -57,17 +57,14 @@ def bounded_int(low: int, high: int | None = None, *, what: str = "") -> Callabl
     line (exit 2) before any command runs.
     """
     def parse(text: str) -> int:
-        try:
-            value = int(text.strip(), 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        value = int(text.strip(), 10)  # ValueError: argparse says "invalid int value: 'TEXT'"
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low} (got {value})")
         if high is not None and value > high:
             raise argparse.ArgumentTypeError(f"must be at most {high}{f' ({what})' if what else ''} (got {value})")
         return value
 
-    parse.__name__ = "whole number"  # argparse names the type in its message: "invalid whole number value"
+    parse.__name__ = "int"  # argparse names the type in its message: "invalid int value: 'x'"
     return parse
 
 
