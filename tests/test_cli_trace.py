@@ -39,7 +39,7 @@ def test_trace_writes_json_and_png(tmp_path: Path, capsys: pytest.CaptureFixture
     (["--prompt", "The capital of France is", "--subject", "France", "--precision", "int8"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
-    if "--kind" in args or "--precision" in args:  # argparse's own error
+    if "--kind" in args or "--precision" in args or "--samples" in args:  # argparse's own error (range-checked types)
         with pytest.raises(SystemExit) as e:
             main(["trace", "demo", *args])
         assert e.value.code == 2

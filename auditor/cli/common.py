@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from auditor.model.checkpoint import LoadedModel
@@ -44,6 +44,45 @@ def user_errors() -> tuple[type[BaseException], ...]:
             FileNotFoundError, PermissionError, IsADirectoryError)
 
 
+# ---------------------------------------------------------------- argument types
+
+# The largest id SQLite stores (a signed 64-bit integer); larger ones raise OverflowError there.
+MAX_ID = 2**63 - 1
+
+
+def bounded_int(low: int, high: int | None = None, *, what: str = "") -> Callable[[str], int]:
+    """An argparse ``type``: a whole number in ``[low, high]`` (no upper bound when ``high`` is None).
+
+    Every integer option and argument of the command line is parsed by one of these, so a negative
+    ``--limit``, an id SQLite cannot hold or a billion ``--samples`` is refused by argparse with one
+    line (exit 2) before any command runs.
+    """
+    def parse(text: str) -> int:
+        value = int(text.strip(), 10)  # ValueError: argparse says "invalid int value: 'TEXT'"
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low} (got {value})")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}{f' ({what})' if what else ''} (got {value})")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its message: "invalid int value: 'x'"
+    return parse
+
+
+positive_int = bounded_int(1, MAX_ID)  # counts and limits (SQLite holds them)
+entry_id = bounded_int(1, MAX_ID, what="the largest id SQLite stores")
+layer_index = bounded_int(0, 4095)  # checked against the loaded model by check_layer
+# a hyper-parameter flag (--layer, --steps of edit): its range is the engine's (hparams.RANGES), so the
+# flag and the same value in --hparams JSON fail alike; here only "a whole number SQLite can hold"
+hparam_int = bounded_int(-MAX_ID - 1, MAX_ID)
+
+
+def check_layer(lm: "LoadedModel", layer: int | None, option: str = "--layer") -> None:
+    """Refuse a layer index the loaded model does not have (argparse cannot know the model)."""
+    if layer is not None and not 0 <= layer < lm.n_layers:
+        raise fail(f"{option} {layer}: the model has {lm.n_layers} layers (0-{lm.n_layers - 1})")
+
+
 # ---------------------------------------------------------------- shared options
 
 
@@ -73,13 +112,41 @@ def load_from_args(args: argparse.Namespace) -> "LoadedModel":
 
 def print_json(obj: Any) -> None:
     """``obj`` as indented JSON on stdout (paths, dtypes and the like as strings)."""
-    print(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+    text = json.dumps(obj, indent=2, default=str, ensure_ascii=False)  # C0 controls always escaped
+    if any(ord(ch) in _JSON_UNSAFE or 0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+        text = json.dumps(obj, indent=2, default=str)  # every non-ASCII character as \\uNNNN: still exact JSON
+    print(text)
+
+
+# C0 and C1 control characters (ESC starts the ANSI sequences that recolour, move the cursor or
+# rewrite a terminal's title), DEL, and the bidirectional overrides that reorder what a reader sees
+_UNSAFE = {c: None for c in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x202A, 0x202B, 0x202C, 0x202D,
+                             0x202E, 0x2066, 0x2067, 0x2068, 0x2069)}
+_JSON_UNSAFE = {c for c in _UNSAFE if c >= 0x7F}  # what json.dumps(ensure_ascii=False) leaves raw
+
+
+def printable(text: Any) -> str:
+    """``text`` as one safe line for a terminal: control characters, escape sequences' ESC and
+    bidirectional overrides shown as ``\\xNN`` / ``\\uNNNN`` escapes, lone surrogates as ``\\udNNN``
+    (text from request files and ledgers is untrusted). Every table and key/value line the command
+    line prints goes through here; JSON output (:func:`print_json`) stays exact JSON instead."""
+    s = str(text)
+    if s.isprintable() and s.translate(_UNSAFE) == s:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+    out = []
+    for ch in s:
+        code = ord(ch)
+        if code in _UNSAFE or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    return "" if value is None else str(value)
+    return "" if value is None else printable(value)
 
 
 def print_table(rows: Mapping[str, Any] | Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
@@ -87,12 +154,12 @@ def print_table(rows: Mapping[str, Any] | Sequence[Mapping[str, Any]], columns: 
     if isinstance(rows, Mapping):
         width = max((len(str(k)) for k in rows), default=0)
         for key, value in rows.items():
-            print(f"{str(key):<{width}}  {_cell(value)}")
+            print(f"{printable(key):<{width}}  {_cell(value)}")
         return
     if not rows:
         return
-    cols = list(columns or rows[0].keys())
-    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
+    cols = [printable(c) for c in (columns or rows[0].keys())]
+    cells = [[_cell(r.get(c)) for c in (columns or rows[0].keys())] for r in rows]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
     for line in cells:

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from auditor.cli.common import add_json_arg, add_model_args, fail, load_from_args, print_table
+from auditor.cli.common import (add_json_arg, add_model_args, bounded_int, fail, hparam_int, load_from_args, print_table,
+                                printable)
 from auditor.files import atomic_file, check_output
 from auditor.engine.hparams import KEY_MODES
 
@@ -138,6 +139,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
             from auditor.run.workspace import Workspace
 
             ws = Workspace.open(args.workspace, device=args.device)
+            ws.editor.check_requests(requests)
             for req in requests:
                 result, entry = ws.edit(req, progress=bar, **kwargs)
                 bar.done()
@@ -166,18 +168,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
                       f"max update/weight norm {r['update_ratio_max']}")
         for r in records:
             if r.get("error"):
-                print(f"{r['case_id']}: {r['status']}: {r['error']}", file=sys.stderr)
+                who = f"batch {r.get('batch')}" if r.get("summary") == "batch" else r.get("case_id")
+                print(printable(f"{who}: {r['status']}: {r['error']}"), file=sys.stderr)
     return 0 if all(r["status"] in ("applied", "dry-run") for r in records) else 1
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -194,17 +187,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="JSON or JSON-lines file of edit requests")
     p.add_argument("--method", default="rome", choices=("rome", "memit", "alphaedit"),
                    help="editing method (default: rome); memit and alphaedit edit a batch per update")
-    p.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+    p.add_argument("--batch-size", type=bounded_int(1, 100_000), default=None, metavar="N",
                    help="requests per update for memit/alphaedit (default: all in one batch); "
                         "batches run one after another; rome: 1")
     p.add_argument("--key-mode", default="consistent", choices=KEY_MODES,
                    help="consistent: prefixed keys everywhere (r-ROME, Gupta et al. 2024; default); "
                         "original: the reference implementation's unprefixed current key; "
                         "joint: a rank-two update mapping both the bare and the prefixed key to v*")
-    p.add_argument("--layer", type=int, default=None, help="layer to edit (default: the family's)")
-    p.add_argument("--steps", dest="v_num_grad_steps", type=int, default=None, metavar="N",
+    p.add_argument("--layer", type=hparam_int, default=None, help="layer to edit (default: the family's)")
+    p.add_argument("--steps", dest="v_num_grad_steps", type=hparam_int, default=None, metavar="N",
                    help="maximum v* optimisation steps")
-    p.add_argument("--stats-tokens", dest="mom2_n_tokens", type=int, default=None, metavar="N",
+    p.add_argument("--stats-tokens", dest="mom2_n_tokens", type=hparam_int, default=None, metavar="N",
                    help="tokens of reference text behind the key statistics")
     p.add_argument("--hparams", default=None, metavar="JSON|FILE",
                    help="hyper-parameter overrides as a JSON object or a JSON file")

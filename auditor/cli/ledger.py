@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from auditor.cli.common import add_json_arg, add_model_args, emit, print_json, print_table
+from auditor.cli.common import add_json_arg, add_model_args, emit, entry_id, positive_int, print_json, print_table
 from auditor.record.anchor import AnchorError
 from auditor.record.export import ExportError
 from auditor.record.ledger import LedgerError
@@ -221,7 +221,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = sub.add_parser("list", help="list entries, oldest first",
                        description="One line per entry: id, time, kind, status, subject, target, metrics.")
     _workspace_arg(q)
-    q.add_argument("--limit", type=int, default=None, metavar="N", help="only the last N entries")
+    q.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the last N entries")
     q.add_argument("--status", choices=("applied", "dry-run", "rejected", "failed"), default=None,
                    help="only entries with this status")
     q.add_argument("--kind", choices=("edit", "revert"), default=None, help="only edits or only reverts")
@@ -229,14 +229,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_ledger_list)
     q = sub.add_parser("show", help="every field of one entry", description="Every column of entry ID.")
     _workspace_arg(q)
-    q.add_argument("id", type=int, metavar="ID", help="the entry id")
+    q.add_argument("id", type=entry_id, metavar="ID", help="the entry id")
     add_json_arg(q)
     q.set_defaults(func=cmd_ledger_show)
     q = sub.add_parser("search", help="full-text search over subjects, prompts and targets",
                        description="Entries whose subject, prompt or targets contain every word of TEXT.")
     _workspace_arg(q)
     q.add_argument("text", metavar="TEXT", help="words to look for")
-    q.add_argument("--limit", type=int, default=100, metavar="N", help="at most N entries (default: 100)")
+    q.add_argument("--limit", type=positive_int, default=100, metavar="N", help="at most N entries (default: 100)")
     add_json_arg(q)
     q.set_defaults(func=cmd_ledger_search)
     q = sub.add_parser("verify", help="recompute every hash, the chain and the delta files",
@@ -263,7 +263,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("revert", help="undo an applied edit (recorded as a new entry)",
                               description="Rebuild the edited matrix from the base plus the remaining edits.")
     _workspace_arg(p)
-    p.add_argument("id", type=int, metavar="ID", help="the entry of the edit to undo")
+    p.add_argument("id", type=entry_id, metavar="ID", help="the entry of the edit to undo")
     p.add_argument("--note", default=None, help="why (stored in the new entry)")
     _device_arg(p)
     add_json_arg(p)

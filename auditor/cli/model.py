@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from auditor.cli.common import add_json_arg, add_model_args, emit, load_from_args
+from auditor.cli.common import add_json_arg, add_model_args, bounded_int, emit, load_from_args
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -45,11 +45,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2, got {value}")
-    return value
+_positive_int = bounded_int(2, 1 << 30)  # tokens, window length, windows per pass
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -8,7 +8,8 @@ Commands::
     edit-auditor report --workspace DIR [--workspace DIR2 ...] [--runs FILE.jsonl ...] --out report.html
 
 ``sequence`` writes one JSON line per step with every monitored figure (monitor.py) and a final
-line (``"final": true``) saying whether and why it stopped; it exits 1 when the monitor stopped it.
+line (``"final": true``) saying whether and why it stopped; it exits 1 when the monitor stopped it
+or when a step could not be applied (a failed batch, an edit the collapse guard refused).
 With MODEL instead of ``--workspace`` the run uses a new workspace in a temporary folder (the
 JSON lines are then the only record). ``report`` draws the curves of every run recorded in the
 workspaces (and JSON-lines files) into one self-contained HTML file.
@@ -23,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from auditor.cli.common import add_model_args, fail
+from auditor.cli.common import add_model_args, bounded_int, fail
 from auditor.files import atomic_file, check_output
 
 EXIT_STOPPED = 1
@@ -133,8 +134,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Apply the requests in order, measuring after each step perplexity relative to the "
                     "base, retention of earlier edits, the watchlist, and norm and condition number of "
                     "each edited matrix relative to the base. When a threshold is crossed the run stops "
-                    "and the offending step is reverted (new ledger entries). One JSON line per step, "
-                    "then a final line. Exit code 1 when the monitor stopped the run.")
+                    "and the offending step is reverted (new ledger entries); a step that cannot be applied "
+                    "(a failed batch, an edit the guard refuses) also stops the run. One JSON line per step, "
+                    "then a final line. Exit code 1 when the run stopped.")
     p.add_argument("model", nargs="?", metavar="MODEL",
                    help="a checkpoint folder, a .gguf file or 'demo' (not with --workspace)")
     add_model_args(p, model=False)
@@ -147,7 +149,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "batch) (default: rome)")
     p.add_argument("--key-mode", default="consistent", choices=("consistent", "original"),
                    help="ROME key mode (default: consistent)")
-    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+    p.add_argument("--batch-size", type=bounded_int(1, 100_000), default=1, metavar="N",
                    help="requests per step; the monitor decides after each step (default: 1)")
     p.add_argument("--stop-on", default="all", metavar="SPEC",
                    help="figures that stop the run, with optional thresholds: 'all' (default), 'none', or "

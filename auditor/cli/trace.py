@@ -17,8 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from auditor.cli.common import add_json_arg, add_model_args, fail, load_from_args, print_json, print_table
+from auditor.cli.common import (add_json_arg, add_model_args, bounded_int, check_layer, fail, layer_index, load_from_args,
+                                print_json, print_table)
 from auditor.files import check_output
+
+# noise samples per probability: the paper used 10; each costs one forward pass per token and layer
+MAX_SAMPLES = 1000
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -58,13 +62,21 @@ def _print_heatmap(tr: Any) -> None:
         print(f"{lab:<{width}}{star}" + " ".join(f"{row[c]:5.3f}" for c in cols) + f"  {int(np.argmax(row)):>4}")
 
 
+def _check_fits(lm: Any, text: str, answer: str | None) -> None:
+    """The prompt (and its answer) within the model's context, before any forward pass."""
+    from auditor.measure.perplexity import max_positions
+
+    limit = max_positions(lm.model.config)
+    n = len(lm.tokenizer(text + " " + (answer or ""))["input_ids"]) + 1  # + the predicted token
+    if limit is not None and n > limit:
+        raise fail(f"--prompt is {n} tokens with its answer; the model reads at most {limit}: shorten it")
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     if args.suggest_layer:
         return _suggest(args)
     if not args.prompt or not args.subject:
         raise fail("--prompt and --subject are required (or --suggest-layer)")
-    if args.samples is not None and args.samples < 1:
-        raise fail("--samples must be at least 1")
     text = args.prompt.replace("{}", args.subject, 1) if "{}" in args.prompt else args.prompt
     if args.subject not in text:
         raise fail(f"the subject {args.subject!r} does not occur in the prompt {text!r}")
@@ -73,6 +85,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from auditor.measure.trace import DEFAULT_SAMPLES, KINDS, Tracer
 
     lm = load_from_args(args)
+    check_layer(lm, args.layer)
+    _check_fits(lm, text, args.answer)
     tracer = Tracer(lm, samples=args.samples or DEFAULT_SAMPLES, precision=args.precision)
     kinds = [args.kind] if args.kind else list(KINDS)
     show = args.progress or (sys.stderr.isatty() and not args.json)
@@ -125,13 +139,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the answer whose probability is traced (default: the model's top prediction)")
     p.add_argument("--kind", choices=("hidden", "mlp", "attn"), default=None,
                    help="restore only this kind of state (default: all three)")
-    p.add_argument("--samples", type=int, default=None, metavar="N",
+    p.add_argument("--samples", type=bounded_int(1, MAX_SAMPLES), default=None, metavar="N",
                    help="noise samples per probability (default: 5; the paper used 10)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="matrix products of the restorations of a float32 model: bfloat16 is about 1.7x "
                         "faster on CPUs with bf16 instructions and moves probabilities by about 0.01 "
                         "(default: float32)")
-    p.add_argument("--layer", type=int, default=None, help="layer to mark on the PNG (e.g. the edited one)")
+    p.add_argument("--layer", type=layer_index, default=None, help="layer to mark on the PNG (e.g. the edited one)")
     p.add_argument("--png", type=Path, default=None, metavar="FILE", help="write the heatmaps as a PNG")
     p.add_argument("--suggest-layer", action="store_true",
                    help="trace the known facts and print the suggested layer to edit (cached)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from auditor.cli.common import emit, print_json, print_table
+from auditor.cli.common import emit, entry_id, print_json, print_table
 from auditor.record.watch import WatchError, Watchlist
 from auditor.run.workspace import WorkspaceError, open_ledger
 
@@ -95,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = sub.add_parser("remove", help="stop watching an item", description="Remove an item (a new event; "
                                                                             "the history keeps it).")
     common(q)
-    q.add_argument("id", type=int, metavar="ID", help="the item's id (see `watch list`)")
+    q.add_argument("id", type=entry_id, metavar="ID", help="the item's id (see `watch list`)")
     q.add_argument("--note", default=None, help="why it is removed")
     q.set_defaults(func=cmd_remove)
 

@@ -198,7 +198,7 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) ->
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(tmp), metadata=meta)
+        save_file({k: plain(t) for k, t in tensors.items()}, str(tmp), metadata=meta)
         tmp.replace(path)
     except BaseException:  # a full disk, an I/O error: no half-written file is left behind
         tmp.unlink(missing_ok=True)
@@ -213,9 +213,21 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     return meta, load_file(str(path))
 
 
+def plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, on the CPU, with the standard strides of its shape.
+
+    Hashing and saving read a tensor's bytes in row-major order, whatever view it arrived as: a
+    transpose (``K.T``), a slice, or a tensor PyTorch calls contiguous although its strides are not
+    the standard ones (a size-1 dimension, e.g. ``(in, 1)`` with strides ``(1, in)``, on which
+    ``view(torch.uint8)`` fails). ``reshape(-1)`` of a contiguous tensor is a plain 1-d view,
+    and viewing it back to the shape gives the standard strides (no copy unless one is needed).
+    """
+    return t.detach().cpu().contiguous().reshape(-1).view(t.shape)
+
+
 def _tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().cpu().contiguous()
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    """The tensor's bytes in row-major order (any stride, view or device; see :func:`plain`)."""
+    return plain(t).reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
 @torch.no_grad()

@@ -37,24 +37,35 @@ class CollapseGuard:
     def reasons(self, denominator: float | None, ppl_ratio: float | None, *,
                 denominator_ratio: float | None = None) -> list[str]:
         out = []
-        if denominator is not None and abs(denominator) < self.min_denominator:
+        if denominator is not None and below(abs(denominator), self.min_denominator):
             out.append(f"|denominator| {abs(denominator):.4g} < {self.min_denominator:g}")
-        if denominator_ratio is not None and abs(denominator_ratio) < self.min_denominator_ratio:
+        if denominator_ratio is not None and below(abs(denominator_ratio), self.min_denominator_ratio):
             out.append(f"|denominator / consistent denominator| {abs(denominator_ratio):.4g} "
                        f"< {self.min_denominator_ratio:g}")
-        if ppl_ratio is not None and ppl_ratio > self.max_ppl_ratio:
+        if ppl_ratio is not None and above(ppl_ratio, self.max_ppl_ratio):
             out.append(f"perplexity ratio {ppl_ratio:.4g} > {self.max_ppl_ratio:g}")
         return out
 
 
+def above(value: float, limit: float) -> bool:
+    """``value > limit``, and True for a NaN: a figure that is not a number is never within a limit."""
+    return not (value <= limit)
+
+
+def below(value: float, limit: float) -> bool:
+    """``value < limit``, and True for a NaN (see :func:`above`)."""
+    return not (value >= limit)
+
+
 def batch_guard_reasons(guard: Any, diagnostics: dict, ppl_ratio: float | None) -> list[str]:
-    """Scale-free collapse signals: the largest ||Delta|| / ||W|| and the perplexity ratio."""
+    """Scale-free collapse signals: the largest ||Delta|| / ||W|| and the perplexity ratio (every
+    layer is checked on its own, so a NaN on any layer is flagged wherever it sits)."""
     limit = guard.max_update_ratio
     out = []
-    ratios = [(d["update_ratio"], d["layer"]) for d in diagnostics.get("layers", [])]
-    if ratios and max(ratios)[0] > limit:
-        r, layer = max(ratios)
+    over = [(d["update_ratio"], d["layer"]) for d in diagnostics.get("layers", []) if above(d["update_ratio"], limit)]
+    if over:
+        r, layer = next((x for x in over if x[0] != x[0]), None) or max(over)
         out.append(f"update norm / weight norm {r:.4g} > {limit:g} at layer {layer}")
-    if ppl_ratio is not None and ppl_ratio > guard.max_ppl_ratio:
+    if ppl_ratio is not None and above(ppl_ratio, guard.max_ppl_ratio):
         out.append(f"perplexity ratio {ppl_ratio:.4g} > {guard.max_ppl_ratio:g}")
     return out

@@ -23,6 +23,7 @@ A request file is untrusted input: it must be a regular file of at most
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from dataclasses import asdict, dataclass, field
@@ -97,6 +98,10 @@ class EditRequest:
             self.target_true = None
         texts = [self.prompt, self.subject, self.target_new, self.target_true or "", *self.paraphrases,
                  *(t for p in [*self.neighborhood, *self.portability] for t in (p.prompt, p.target))]
+        if not all(isinstance(t, str) for t in texts):
+            raise RequestError(f"{where}: every prompt and target must be a string")
+        if not all(map(_is_unicode, texts)):
+            raise RequestError(f"{where}: a prompt or target holds a lone surrogate (text that is not valid Unicode)")
         if max(map(len, texts)) > MAX_TEXT_CHARS:
             raise RequestError(f"{where}: a prompt or target is longer than {MAX_TEXT_CHARS} characters")
         if max(len(self.paraphrases), len(self.neighborhood), len(self.portability)) > MAX_PROMPTS:
@@ -112,6 +117,31 @@ class EditRequest:
     def from_json(cls, d: dict[str, Any]) -> "EditRequest":
         """Inverse of :meth:`to_json` (the flat form)."""
         return parse_record(d, 0)
+
+
+# Tokens kept free beyond a prompt and its answer: the context templates' prefixes (ROME, MEMIT and
+# AlphaEdit prepend a few words of generated text) and the positions a prefix of the subject moves.
+CONTEXT_MARGIN = 32
+
+
+def check_context(requests: list[EditRequest], tokenizer: Any, limit: int | None,
+                  margin: int = CONTEXT_MARGIN) -> None:
+    """Refuse, before anything is computed, a request whose prompt (or paraphrase, neighbourhood or
+    portability prompt) with its answer would not fit the model's context of ``limit`` tokens
+    (``margin`` kept for the templates); a learned position table (GPT-2) fails with an
+    IndexError past its end, rotary models silently read garbage. ``limit`` None: no limit known."""
+    if limit is None:
+        return
+    for req in requests:
+        probes = [("prompt", req.text, req.target_new), ("true target", req.text, req.target_true or ""),
+                  *((f"paraphrase {i + 1}", p, req.target_new) for i, p in enumerate(req.paraphrases)),
+                  *((f"neighbourhood prompt {i + 1}", p.prompt, p.target) for i, p in enumerate(req.neighborhood)),
+                  *((f"portability prompt {i + 1}", p.prompt, p.target) for i, p in enumerate(req.portability))]
+        for name, prompt, answer in probes:
+            n = len(tokenizer(prompt + " " + answer)["input_ids"])
+            if n + margin > limit:
+                raise RequestError(f"{req.label}: the {name} with its answer is {n} tokens; the model reads at most "
+                                   f"{limit} ({margin} kept for the context templates): shorten it")
 
 
 def _fill(prompt: str, subject: str) -> str:
@@ -252,15 +282,131 @@ def _flat(rec: dict[str, Any], where: str) -> EditRequest:
     )
 
 
+# ---------------------------------------------------------------- the schema of a record
+#
+# Every record is checked against this table before any shape is read, so a wrong type is one line
+# naming the field rather than an exception deep inside the parsing. Kinds: "text" a string;
+# "texts" a string or a list of strings; "target" a string, a list of strings (the first is used)
+# or an object whose "str" is one (CounterFact); "probes" a list of {prompt: text, target: target};
+# "id" a string or a whole number SQLite can hold; "object" a JSON object.
+FIELDS: dict[str, str] = {
+    "prompt": "text", "subject": "text", "src": "text", "loc": "text", "locality_prompt": "text",
+    "target_new": "target", "target_true": "target", "alt": "target", "answers": "target", "loc_ans": "target",
+    "ground_truth": "target", "locality_ground_truth": "target",
+    "paraphrases": "texts", "paraphrase_prompts": "texts", "neighborhood_prompts": "texts", "rephrase": "texts",
+    "rephrase_prompt": "texts",
+    "neighborhood": "probes",
+    "case_id": "id", "id": "id",
+    "meta": "object", "requested_rewrite": "object",
+}
+REWRITE_FIELDS = {k: FIELDS[k] for k in ("prompt", "subject", "target_new", "target_true")}
+MAX_INT = 2**63 - 1  # SQLite's integers are signed 64-bit
+
+
+def _kind_error(value: Any, kind: str) -> str | None:
+    """What is wrong with ``value`` for ``kind`` (None: nothing)."""
+    def is_text(x: Any) -> bool:
+        return isinstance(x, str)
+
+    if kind == "text":
+        return None if is_text(value) else "must be a string"
+    if kind == "texts":
+        ok = is_text(value) or (isinstance(value, list) and all(map(is_text, value)))
+        return None if ok else "must be a string or a list of strings"
+    if kind == "target":
+        if isinstance(value, dict):
+            value = value.get("str")
+        ok = value is None or is_text(value) or (isinstance(value, list) and all(map(is_text, value)))
+        return None if ok else "must be a string, a list of strings or an object with a string 'str'"
+    if kind == "probes":
+        if not isinstance(value, list):
+            return "must be a list of {prompt, target} objects"
+        for i, p in enumerate(value):
+            if not (isinstance(p, dict) and is_text(p.get("prompt")) and p.get("target") is not None
+                    and _kind_error(p["target"], "target") is None):
+                return f"[{i}] must be an object with a string 'prompt' and 'target'"
+        return None
+    if kind == "id":
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            return "must be a string or a whole number"
+        return None if not isinstance(value, int) or abs(value) <= MAX_INT else f"must be at most {MAX_INT}"
+    return None if isinstance(value, dict) else "must be a JSON object"
+
+
+def check_record(rec: Any, where: str) -> None:
+    """Raise :class:`RequestError` naming the first field of ``rec`` whose type or value is wrong:
+    a known field of the wrong kind (:data:`FIELDS`), or anywhere in the record (``meta`` and
+    unknown keys included) a string that is not valid Unicode (a lone surrogate cannot be stored
+    or printed as UTF-8), a whole number beyond 64 bits, or a number that is not finite."""
+    if not isinstance(rec, dict):
+        raise RequestError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    for key, kind in FIELDS.items():
+        if key in rec and (rec[key] is not None or kind == "text") and (problem := _kind_error(rec[key], kind)):
+            raise RequestError(f"{where}: {_field_problem(key, problem, rec[key])}")
+    if isinstance(rec.get("portability"), list) and (problem := _kind_error(rec["portability"], "probes")):
+        raise RequestError(f"{where}: {_field_problem('portability', problem, rec['portability'])}")
+    rewrite = rec.get("requested_rewrite")
+    if isinstance(rewrite, dict):
+        for key, kind in REWRITE_FIELDS.items():
+            if key in rewrite and (rewrite[key] is not None or kind == "text") and (
+                    problem := _kind_error(rewrite[key], kind)):
+                raise RequestError(f"{where}: field 'requested_rewrite.{key}' {problem}, got {_type_name(rewrite[key])}")
+    stack: list[tuple[str, Any]] = [(str(k), v) for k, v in rec.items()]
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, str) and not _is_unicode(value):
+            raise RequestError(f"{where}: field '{_safe(name)}' holds a lone surrogate (text that is not valid Unicode)")
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            raise RequestError(f"{where}: field '{_safe(name)}' holds a number beyond 64 bits")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RequestError(f"{where}: field '{_safe(name)}' holds {value} (not a finite number)")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not _is_unicode(k):
+                    raise RequestError(f"{where}: a key inside '{_safe(name)}' is not valid Unicode")
+                stack.append((f"{name}.{k}", v))
+        elif isinstance(value, list):
+            stack.extend((f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
+def _field_problem(key: str, problem: str, value: Any) -> str:
+    """``field 'neighborhood[2]' must be ...`` or ``field 'subject' must be ..., got a number``."""
+    if problem.startswith("["):  # an element of a list
+        index, _, rest = problem.partition("] ")
+        return f"field '{key}{index}]' {rest}"
+    return f"field '{key}' {problem}, got {_type_name(value)}"
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _safe(name: str) -> str:
+    """A field name fit for an error line (escapes, no surrogates, at most 80 characters)."""
+    text = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
 def parse_record(rec: Any, index: int) -> EditRequest:
     """One record of any of the three shapes; ``index`` names it in errors."""
     where = f"record {index}"
-    if not isinstance(rec, dict):
-        raise RequestError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     for k in ("case_id", "id"):
-        if rec.get(k) is not None:
-            where = f"record {index} ({k} {rec[k]})"
+        if isinstance(rec, dict) and rec.get(k) is not None:
+            where = f"record {index} ({k} {_safe(str(rec[k]))})"
             break
+    check_record(rec, where)
     try:
         if "requested_rewrite" in rec:
             req = _counterfact(rec, where)
@@ -291,7 +437,9 @@ def load_requests(path: str | Path) -> list[EditRequest]:
     path = Path(path)
     text = _read_limited(path)
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
+    except _NotJson as e:
+        raise RequestError(f"request file {path}: {e}") from None
     except RecursionError:
         raise RequestError(f"request file {path} is nested too deeply (more than {MAX_DEPTH} levels)") from None
     except json.JSONDecodeError as first:
@@ -330,6 +478,15 @@ def _read_limited(path: Path) -> str:
         raise RequestError(f"request file {path} is not UTF-8 text") from None
 
 
+class _NotJson(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON (Python's reader accepts them)."""
+    raise _NotJson(f"{name} is not a JSON value (numbers must be finite)")
+
+
 def _looks_like_json_lines(text: str, error: json.JSONDecodeError) -> bool:
     """Several JSON values, one per line: the document ends after its first line's value."""
     if error.msg == "Extra data":
@@ -338,8 +495,8 @@ def _looks_like_json_lines(text: str, error: json.JSONDecodeError) -> bool:
     if len(lines) < 2:
         return False
     try:
-        json.loads(lines[0])
-    except (json.JSONDecodeError, RecursionError):
+        json.loads(lines[0], parse_constant=_no_constant)
+    except (json.JSONDecodeError, RecursionError, _NotJson):
         return False
     return True
 
@@ -353,7 +510,9 @@ def _load_json_lines(path: Path, text: str) -> list[EditRequest]:
         if len(requests) >= MAX_RECORDS:
             raise RequestError(f"request file {path} holds more than {MAX_RECORDS} records")
         try:
-            rec = json.loads(line)
+            rec = json.loads(line, parse_constant=_no_constant)
+        except _NotJson as e:
+            raise RequestError(f"request file {path}, line {lineno}: {e}") from None
         except json.JSONDecodeError as e:
             raise RequestError(f"request file {path}, line {lineno}, column {e.colno}: not valid JSON ({e.msg})") from None
         except RecursionError:

@@ -33,7 +33,8 @@ from auditor.engine.hparams import HParamsError
 from auditor.engine.methods import V_BATCH, BatchError, MethodContext
 from auditor.engine.registry import get_method
 from auditor.measure.guard import batch_guard_reasons
-from auditor.model.requests import EditRequest
+from auditor.measure.perplexity import max_positions
+from auditor.model.requests import EditRequest, check_context
 from auditor.run.outcome import EditResult, settle
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ def check_batch(lm: Any, requests: list[EditRequest]) -> None:
     """Refuse a batch that cannot be edited, naming the request (nothing computed yet)."""
     if not requests:
         raise BatchFailed("the batch holds no requests")
+    check_context(requests, lm.tokenizer, max_positions(lm.model.config))
     seen: dict[str, tuple[int, str]] = {}
     for i, req in enumerate(requests):
         where = f"request {i + 1} ({req.label})"

@@ -150,6 +150,14 @@ class Editor:
 
         return edit_batch(self, requests, **kwargs)
 
+    def check_requests(self, requests: list[EditRequest]) -> None:
+        """RequestError for a request whose prompts do not fit the model's context (see
+        ``requests.check_context``); callers with many requests check them all before the first edit."""
+        from auditor.measure.perplexity import max_positions
+        from auditor.model.requests import check_context
+
+        check_context(requests, self.lm.tokenizer, max_positions(self.lm.model.config))
+
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = fingerprint_model(self.lm.model)
@@ -189,6 +197,7 @@ class Editor:
         if key_mode not in KEY_MODES:
             raise EditFailed(f"unknown key mode {key_mode!r}; use {' or '.join(KEY_MODES)}")
         hp = self.hparams(hparams)
+        self.check_requests([request])
         emit = progress or (lambda _p: None)
         cancelled = cancel.is_set if cancel else (lambda: False)
         t_start = time.perf_counter()
@@ -304,6 +313,7 @@ class Editor:
                   on_result: Callable[[int, EditResult], None] | None = None, **kwargs) -> list[EditResult]:
         """Sequential editing (each edit sees the earlier ones), or ``independent``: every request
         on the unedited model, the weights restored exactly between requests."""
+        self.check_requests(requests)
         results = []
         for i, req in enumerate(requests):
             if independent:

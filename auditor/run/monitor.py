@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
 from auditor.base import AuditorError
+from auditor.measure.guard import above, below
 
 if TYPE_CHECKING:
     from auditor.run.outcome import EditResult
@@ -80,38 +81,74 @@ class Thresholds:
         return float(getattr(self, FIGURES[figure][0]))
 
     def crossed(self, figure: str, value: float | None) -> bool:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        """Whether ``value`` is past the figure's limit; a NaN is (it is not known to be within it);
+        None (not measured, e.g. no watchlist) is not."""
+        if value is None:
             return False
-        limit = self.value(figure)
-        return value > limit if FIGURES[figure][1] == "max" else value < limit
+        return beyond(float(value), self.value(figure), FIGURES[figure][1])
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
 
+def beyond(value: float, limit: float, kind: str) -> bool:
+    """``value`` past ``limit`` (``kind`` "max": above it, "min": below it); a NaN is past every
+    limit (measure/guard.py's comparisons, shared with the collapse guard)."""
+    return above(value, limit) if kind == "max" else below(value, limit)
+
+
+# figures whose threshold is a share (0..1); the others are ratios or slopes
+_SHARES = {"retention", "watch"}
+
+
 def parse_stop_on(text: str | None, thresholds: Thresholds | None = None) -> tuple[list[str], Thresholds]:
     """``"ppl,retention=0.5,norm"`` -> (figures to stop on, thresholds with the overrides).
 
-    ``"all"`` (or None) stops on every figure with the defaults, ``"none"`` on nothing.
+    ``"all"`` (or None) stops on every figure with the defaults, ``"none"`` on nothing. Anything
+    else must name at least one known figure; a threshold must be a finite number, not negative,
+    at most 1 for a share (retention, watch) and above 0 for a ratio. A bad specification raises
+    :class:`MonitorError` (one line): a monitor that silently watches nothing is worse than none.
     """
     th = thresholds or Thresholds()
     if text is None or text.strip() == "all":
         return list(FIGURES), th
     if text.strip() == "none":
         return [], th
+    known = f"known: {', '.join(FIGURES)}, all, none"
     names = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        name, _, value = part.partition("=")
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            raise MonitorError(f"--stop-on {text!r}: an empty item; give figures separated by commas ({known})")
+        name, eq, value = part.partition("=")
         name = name.strip()
         if name not in FIGURES:
-            raise MonitorError(f"unknown --stop-on figure {name!r}; known: {', '.join(FIGURES)}, all, none")
-        if value:
-            try:
-                setattr(th, FIGURES[name][0], float(value))
-            except ValueError:
-                raise MonitorError(f"--stop-on {name}={value}: not a number") from None
+            raise MonitorError(f"unknown --stop-on figure {name!r}; {known}")
+        if eq:
+            setattr(th, FIGURES[name][0], _threshold(name, value.strip()))
         names.append(name)
     return names, th
+
+
+def _threshold(name: str, value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise MonitorError(f"--stop-on {name}={value}: not a number") from None
+    if not math.isfinite(x) or x < 0:
+        raise MonitorError(f"--stop-on {name}={value}: a threshold must be a finite number, not negative")
+    if name in _SHARES and x > 1:
+        raise MonitorError(f"--stop-on {name}={value}: {name} is a share of answers, between 0 and 1")
+    if name not in _SHARES and name != "trend" and x == 0:
+        raise MonitorError(f"--stop-on {name}={value}: a ratio's threshold must be above 0")
+    return x
+
+
+def worst(values: Iterable[float], default: float = 1.0) -> float:
+    """The largest value, NaN if any is NaN (Python's ``max`` keeps or drops a NaN by position)."""
+    vals = list(values)
+    if any(math.isnan(v) for v in vals):
+        return math.nan
+    return max(vals, default=default)
 
 
 def slope(values: list[float]) -> float | None:
@@ -174,8 +211,8 @@ class Monitor:
             "ppl": ppl, "ppl_base": self.ppl_base, "ppl_ratio": ppl / self.ppl_base,
             "retention": watch.get("retention"), "watch_pass_rate": self._pass_rate(watch),
             "edits_lost": watch.get("edits_lost", []), "watch_failed": [f["item"] for f in watch.get("failed", [])],
-            "norm_ratio": max((m["norm_ratio"] for m in matrices.values()), default=1.0),
-            "cond_ratio": max((m["cond_ratio"] for m in matrices.values()), default=1.0),
+            "norm_ratio": worst(m["norm_ratio"] for m in matrices.values()),
+            "cond_ratio": worst(m["cond_ratio"] for m in matrices.values()),
             "matrices": matrices,
         }
         fig["trend"] = self._trend(fig)

@@ -7,7 +7,9 @@ entry per step). After every applied edit the workspace runs the watchlist check
 in ``metrics.watch`` and ``metrics.monitor``. After each step the step's figures are handed to
 ``on_step``; when one crosses a threshold the run is told to stop on, every edit of that step is
 reverted (new ledger entries, newest first; nothing is deleted), so the model is bit for bit what
-it was before the step, and the run ends. The final record says whether and why it stopped.
+it was before the step, and the run ends. A step that is not applied whole (an edit or batch that
+fails, or that the collapse guard refuses) also ends the run, with ``failed`` and the error in the
+final record. The final record says whether and why it stopped.
 
 Example::
 
@@ -55,6 +57,7 @@ def run_sequence(ws: "Workspace", requests: list["EditRequest"], monitor: Monito
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    ws.editor.check_requests(requests)  # all of them fit the model's context, before the first step
     monitor.run = monitor.run or new_run_id()
     monitor.label = monitor.label or f"{edit_kwargs.get('method', 'rome')}/{edit_kwargs.get('key_mode', 'consistent')}"
     t0 = time.perf_counter()
@@ -68,14 +71,15 @@ def run_sequence(ws: "Workspace", requests: list["EditRequest"], monitor: Monito
                 final.update(stopped=True, cancelled=True, reason="cancelled by the user")
                 break
             fp_before = ws.fingerprint
-            entries = _edit_batch(ws, batch, cancel=cancel, note=f"sequence {monitor.run} step {step}",
-                                  **edit_kwargs)
+            entries, failure = _edit_batch(ws, batch, cancel=cancel, note=f"sequence {monitor.run} step {step}",
+                                           **edit_kwargs)
             if entries is None:
                 final.update(stopped=True, cancelled=True, reason="cancelled by the user")
                 break
             applied = [e for e in entries if e.kind == "edit" and e.status == "applied"]
             applied_total += _n_edits(applied)
             record = _step_record(monitor, step, batch, entries, applied, applied_total, ws)
+            failure = failure or _not_applied(entries)
             stops = [c for c in record["crossed"] if c["stops"]] if applied else []
             if stops:
                 reason = "; ".join(c["reason"] for c in stops)
@@ -89,6 +93,15 @@ def run_sequence(ws: "Workspace", requests: list["EditRequest"], monitor: Monito
                              rolled_back=[e.id for e in applied], reverts=[r.id for r in reverts],
                              fingerprint_before_step=fp_before)
                 break
+            if failure:
+                # a step that was not applied whole (failed, refused by the guard) ends the run: going
+                # on would report fewer edits than requested as a finished run
+                record["failed"] = failure
+                if on_step:
+                    on_step(record)
+                final.update(stopped=True, failed=True, reason=f"step {step} not applied: {failure}",
+                             stopped_at_step=step)
+                break
             if on_step:
                 on_step(record)
     finally:
@@ -100,22 +113,25 @@ def run_sequence(ws: "Workspace", requests: list["EditRequest"], monitor: Monito
     return final
 
 
-def _edit_batch(ws: "Workspace", batch: list["EditRequest"], **kwargs: Any) -> list["Entry"] | None:
-    """One step's edits as ledger entries (a failed edit is recorded too); None when cancelled.
+def _edit_batch(ws: "Workspace", batch: list["EditRequest"],
+                **kwargs: Any) -> tuple[list["Entry"] | None, str | None]:
+    """One step's edits as ledger entries (a failed edit is recorded too), and why the step failed
+    when it failed without an entry; ``(None, None)`` when cancelled.
 
-    ROME: one entry per request, in order. MEMIT / AlphaEdit: the step is one batch, one entry
-    (a batch that fails to compute leaves no entry: batch.py)."""
+    ROME: one entry per request, in order, up to the first that is not applied. MEMIT / AlphaEdit:
+    the step is one batch, one entry (a batch that fails to compute leaves no entry: batch.py;
+    its error is returned instead)."""
     from auditor.base import EditCancelled
     from auditor.run.batch import BatchFailed
     from auditor.run.outcome import EditFailed
 
     if kwargs.get("method", "rome") != "rome":
         try:
-            return [ws.edit_batch(batch, **kwargs)[1]]
-        except BatchFailed:
-            return []
+            return [ws.edit_batch(batch, **kwargs)[1]], None
+        except BatchFailed as e:
+            return [], f"the batch failed: {e}"
         except EditCancelled:
-            return None
+            return None, None
     entries = []
     for request in batch:
         try:
@@ -123,9 +139,17 @@ def _edit_batch(ws: "Workspace", batch: list["EditRequest"], **kwargs: Any) -> l
         except EditFailed as e:
             entry = e.entry  # type: ignore[attr-defined]
         except EditCancelled:
-            return None
+            return None, None
         entries.append(entry)
-    return entries
+        if entry.status != "applied":
+            break
+    return entries, None
+
+
+def _not_applied(entries: list["Entry"]) -> str | None:
+    """Why some of a step's entries were not applied (None when all were)."""
+    bad = [e for e in entries if e.status != "applied"]
+    return "; ".join(f"entry {e.id} {e.status}: {e.row.get('error') or 'no error recorded'}" for e in bad) or None
 
 
 def _n_edits(entries: list["Entry"]) -> int:

@@ -275,10 +275,25 @@ class Workspace:
                 })
                 self._synced_id = e.entry.id  # type: ignore[attr-defined]
                 raise
-            if result.status == "applied":
-                self._after_apply(result)
-            entry = self._append_result(result, note=note)
+            with self._undone_on_failure(result):
+                if result.status == "applied":
+                    self._after_apply(result)
+                entry = self._append_result(result, note=note)
         return result, entry
+
+    @contextlib.contextmanager
+    def _undone_on_failure(self, result: Any) -> Iterator[None]:
+        """Recording an applied result (watchlist, hooks, delta file, ledger row) either succeeds or
+        takes the edit back out of the model: every matrix it touched is rebuilt from its base tensor
+        and the ledger's active deltas, so the weights in memory never hold an edit the ledger lacks."""
+        try:
+            yield
+        except BaseException:
+            if result.status == "applied" and result.delta is not None:
+                for param in result.delta.params:
+                    self._rebuild(param, upto=self._synced_id)
+                self._weights_changed()
+            raise
 
     def _after_apply(self, result: "EditResult") -> None:
         """The watchlist check (record/watch.py), then ``self.after_apply`` hooks, into ``result.metrics``."""
@@ -301,11 +316,12 @@ class Workspace:
             self._sync()
             self.editor.key_memory = self.key_memory()
             result = self.editor.edit_batch(requests, **batch_kwargs)
-            if result.status == "applied":
-                self._after_apply(result)  # type: ignore[arg-type]  # the watchlist, hooks
-            fields = batch_fields(result)
-            fields["note"] = note
-            entry = self.ledger.append(fields, delta=result.delta)
+            with self._undone_on_failure(result):
+                if result.status == "applied":
+                    self._after_apply(result)  # type: ignore[arg-type]  # the watchlist, hooks
+                fields = batch_fields(result)
+                fields["note"] = note
+                entry = self.ledger.append(fields, delta=result.delta)
             self._synced_id = entry.id
             self.fingerprint = result.fingerprint_after or fingerprint_model(self.lm.model)
         return result, entry
