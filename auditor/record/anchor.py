@@ -76,6 +76,9 @@ class HeadAnchor:
     watch_last_id: int | None = None  # the watchlist's newest event (0: none)
     watch_head: str | None = None  # its content hash (the genesis hash while the list is empty)
     state: str | None = None  # Ledger.state_digest(): settings, high-water mark, full-text index
+    # Written just before a commit: the head as it was, in case the commit does not happen (a kill, a
+    # full disk). The head file is rewritten without it right after the commit.
+    prev: "HeadAnchor | None" = None
 
     @property
     def version(self) -> int:
@@ -83,6 +86,8 @@ class HeadAnchor:
 
     def to_json(self) -> dict[str, Any]:
         body = {"format": ANCHOR_FORMAT, "version": self.version, **asdict(self)}
+        if self.prev is not None:
+            body["prev"] = self.prev.to_json()
         return {k: v for k, v in body.items() if v is not None}
 
     def signed(self, key: bytes) -> "HeadAnchor":
@@ -99,7 +104,8 @@ class HeadAnchor:
 def _mac(anchor: HeadAnchor, key: bytes) -> str:
     fields = [anchor.ledger_id, anchor.last_id, anchor.head, anchor.high_water]
     if anchor.version >= 2:  # every field of a version-2 head is signed
-        fields += [anchor.counter, anchor.time, anchor.watch_last_id, anchor.watch_head, anchor.state]
+        fields += [anchor.counter, anchor.time, anchor.watch_last_id, anchor.watch_head, anchor.state,
+                   None if anchor.prev is None else anchor.prev.to_json()]
     body = json.dumps(fields, separators=(",", ":"))
     return "hmac-sha256:" + hmac.new(key, body.encode("utf-8"), hashlib.sha256).hexdigest()
 
@@ -161,7 +167,8 @@ def parse_anchor(data: Any) -> HeadAnchor:
                             signature=_opt(data, "signature", str), counter=_opt(data, "counter", _int),
                             time=_opt(data, "time", str), watch_last_id=_opt(data, "watch_last_id", _int),
                             watch_head=_opt(data, "watch_head", lambda h: normalise_hash(str(h))),
-                            state=_opt(data, "state", lambda h: normalise_hash(str(h))))
+                            state=_opt(data, "state", lambda h: normalise_hash(str(h))),
+                            prev=_opt(data, "prev", _prev))
     except (ValueError, KeyError, TypeError) as e:
         raise AnchorError(f"unreadable ledger head file ({type(e).__name__}: {e})") from None
     if anchor.high_water < anchor.last_id:
@@ -170,6 +177,12 @@ def parse_anchor(data: Any) -> HeadAnchor:
                                                 anchor.watch_head, anchor.state):
         raise AnchorError("inconsistent ledger head file (a version-2 head lacks a field)")
     return anchor
+
+
+def _prev(data: Any) -> HeadAnchor:
+    if isinstance(data, dict) and "prev" in data:
+        raise ValueError("a pending head's previous head cannot itself be pending")
+    return parse_anchor(data)
 
 
 def parse_kept(text: str) -> HeadAnchor | str:
@@ -262,8 +275,11 @@ def kept_head_problems(kept: HeadAnchor, current: HeadAnchor | None, hash_of: Ca
 
 def head_problems(anchor: HeadAnchor | None, newest_id: int, hash_of: Callable[[int], str | None],
                   high_water: int, ledger_id: str | None, name: str = "ledger.head",
+                  signature_of: HeadAnchor | None = None,
                   ) -> tuple[list[tuple[int | None, str]], list[tuple[int | None, str]]]:
     """What the anchor and the high-water mark say about the ledger's newest entries.
+
+    ``signature_of``: the head file whose signature covers ``anchor`` (a pending head's ``prev``).
 
     ``newest_id``: the largest id in the entries table (0: none); ``hash_of(id)``: that entry's
     content hash (the genesis hash for 0, None when absent). Returns ``(problems, warnings)``, each
@@ -290,7 +306,7 @@ def head_problems(anchor: HeadAnchor | None, newest_id: int, hash_of: Callable[[
             problems.append((lag[0], lag[1] + "; they are not covered by its signature (`ledger reanchor`)"))
         else:
             warnings.append((lag[0], lag[1] + "; the next append updates it"))
-    problems.extend(signature_problems(anchor, name))
+    problems.extend(signature_problems(signature_of or anchor, name))
     high = max(high_water, anchor.high_water if anchor else 0)
     if high > newest_id and not any(eid == newest_id + 1 for eid, _ in problems):
         problems.append((newest_id + 1, f"missing: ids up to {high} were given out, but the newest entry is "

@@ -50,7 +50,7 @@ import socket
 import sqlite3
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -420,9 +420,17 @@ class Ledger:
         return db
 
     def _readonly_connection(self) -> sqlite3.Connection:
-        """``mode=ro``; ``immutable=1`` when a read-only folder lacks the WAL's shared-memory file."""
+        """A connection that writes nothing, not even SQLite's ``-wal``/``-shm`` files.
+
+        Without a ``-wal`` file no writer has the ledger open (the last one to close removes it), so
+        the main file is complete and is read with ``immutable=1`` (a writer starting meanwhile
+        writes to its new WAL, not to the main file, until a checkpoint). With one, ``mode=ro``
+        reads the WAL too (it needs the ``-shm`` file, which a writer made).
+        """
         uri = self.path.absolute().as_uri()
-        for query in ("?mode=ro", "?mode=ro&immutable=1"):
+        wal = self.path.with_name(self.path.name + "-wal")
+        queries = ("?mode=ro", "?mode=ro&immutable=1") if wal.exists() else ("?mode=ro&immutable=1",)
+        for query in queries:
             conn = sqlite3.connect(uri + query, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -581,9 +589,9 @@ class Ledger:
         Takes the write lock (``BEGIN IMMEDIATE``, serialising writers across threads and processes),
         refuses a ledger that does not verify (:meth:`check_appendable`), runs the body, then writes
         ``ledger.head`` for the new state *before* the commit, so that no committed change is ever
-        left outside the head file. If the commit fails the previous head file is put back; a crash
-        between the two leaves a head file ahead of the database, which ``verify`` reports (and
-        ``ledger reanchor`` repairs) rather than a change nobody anchored.
+        left outside the head file. That head file also holds the previous head (``prev``): if
+        the commit fails it is put back; a kill between the two leaves a head that ``verify`` accepts
+        for either state (with a warning); right after the commit it is rewritten without ``prev``.
         """
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
@@ -591,22 +599,22 @@ class Ledger:
             self._check_locked()
             yield conn
             head = conn.execute("SELECT id, content_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
-            try:
-                old_bytes = self.anchor_path.read_bytes() if self.anchor_path.is_file() else None
-                old = read_anchor(self.anchor_path)
-            except (AnchorError, OSError):
-                old_bytes, old = None, None
-            self._write_anchor(head[0] if head else 0, head[1] if head else self.genesis_hash, old)
+            old = read_anchor(self.anchor_path)  # checked above: readable
+            new = self._write_anchor(head[0] if head else 0, head[1] if head else self.genesis_hash, old,
+                                     prev=old)
             try:
                 conn.execute("COMMIT")
             except BaseException:
-                if old_bytes is not None:
-                    _restore(self.anchor_path, old_bytes)
+                if old is not None:
+                    write_anchor(self.anchor_path, old)
                 raise
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        final = replace(new, prev=None, signature=None)
+        key = signing_key()
+        write_anchor(self.anchor_path, final.signed(key) if key else final)
 
     # -------------------------------------------------------- the head anchor
 
@@ -666,13 +674,15 @@ class Ledger:
             conn.execute("COMMIT")
 
     def _write_anchor(self, last_id: int, head_hash: str, old: HeadAnchor | None,
-                      counter_at_least: int = 0) -> HeadAnchor:
-        """The head file for the database as it is now (call under the write lock)."""
+                      counter_at_least: int = 0, prev: HeadAnchor | None = None) -> HeadAnchor:
+        """The head file for the database as it is now (call under the write lock); ``prev``: the
+        head before an uncommitted change (see :meth:`writing`)."""
         watch_id, watch_head = self._watch_newest()
         high = max(last_id, self._high_water(), old.high_water if old else 0)
         anchor = HeadAnchor(str(self.genesis.get("ledger_id")), last_id, head_hash, high,
                             counter=max((old.counter or 0) if old else 0, counter_at_least) + 1, time=_utc_now(),
-                            watch_last_id=watch_id, watch_head=watch_head, state=self.state_digest())
+                            watch_last_id=watch_id, watch_head=watch_head, state=self.state_digest(),
+                            prev=None if prev is None else replace(prev, prev=None))
         key = signing_key()
         anchor = anchor.signed(key) if key else anchor
         write_anchor(self.anchor_path, anchor)
@@ -981,17 +991,35 @@ class Ledger:
             return None
         if self.db.execute("SELECT count(*) FROM high_water WHERE id = 1").fetchone()[0] != 1:
             problems.append({"id": None, "where": "ledger state", "reason": "the high-water mark is missing"})
-        found, warned = head_problems(anchor, head_id, hash_of, self._high_water(),
-                                      self.genesis.get("ledger_id"), self.anchor_path.name)
-        problems.extend({"id": eid, "reason": reason} for eid, reason in found)
-        warnings.extend({"id": eid, "reason": reason} for eid, reason in warned)
+        found, warned = self._head_findings(anchor, head_id, hash_of)
+        if found and anchor is not None and anchor.prev is not None:
+            # a write was interrupted before its commit: the head before it must then hold
+            prev_found, prev_warned = self._head_findings(anchor.prev, head_id, hash_of, signature_of=anchor)
+            if not prev_found:
+                found, warned = prev_found, prev_warned + [
+                    {"id": None, "where": "ledger head", "reason": "the last write was interrupted before it was "
+                                                                   "committed; the next append completes the head"}]
+        elif anchor is not None and anchor.prev is not None:
+            warned.append({"id": None, "where": "ledger head", "reason": "the head file was not finalised after "
+                                                                         "the last commit; the next append does it"})
+        problems.extend(found)
+        warnings.extend(warned)
+        return anchor
+
+    def _head_findings(self, anchor: HeadAnchor | None, head_id: int, hash_of: Any,
+                       signature_of: HeadAnchor | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Problems and warnings of the database against one head (anchor.py's checks)."""
+        found, warned = head_problems(anchor, head_id, hash_of, self._high_water(), self.genesis.get("ledger_id"),
+                                      self.anchor_path.name, signature_of=signature_of)
+        problems = [{"id": eid, "reason": reason} for eid, reason in found]
+        warnings = [{"id": eid, "reason": reason} for eid, reason in warned]
         current = anchor is not None and anchor.last_id == head_id and not found
         watch_newest, _ = self._watch_newest()
         found2, warned2 = state_problems(anchor, watch_newest, self._watch_hash_of, self.state_digest(), current,
                                          self.anchor_path.name)
-        problems.extend({"id": None, "where": where, "reason": reason} for where, reason in found2)
-        warnings.extend({"id": None, "where": where, "reason": reason} for where, reason in warned2)
-        return anchor
+        problems += [{"id": None, "where": where, "reason": reason} for where, reason in found2]
+        warnings += [{"id": None, "where": where, "reason": reason} for where, reason in warned2]
+        return problems, warnings
 
     def _verify_index(self, problems: list[dict[str, Any]]) -> None:
         """The full-text index is there, kept in step by its triggers, and consistent with the entries
@@ -1050,16 +1078,6 @@ class Ledger:
         if actual != delta_hash:
             return f"its delta file {path.name} does not match the delta hash", None
         return None, list(delta.params)
-
-
-def _restore(path: Path, data: bytes) -> None:
-    """Put a head file back after a failed commit (best effort: the commit already failed)."""
-    try:
-        tmp = path.with_name(f".{path.name}.restore-{os.getpid()}")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError:
-        pass
 
 
 def _row_params(row: dict[str, Any]) -> list[str]:
