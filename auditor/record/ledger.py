@@ -488,12 +488,20 @@ class Ledger:
 
     @property
     def genesis(self) -> dict[str, Any]:
-        return json.loads(self._genesis_body())
+        try:
+            body = json.loads(self._genesis_body())
+        except (TypeError, ValueError):
+            body = None
+        if not isinstance(body, dict):
+            raise LedgerError(f"{self.path}: the genesis record is damaged (not a JSON object)")
+        return body
 
     def _genesis_body(self) -> str:
         row = self.db.execute("SELECT body FROM genesis WHERE id = 1").fetchone()
         if row is None:
             raise LedgerError(f"{self.path}: the genesis record is missing")
+        if not isinstance(row[0], str):
+            raise LedgerError(f"{self.path}: the genesis record is damaged (not text)")
         return row[0]
 
     @property
@@ -718,7 +726,8 @@ class Ledger:
                 h.update(b"(missing)")
                 continue
             for row in self.db.execute(f"SELECT * FROM [{table}] ORDER BY 1, 2"):
-                h.update(canonical_json([v.hex() if isinstance(v, bytes) else v for v in row]).encode("utf-8"))
+                typed = [{"blob": v.hex()} if isinstance(v, bytes) else v for v in row]  # b"" is not ""
+                h.update(canonical_json(typed).encode("utf-8"))
                 h.update(b"\n")
         return "sha256:" + h.hexdigest()
 
@@ -878,8 +887,21 @@ class Ledger:
         append's output) must be the head or an entry of the chain; a head kept with ``ledger head``
         (its line or JSON) must in addition not be newer than ``ledger.head`` (its counter).
         Every applied edit must name exactly the parameters its delta changes, and every applied
-        edit or revert must record a change of the model's fingerprint.
+        edit or revert must record a change of the model's fingerprint. A database file too damaged to
+        read, or holding values of the wrong type, is a failed check (``problems`` names the error),
+        never an exception.
         """
+        try:
+            return self._verify(check_deltas=check_deltas, expect_head=expect_head, check_index=check_index)
+        except AuditorError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever a damaged file makes fail is a finding, not a crash
+            reason = f"the database is damaged ({type(e).__name__}: {e}); nothing in it can be trusted"
+            return {"ok": False, "entries": None, "first_bad": None, "reason": f"ledger.db: {reason}",
+                    "problems": [{"id": None, "where": "ledger.db", "reason": reason}], "warnings": [],
+                    "head": None, "head_id": None, "anchor": None, "expected_head": None}
+
+    def _verify(self, *, check_deltas: bool, expect_head: str | None, check_index: bool) -> dict[str, Any]:
         problems: list[dict[str, Any]] = []
         warnings: list[dict[str, Any]] = []  # consistent hashes, inconsistent history
         state = self.genesis.get("base_fingerprint")  # the model fingerprint the entries should start from
@@ -1024,6 +1046,9 @@ class Ledger:
     def _verify_index(self, problems: list[dict[str, Any]]) -> None:
         """The full-text index is there, kept in step by its triggers, and consistent with the entries
         (FTS5's ``integrity-check`` on a copy in memory, so a read-only ledger is never written)."""
+        damage = [r[0] for r in self.db.execute("PRAGMA integrity_check(10)")]
+        if damage != ["ok"]:
+            problems.append({"id": None, "where": "ledger.db", "reason": f"SQLite's integrity check fails: {damage[0]}"})
         names = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
         missing = [n for n in ("entries_fts", "entries_ai", "entries_ad", "entries_au") if n not in names]
         if missing:
