@@ -305,3 +305,76 @@ def test_a_copied_folder_verifies_like_the_original(ws: Path, tmp_path: Path, ca
     shutil.copytree(ws, copy)
     assert verify(capsys, copy)[0] == 0
     assert json.loads(cli(capsys, "ledger", "verify", "--workspace", str(copy), "--json")[1])["ok"]
+
+
+# ---------------------------------------------------------------- the issue's false result, end to end
+
+
+@pytest.mark.slow
+def test_memit_two_layer_dry_run_apply_reviewed_revert_export_tells_the_truth(demo_dir: Path, tmp_path: Path,
+                                                                              capsys) -> None:
+    """MEMIT dry run over two layers -> apply-reviewed -> revert -> export: every step through the CLI.
+
+    Before issue 17 the reviewed entry lacked ``params``/``requests``: the revert changed nothing but
+    exited 0 with equal fingerprints, verify said ok and the export shipped edited weights.
+    """
+    ws = tmp_path / "ws"
+    assert cli(capsys, "workspace", "init", str(demo_dir), str(ws), "--device", "cpu")[0] == 0
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps([
+        {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target_new": "Rome",
+         "target_true": "Paris"},
+        {"prompt": "{} is located in the city of", "subject": "The Colosseum", "target_new": "London",
+         "target_true": "Rome"}]))
+    hparams = json.dumps({"layers": [3, 4], "v_num_grad_steps": 4, "mom2_n_tokens": 2000,
+                          "context_templates": ["{}"]})
+    code, out, err = cli(capsys, "edit", "--workspace", str(ws), "--requests", str(facts), "--method", "memit",
+                         "--hparams", hparams, "--dry-run", "--device", "cpu", "--json")
+    assert code == 0, err
+    with Ledger(ws / "ledger.db", readonly=True) as led:
+        dry = led.head()
+    assert dry.status == "dry-run" and len(dry["params"]) == 2
+    code, out, err = cli(capsys, "apply-reviewed", "--workspace", str(ws), str(dry.id), "--device", "cpu", "--json")
+    assert code == 0, err
+    applied = json.loads(out)
+    with Ledger(ws / "ledger.db", readonly=True) as led:
+        entry = led.get(applied["id"])
+        assert entry["params"] == dry["params"] and entry["requests"] == dry["requests"]
+        assert entry.n_requests == 2 and entry.fingerprint_before != entry.fingerprint_after
+    code, out, err = cli(capsys, "revert", "--workspace", str(ws), str(applied["id"]), "--device", "cpu", "--json")
+    assert code == 0, err
+    reverted = json.loads(out)
+    assert reverted["fingerprint_before"] == entry.fingerprint_after
+    assert reverted["fingerprint_after"] == entry.fingerprint_before  # back to the base, measured
+    assert verify(capsys, ws)[0] == 0
+    code, out, err = cli(capsys, "export", "--workspace", str(ws), "--out", str(tmp_path / "out"), "--device", "cpu",
+                         "--json")
+    assert code == 0, err
+    exported = json.loads(out)
+    assert exported["applied_edits"] == 0 and exported["fingerprint"] == entry.fingerprint_before
+    # a second revert of the same entry, or of the dry run, is refused and appends nothing
+    with Ledger(ws / "ledger.db", readonly=True) as led:
+        n = len(led)
+    for target in (applied["id"], dry.id):
+        code, _, err = cli(capsys, "revert", "--workspace", str(ws), str(target), "--device", "cpu")
+        assert code == 2 and len(err.strip().splitlines()) == 1
+    with Ledger(ws / "ledger.db", readonly=True) as led:
+        assert len(led) == n
+
+
+def test_an_applied_entry_that_does_not_name_what_its_delta_changes_fails_verify(ws: Path, capsys) -> None:
+    """The reviewed entry of the issue lacked ``params``: revert, replay and export were then blind to it."""
+    with Ledger(ws / "ledger.db") as led:
+        led.append({**fields(4), "param": None}, delta=delta(4))
+    code, out = verify(capsys, ws)
+    assert code == 1 and "entry 4" in out and "its delta changes" in out
+    code, _, err = cli(capsys, "watch", "add", "--workspace", str(ws), "--prompt", "P", "--answer", "A")
+    assert code == 2 and "refusing to append" in err
+
+
+def test_an_applied_entry_that_records_no_change_fails_verify(ws: Path, capsys) -> None:
+    with Ledger(ws / "ledger.db") as led:
+        led.append({**fields(4), "fingerprint_before": f"sha256:{4:064x}", "fingerprint_after": f"sha256:{4:064x}"},
+                   delta=delta(4))
+    code, out = verify(capsys, ws)
+    assert code == 1 and "the weights did not change" in out
