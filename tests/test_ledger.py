@@ -75,8 +75,10 @@ def test_entries_chain_from_the_genesis_and_verify(three: Ledger) -> None:
     assert all(e.content_hash.startswith("sha256:") and e.content_hash == content_hash(e.row) for e in entries)
     assert three.head_hash == entries[-1].content_hash
     report = three.verify()
-    anchor = {"format": "edit-auditor-ledger-head", "version": 1, "ledger_id": three.genesis["ledger_id"],
-              "last_id": 3, "head": entries[-1].content_hash, "high_water": 3}
+    anchor = {"format": "edit-auditor-ledger-head", "version": 2, "ledger_id": three.genesis["ledger_id"],
+              "last_id": 3, "head": entries[-1].content_hash, "high_water": 3, "counter": 4,
+              "time": report["anchor"]["time"], "watch_last_id": 0, "watch_head": three.genesis_hash,
+              "state": three.state_digest()}
     assert report == {"ok": True, "entries": 3, "first_bad": None, "reason": None, "problems": [],
                       "warnings": [], "head": entries[-1].content_hash, "head_id": 3, "anchor": anchor,
                       "expected_head": None}
@@ -233,7 +235,7 @@ APPENDER = textwrap.dedent("""
         g = torch.Generator().manual_seed(hash((tag, i)) % 2**31)
         d = Delta(param="model.layers.4.mlp.down_proj.weight", transposed=False,
                   left=torch.randn(576, generator=g), right=torch.randn(1536, generator=g))
-        e = ledger.append({"status": "applied", "subject": f"{tag} {i}", "target_new": tag}, delta=d)
+        e = ledger.append({"status": "applied", "subject": f"{tag} {i}", "target_new": tag, "param": d.param}, delta=d)
         print(e.id, flush=True)
         i += 1
 """)
@@ -253,7 +255,7 @@ def test_two_processes_appending_at_once_keep_the_chain(ledger: Ledger, tmp_path
     ids = sorted(int(x) for out, _ in outs for x in out.split())
     assert ids == list(range(1, 61))
     report = ledger.verify()
-    assert report["ok"] and report["entries"] == 60
+    assert report["ok"] and report["entries"] == 60, report["problems"]
     assert len(ledger.search("alpha")) == 30 and len(ledger.search("beta")) == 30
 
 
@@ -269,7 +271,7 @@ def test_sigkill_while_appending_leaves_a_ledger_that_verifies(ledger: Ledger, t
     proc.stderr.close()
     reopened = Ledger(ledger.path)
     report = reopened.verify()
-    assert report["ok"] and report["entries"] >= 15
+    assert report["ok"] and report["entries"] >= 15, report["problems"]
     n = report["entries"]
     e = reopened.append(fields(99), delta=make_delta(99))
     assert e.id == n + 1 and e.prev_hash == report["head"]

@@ -6,14 +6,16 @@ Commands (each takes ``--json`` and exits non-zero when it fails)::
     edit-auditor ledger list   --workspace DIR [--limit N] [--status S]
     edit-auditor ledger show   --workspace DIR ID
     edit-auditor ledger search --workspace DIR TEXT
-    edit-auditor ledger verify --workspace DIR [--expect-head HASH]
+    edit-auditor ledger verify --workspace DIR [--expect-head HASH|KEPT]
                                                         # exit 1 when a hash, link, delta or the head is wrong
+    edit-auditor ledger head   --workspace DIR [--json] # the current head, to keep elsewhere
     edit-auditor ledger schema --workspace DIR
     edit-auditor revert --workspace DIR ID [--note TEXT]
     edit-auditor replay --workspace DIR                 # exit 1 when the fingerprint differs
     edit-auditor export --workspace DIR --out OUT [--patch] [--dtype ...] [--max-shard-size 2GB]
 
-Ledger commands read ``ledger.db`` only; revert, replay and export load the model.
+Ledger commands read ``ledger.db`` only, opened read-only (a read-only workspace can be listed and
+verified); revert, replay and export load the model.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from auditor.cli.common import add_json_arg, add_model_args, emit, entry_id, positive_int, print_json, print_table
+from auditor.files import ReadError
 from auditor.record.anchor import AnchorError
 from auditor.record.export import ExportError
 from auditor.record.ledger import LedgerError
 from auditor.run.workspace import Workspace, WorkspaceError, open_ledger
 
-ERRORS: tuple[type[BaseException], ...] = (WorkspaceError, LedgerError, ExportError, AnchorError)
+ERRORS: tuple[type[BaseException], ...] = (WorkspaceError, LedgerError, ExportError, AnchorError, ReadError)
 EXIT_CHECK_FAILED = 1
 LIST_COLUMNS = ["id", "created_at", "kind", "status", "subject", "target_new", "layer", "efficacy",
                 "ppl_ratio", "collapse_risk", "reverts"]
@@ -69,7 +72,7 @@ def _print_entries(args: argparse.Namespace, entries: list[Any]) -> None:
 
 
 def cmd_ledger_list(args: argparse.Namespace) -> int:
-    ledger = open_ledger(args.workspace)
+    ledger = open_ledger(args.workspace, readonly=True)
     entries = ledger.entries(status=args.status, kind=args.kind)
     if args.limit:
         entries = entries[-args.limit:]
@@ -78,7 +81,7 @@ def cmd_ledger_list(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_show(args: argparse.Namespace) -> int:
-    entry = open_ledger(args.workspace).get(args.id)
+    entry = open_ledger(args.workspace, readonly=True).get(args.id)
     record = entry.to_json()
     if args.json:
         print_json(record)
@@ -95,7 +98,7 @@ def _short_json(value: Any) -> str:
 
 
 def cmd_ledger_search(args: argparse.Namespace) -> int:
-    _print_entries(args, open_ledger(args.workspace).search(args.text, limit=args.limit))
+    _print_entries(args, open_ledger(args.workspace, readonly=True).search(args.text, limit=args.limit))
     return 0
 
 
@@ -109,15 +112,17 @@ def _where(problem: dict[str, Any]) -> str:
 
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
-    report = open_ledger(args.workspace).verify(expect_head=args.expect_head)
+    with open_ledger(args.workspace, readonly=True) as ledger:
+        report = ledger.verify(expect_head=args.expect_head)
     if args.json:
         print_json(report)
     elif report["ok"]:
-        print(f"ok: {report['entries']} entries, chain, deltas, head and watchlist intact; head entry {report['head_id']} "
-              f"{report['head']}")
+        print(f"ok: {report['entries']} entries, chain, deltas, head, settings, full-text index and watchlist intact; "
+              f"head entry {report['head_id']} {report['head']}")
         expected = report["expected_head"]
         if expected:
-            print(f"  expected head found: entry {expected['id']}, {expected['entries_after']} entries after it")
+            counter = f" (counter {expected['counter']})" if expected.get("counter") is not None else ""
+            print(f"  expected head found: entry {expected['id']}{counter}, {expected['entries_after']} entries after it")
         for w in report["warnings"]:
             print(f"  warning: {_where(w)}: {w['reason']}")
     else:
@@ -128,6 +133,25 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else EXIT_CHECK_FAILED
 
 
+def cmd_ledger_head(args: argparse.Namespace) -> int:
+    """The head file as it is now, for keeping elsewhere; ``verify --expect-head`` reads it back."""
+    with open_ledger(args.workspace, readonly=True) as ledger:
+        report = ledger.verify(check_deltas=False, check_index=False)
+        anchor = ledger.anchor()
+    if anchor is None or not report["ok"]:
+        reason = report["reason"] or "ledger.head is missing"
+        raise LedgerError(f"{args.workspace}: not printing a head for a ledger that does not verify ({reason}); "
+                          "run `edit-auditor ledger verify`")
+    if args.json:
+        print_json(anchor.to_json())
+    else:
+        print(anchor.kept())
+        print(f"entry {anchor.last_id}, counter {anchor.counter}, written {anchor.time}, "
+              f"{'signed' if anchor.signature else 'not signed'}; keep this line (or --json) elsewhere and check "
+              "it with `ledger verify --expect-head`", file=sys.stderr)
+    return 0
+
+
 def cmd_ledger_reanchor(args: argparse.Namespace) -> int:
     anchor = open_ledger(args.workspace).reanchor(args.expect_head)
     emit(args, {"head_file": "ledger.head", **anchor.to_json()})
@@ -135,7 +159,7 @@ def cmd_ledger_reanchor(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_schema(args: argparse.Namespace) -> int:
-    ledger = open_ledger(args.workspace)
+    ledger = open_ledger(args.workspace, readonly=True)
     if args.json:
         print_json({"migrations": ledger.schema_version, "schema": ledger.schema()})
     else:
@@ -242,11 +266,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = sub.add_parser("verify", help="recompute every hash, the chain and the delta files",
                        description="Exit 0 when intact; exit 1 naming the first entry that does not match.")
     _workspace_arg(q)
-    q.add_argument("--expect-head", default=None, metavar="HASH",
-                   help="a head recorded earlier (printed by every append, in every export's metadata): "
-                        "fail unless it is the head or an entry of the chain")
+    q.add_argument("--expect-head", default=None, metavar="HASH|KEPT",
+                   help="a head recorded earlier: a hash (printed by every append, in every export's metadata) "
+                        "must be the head or an entry of the chain; what `ledger head` printed (its line, its "
+                        "--json, or a file holding either) must also not be newer than ledger.head (its counter)")
     add_json_arg(q)
     q.set_defaults(func=cmd_ledger_verify)
+    q = sub.add_parser("head", help="print the current head, to keep elsewhere",
+                       description="Print the head file (entry, hash, counter, time, signature) of a ledger that "
+                                   "verifies, as one line (or --json) to keep outside the workspace; "
+                                   "`ledger verify --expect-head` checks it later.")
+    _workspace_arg(q)
+    add_json_arg(q)
+    q.set_defaults(func=cmd_ledger_head)
     q = sub.add_parser("reanchor", help="rewrite a lost or damaged ledger.head from a head kept elsewhere",
                        description="Write ledger.head again, only when every entry verifies and HASH (printed "
                                    "by an append, in an export's metadata) is the ledger's head exactly.")

@@ -17,10 +17,11 @@ import argparse
 from pathlib import Path
 
 from auditor.cli.common import emit, entry_id, print_json, print_table
+from auditor.record.ledger import LedgerError
 from auditor.record.watch import WatchError, Watchlist
 from auditor.run.workspace import WorkspaceError, open_ledger
 
-ERRORS: tuple[type[BaseException], ...] = (WatchError, WorkspaceError)
+ERRORS: tuple[type[BaseException], ...] = (WatchError, WorkspaceError, LedgerError)
 EXIT_CHECK_FAILED = 1
 
 
@@ -39,10 +40,13 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with open_ledger(args.workspace) as ledger:
+    with open_ledger(args.workspace, readonly=True) as ledger:
         wl = Watchlist(ledger)
         rows = wl.history() if args.history else [vars(i) for i in wl.items()]
         verified = wl.verify()
+        whole = ledger.verify(check_deltas=False, check_index=False)  # the head file pins the list's head
+        if verified["ok"] and not whole["ok"]:
+            verified = {**verified, "ok": False, "reason": f"the ledger does not verify: {whole['reason']}"}
     report = None
     if args.check:
         from auditor.record.watch import check

@@ -21,6 +21,14 @@ folder of deltas (``deltas/<sha256>.safetensors``) next to it.
 * The head is anchored outside the database (``ledger.head``, see anchor.py) and ids are never
   reused (a high-water mark, migration ``m002_head_anchor``), so deleting the newest entries is
   found by :meth:`Ledger.verify`; ``verify(expect_head=...)`` checks a head recorded elsewhere.
+  The head file also pins the watchlist's head and a digest of everything else the database holds
+  (settings, high-water mark, full-text index: :meth:`Ledger.state_digest`), so ``verify`` covers
+  the whole file, not only the chain.
+* Nothing is appended to a ledger that does not verify (:meth:`Ledger.check_appendable`, run by
+  every writer before it writes): a damaged record is never extended, or laundered by a new head.
+* ``Ledger(path, readonly=True)`` opens the file with SQLite's ``mode=ro`` (``immutable=1`` when
+  even that cannot open it, e.g. on a read-only folder without the WAL's shared-memory file): no
+  write, lock file or WAL is ever made, so a read-only workspace can be listed and verified.
 
 Example::
 
@@ -31,15 +39,18 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
+import re
 import math
 import os
 import socket
 import sqlite3
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -48,15 +59,19 @@ from sqlite_utils.migrations import Migrations
 
 from auditor.base import AuditorError
 from auditor.engine.deltas import AnyDelta, load_delta
+from auditor.files import ReadError, check_regular
 from auditor.record.anchor import (
     AnchorError,
     HeadAnchor,
     anchor_path,
     fsync_dir,
     head_problems,
+    kept_head_problems,
     normalise_hash,
+    parse_kept,
     read_anchor,
     signing_key,
+    state_problems,
     write_anchor,
 )
 from auditor.record.hashing import canonical_json, sha256_file, sha256_text
@@ -66,6 +81,13 @@ from auditor.record.watchlist import Watchlist
 
 MIGRATION_SET = "edit_auditor_ledger"
 migrations = Migrations(MIGRATION_SET)
+
+MAX_DELTA_BYTES = 16 * 2**30  # a delta file larger than this is refused before it is read
+FULL_CHECK_ENTRIES = 2000  # appends run a full verify (no delta files) up to this many entries
+# What the head file's ``state`` digest covers: every table that is evidence but not hash-chained
+STATE_TABLES = ("settings", "high_water", "entries_fts_data", "entries_fts_idx", "entries_fts_docsize",
+                "entries_fts_config")
+_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class LedgerError(AuditorError, RuntimeError):
@@ -320,9 +342,10 @@ def app_version() -> str:
 class Ledger:
     """An append-only, hash-chained SQLite ledger plus its folder of deltas."""
 
-    def __init__(self, path: str | Path, *, deltas_dir: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path, *, deltas_dir: str | Path | None = None, readonly: bool = False) -> None:
         self.path = Path(path)
         self.deltas_dir = Path(deltas_dir) if deltas_dir else self.path.parent / "deltas"
+        self.readonly = readonly
         if not self.path.is_file():
             raise LedgerError(f"{self.path}: no ledger here (create one with `edit-auditor workspace init`)")
         self._local = threading.local()
@@ -348,6 +371,9 @@ class Ledger:
                 f"{self.path}: written by a newer Edit Auditor (unknown migrations: {', '.join(sorted(unknown))}); upgrade"
             )
         pending = {m.name for m in migrations.pending(db)}
+        if pending and self.readonly:
+            raise LedgerError(f"{self.path}: written by an older Edit Auditor and not yet upgraded; open it once "
+                              "where it can be written (any command that appends) before reading it read-only")
         if pending:
             self._migrate()
         if not db["genesis"].exists() or db.execute("SELECT count(*) FROM genesis").fetchone()[0] != 1:
@@ -382,7 +408,8 @@ class Ledger:
         """This thread's connection (created on first use)."""
         db = getattr(self._local, "db", None)
         if db is None:
-            conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
+            conn = self._readonly_connection() if self.readonly else sqlite3.connect(
+                str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 60000")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = FULL")
@@ -392,13 +419,35 @@ class Ledger:
                 self._connections.append(conn)
         return db
 
+    def _readonly_connection(self) -> sqlite3.Connection:
+        """A connection that writes nothing, not even SQLite's ``-wal``/``-shm`` files.
+
+        Without a ``-wal`` file no writer has the ledger open (the last one to close removes it), so
+        the main file is complete and is read with ``immutable=1`` (a writer starting meanwhile
+        writes to its new WAL, not to the main file, until a checkpoint). With one, ``mode=ro``
+        reads the WAL too (it needs the ``-shm`` file, which a writer made).
+        """
+        uri = self.path.absolute().as_uri()
+        wal = self.path.with_name(self.path.name + "-wal")
+        queries = ("?mode=ro", "?mode=ro&immutable=1") if wal.exists() else ("?mode=ro&immutable=1",)
+        for query in queries:
+            conn = sqlite3.connect(uri + query, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError:
+                conn.close()
+                if query.endswith("immutable=1"):
+                    raise
+        raise AssertionError("unreachable")
+
     def close(self) -> None:
         """Close every thread's connection, folding the WAL into ledger.db first (a copy of
         the folder without ``ledger.db-wal`` is then complete)."""
         with self._lock:
             for conn in self._connections:
                 try:
-                    if not conn.in_transaction:
+                    if not conn.in_transaction and not self.readonly:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error:
                     pass
@@ -439,12 +488,20 @@ class Ledger:
 
     @property
     def genesis(self) -> dict[str, Any]:
-        return json.loads(self._genesis_body())
+        try:
+            body = json.loads(self._genesis_body())
+        except (TypeError, ValueError):
+            body = None
+        if not isinstance(body, dict):
+            raise LedgerError(f"{self.path}: the genesis record is damaged (not a JSON object)")
+        return body
 
     def _genesis_body(self) -> str:
         row = self.db.execute("SELECT body FROM genesis WHERE id = 1").fetchone()
         if row is None:
             raise LedgerError(f"{self.path}: the genesis record is missing")
+        if not isinstance(row[0], str):
+            raise LedgerError(f"{self.path}: the genesis record is damaged (not text)")
         return row[0]
 
     @property
@@ -456,11 +513,17 @@ class Ledger:
         return default if row is None else row[0]
 
     def set_setting(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", [key, value])
+        """Change a setting; refused on a ledger that does not verify, and anchored like an append."""
+        if self.get_setting(key) == value:
+            return
+        with self.writing() as conn:
+            conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", [key, value])
 
     # -------------------------------------------------------- deltas
 
     def delta_path(self, delta_hash: str) -> Path:
+        if not isinstance(delta_hash, str) or not _HASH_RE.match(delta_hash):
+            raise LedgerError(f"{str(delta_hash)[:80]!r} is not a delta hash (sha256:<64 hex digits>)")
         return self.deltas_dir / (delta_hash.split(":", 1)[-1] + ".safetensors")
 
     def store_delta(self, delta: AnyDelta) -> tuple[str, str]:
@@ -488,6 +551,10 @@ class Ledger:
         if not path.is_file():
             raise LedgerError(f"delta {delta_hash} is missing from {self.deltas_dir}")
         try:
+            check_regular(path, limit=MAX_DELTA_BYTES, what="delta file")
+        except ReadError as e:
+            raise LedgerError(str(e)) from None
+        try:
             delta = load_delta(path)
         except Exception as e:  # noqa: BLE001 - a corrupt file raises many kinds
             raise LedgerError(f"{path}: unreadable delta file ({type(e).__name__}: {e})") from None
@@ -506,28 +573,32 @@ class Ledger:
         row.update({"created_at": _utc_now(), "operator": _operator(), "host": socket.gethostname(),
                     "app_version": app_version(), "kind": "edit"})
         row.update(fields)
-        new_delta = None  # a delta file this append wrote: removed again if the entry is not written
-        if delta is not None:
-            new_delta = None if self.delta_path(delta.content_hash()).is_file() else delta.content_hash()
-            row["delta_hash"], row["delta_file_sha256"] = self.store_delta(delta)
-        try:
-            entry = self._insert(row)
-        except BaseException:
-            if new_delta is not None:
-                self.delta_path(new_delta).unlink(missing_ok=True)
-            raise
-        self._advance_anchor()
-        return entry
-
-    def _insert(self, row: dict[str, Any]) -> Entry:
-        """Write the entry ``row`` (delta already stored) as the new head, in one transaction."""
         for k in JSON_COLUMNS:
             if row[k] is None and k not in LATER_COLUMNS:
                 row[k] = {} if k in ("hparams", "diagnostics", "metrics", "timings", "request") else []
-        row = {k: _normalise(k, v) for k, v in row.items()}
-        conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")  # serialises appenders across threads and processes
         try:
+            return self._append(row, delta)
+        except BaseException:
+            self._remove_unreferenced(delta)
+            raise
+
+    def _remove_unreferenced(self, delta: AnyDelta | None) -> None:
+        """After a failed append (a full disk, an I/O error): the delta file it wrote, if no entry refers to it."""
+        if delta is None:
+            return
+        h = delta.content_hash()
+        try:
+            referenced = self.db.conn.execute("SELECT 1 FROM entries WHERE delta_hash = ? LIMIT 1", [h]).fetchone()
+        except sqlite3.Error:
+            return  # cannot tell: keep the file (verify lists it)
+        if referenced is None:
+            self.delta_path(h).unlink(missing_ok=True)
+
+    def _append(self, row: dict[str, Any], delta: AnyDelta | None) -> Entry:
+        with self.writing() as conn:  # checked first: a refused append leaves no delta behind
+            if delta is not None:
+                row["delta_hash"], row["delta_file_sha256"] = self.store_delta(delta)
+            row = {k: _normalise(k, v) for k, v in row.items()}
             head = conn.execute("SELECT id, content_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
             anchor = self._refuse_a_damaged_head(head[0] if head else 0)
             # never reuse an id, even one whose entry was deleted
@@ -540,12 +611,41 @@ class Ledger:
                 [row[n] for n in names],
             )
             conn.execute("UPDATE high_water SET last_id = ? WHERE id = 1", [row["id"]])
-            conn.execute("COMMIT")
+        return Entry.from_row(row)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """The one way anything is written into the ledger (entries, watchlist events, settings).
+
+        Takes the write lock (``BEGIN IMMEDIATE``, serialising writers across threads and processes),
+        refuses a ledger that does not verify (:meth:`check_appendable`), runs the body, then writes
+        ``ledger.head`` for the new state *before* the commit, so that no committed change is ever
+        left outside the head file. That head file also holds the previous head (``prev``): if
+        the commit fails it is put back; a kill between the two leaves a head that ``verify`` accepts
+        for either state (with a warning); right after the commit it is rewritten without ``prev``.
+        """
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._check_locked()
+            yield conn
+            head = conn.execute("SELECT id, content_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+            old = read_anchor(self.anchor_path)  # checked above: readable
+            new = self._write_anchor(head[0] if head else 0, head[1] if head else self.genesis_hash, old,
+                                     prev=old)
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if old is not None:
+                    write_anchor(self.anchor_path, old)
+                raise
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return Entry.from_row(row)
+        final = replace(new, prev=None, signature=None)
+        key = signing_key()
+        write_anchor(self.anchor_path, final.signed(key) if key else final)
 
     # -------------------------------------------------------- the head anchor
 
@@ -588,24 +688,108 @@ class Ledger:
         return anchor
 
     def _advance_anchor(self) -> None:
-        """Write ``ledger.head`` for the newest committed entry, under the write lock (so concurrent
-        appenders write it in order), never moving it backwards."""
+        """Write ``ledger.head`` for the newest committed entry and watchlist event, under the write
+        lock (so concurrent appenders write it in order), never moving it backwards."""
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             head = conn.execute("SELECT id, content_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
-            newest, head_hash = (head[0], head[1]) if head else (0, self.genesis_hash)
+            newest = head[0] if head else 0
             try:
                 old = read_anchor(self.anchor_path)
             except AnchorError:
                 old = None
             if old is None or old.last_id <= newest:
-                high = max(newest, self._high_water(), old.high_water if old else 0)
-                anchor = HeadAnchor(str(self.genesis.get("ledger_id")), newest, head_hash, high)
-                key = signing_key()
-                write_anchor(self.anchor_path, anchor.signed(key) if key else anchor)
+                self._write_anchor(newest, head[1] if head else self.genesis_hash, old)
         finally:
             conn.execute("COMMIT")
+
+    def _write_anchor(self, last_id: int, head_hash: str, old: HeadAnchor | None,
+                      counter_at_least: int = 0, prev: HeadAnchor | None = None) -> HeadAnchor:
+        """The head file for the database as it is now (call under the write lock); ``prev``: the
+        head before an uncommitted change (see :meth:`writing`)."""
+        watch_id, watch_head = self._watch_newest()
+        high = max(last_id, self._high_water(), old.high_water if old else 0)
+        anchor = HeadAnchor(str(self.genesis.get("ledger_id")), last_id, head_hash, high,
+                            counter=max((old.counter or 0) if old else 0, counter_at_least) + 1, time=_utc_now(),
+                            watch_last_id=watch_id, watch_head=watch_head, state=self.state_digest(),
+                            prev=None if prev is None else replace(prev, prev=None))
+        key = signing_key()
+        anchor = anchor.signed(key) if key else anchor
+        write_anchor(self.anchor_path, anchor)
+        return anchor
+
+    def _watch_newest(self) -> tuple[int, str]:
+        """The watchlist's newest event id and hash (0 and the genesis hash while it is empty)."""
+        if not self.db["watchlist"].exists():
+            return 0, self.genesis_hash
+        row = self.db.execute("SELECT id, content_hash FROM watchlist ORDER BY id DESC LIMIT 1").fetchone()
+        return (int(row[0]), row[1]) if row else (0, self.genesis_hash)
+
+    def _watch_hash_of(self, event_id: int) -> str | None:
+        if event_id == 0:
+            return self.genesis_hash
+        if not self.db["watchlist"].exists():
+            return None
+        row = self.db.execute("SELECT content_hash FROM watchlist WHERE id = ?", [int(event_id)]).fetchone()
+        return row[0] if row else None
+
+    def state_digest(self) -> str:
+        """sha256 over everything the database holds that is evidence but outside the hash chains:
+        the settings, the high-water mark, the full-text index's tables and their schema and triggers."""
+        h = hashlib.sha256()
+        names = set(self.db.table_names())
+        schema = self.db.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE name LIKE 'entries_fts%' OR (type = 'trigger' "
+            "AND tbl_name = 'entries' AND name NOT LIKE '%append_only%') ORDER BY name").fetchall()
+        h.update(canonical_json(schema).encode("utf-8"))
+        for table in STATE_TABLES:
+            h.update(f"\n{table}\n".encode("utf-8"))
+            if table not in names:
+                h.update(b"(missing)")
+                continue
+            for row in self.db.execute(f"SELECT * FROM [{table}] ORDER BY 1, 2"):
+                typed = [{"blob": v.hex()} if isinstance(v, bytes) else v for v in row]  # b"" is not ""
+                h.update(canonical_json(typed).encode("utf-8"))
+                h.update(b"\n")
+        return "sha256:" + h.hexdigest()
+
+    def check_appendable(self) -> None:
+        """Refuse (LedgerError, one line) to write into a ledger that does not verify.
+
+        Up to :data:`FULL_CHECK_ENTRIES` entries this is :meth:`verify` without the delta files and the
+        index's integrity check; beyond, the cheap part: the head file against the entries, the
+        watchlist and the state digest, and the newest entry's hash and link.
+        """
+        conn = self.db.conn
+        if conn.in_transaction:
+            self._check_locked()
+            return
+        conn.execute("BEGIN IMMEDIATE")  # a consistent view: no writer between the database and the head file
+        try:
+            self._check_locked()
+        finally:
+            conn.execute("ROLLBACK")
+
+    def _check_locked(self) -> None:
+        if self.readonly:
+            raise LedgerError(f"{self.path}: opened read-only; nothing can be appended")
+        if len(self) <= FULL_CHECK_ENTRIES:
+            problems = self.verify(check_deltas=False, check_index=False)["problems"]
+        else:
+            problems = []
+            self._verify_head_and_state(self.head_id, self._hash_of, problems, [])
+            newest = self.head()
+            if newest is not None:
+                if content_hash(newest.row) != newest.content_hash:
+                    problems.append({"id": newest.id, "reason": "its content does not match its content_hash"})
+                elif newest.prev_hash != self._hash_of(newest.id - 1):
+                    problems.append({"id": newest.id, "reason": "its prev_hash does not match the entry before it"})
+        if problems:
+            first = problems[0]
+            where = f"entry {first['id']}: " if first["id"] is not None else f"{first.get('where', 'ledger head')}: "
+            raise LedgerError(f"{self.path}: refusing to append to a ledger that does not verify ({where}"
+                              f"{first['reason']}); run `edit-auditor ledger verify`")
 
     def reanchor(self, expected_head: str) -> HeadAnchor:
         """A new ``ledger.head`` for a ledger whose head file was lost or damaged (a copy of
@@ -616,17 +800,23 @@ class Ledger:
         except AnchorError as e:
             raise LedgerError(f"--expect-head: {e}") from None
         report = self.verify(expect_head=wanted)
-        found = [p for p in report["problems"] if p["id"] is not None]
+        found = [p for p in report["problems"] if p["id"] is not None or p.get("where") == "watchlist"]
         if found:
-            raise LedgerError(f"refusing to re-anchor: entry {found[0]['id']}: {found[0]['reason']}")
+            where = f"entry {found[0]['id']}" if found[0]["id"] is not None else found[0]["where"]
+            raise LedgerError(f"refusing to re-anchor: {where}: {found[0]['reason']}")
         if report["head"] != wanted:
             raise LedgerError(f"refusing to re-anchor: {wanted[:23]}... is not the ledger's head "
                               f"(entry {report['head_id']}, {report['head'][:23]}...)")
-        anchor = HeadAnchor(str(self.genesis.get("ledger_id")), report["head_id"], wanted,
-                            max(report["head_id"], self._high_water()))
-        key = signing_key()
-        write_anchor(self.anchor_path, anchor.signed(key) if key else anchor)
-        return anchor
+        try:
+            old = read_anchor(self.anchor_path)
+        except AnchorError:
+            old = None
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            return self._write_anchor(report["head_id"], wanted, None, counter_at_least=old.counter or 0 if old else 0)
+        finally:
+            conn.execute("COMMIT")
 
     # -------------------------------------------------------- reading
 
@@ -705,8 +895,10 @@ class Ledger:
 
     # -------------------------------------------------------- verification
 
-    def verify(self, *, check_deltas: bool = True, expect_head: str | None = None) -> dict[str, Any]:
-        """Re-derive every content hash, the chain, every delta file's hashes, and the head.
+    def verify(self, *, check_deltas: bool = True, expect_head: str | None = None,
+               check_index: bool = True) -> dict[str, Any]:
+        """Re-derive every content hash, the chain, every delta file's hashes, and the head; check the
+        watchlist, the state digest and the full-text index against the head file.
 
         Returns ``{"ok", "entries", "first_bad", "reason", "problems": [{"id", "reason"}], "warnings",
         "head", "head_id", "anchor", "expected_head"}``; ``first_bad`` is the lowest entry id with a
@@ -715,14 +907,31 @@ class Ledger:
         ``fingerprint_before`` is not the state recorded before them: a history that forked, not
         a changed record. The head is checked against ``ledger.head`` and the high-water mark
         (anchor.py); ``expect_head`` (a content hash recorded elsewhere: an export's metadata, an
-        append's output) must be the head or an entry of the chain.
+        append's output) must be the head or an entry of the chain; a head kept with ``ledger head``
+        (its line or JSON) must in addition not be newer than ``ledger.head`` (its counter).
+        Every applied edit must name exactly the parameters its delta changes, and every applied
+        edit or revert must record a change of the model's fingerprint. A database file too damaged to
+        read, or holding values of the wrong type, is a failed check (``problems`` names the error),
+        never an exception.
         """
+        try:
+            return self._verify(check_deltas=check_deltas, expect_head=expect_head, check_index=check_index)
+        except AuditorError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever a damaged file makes fail is a finding, not a crash
+            reason = f"the database is damaged ({type(e).__name__}: {e}); nothing in it can be trusted"
+            return {"ok": False, "entries": None, "first_bad": None, "reason": f"ledger.db: {reason}",
+                    "problems": [{"id": None, "where": "ledger.db", "reason": reason}], "warnings": [],
+                    "head": None, "head_id": None, "anchor": None, "expected_head": None}
+
+    def _verify(self, *, check_deltas: bool, expect_head: str | None, check_index: bool) -> dict[str, Any]:
         problems: list[dict[str, Any]] = []
         warnings: list[dict[str, Any]] = []  # consistent hashes, inconsistent history
         state = self.genesis.get("base_fingerprint")  # the model fingerprint the entries should start from
         prev = self.genesis_hash
         expected_id = 1
-        checked_files: dict[str, str | None] = {}
+        checked_files: dict[str, tuple[str | None, list[str] | None]] = {}
+        params_of: dict[int, list[str]] = {}
         applied_edits: set[int] = set()
         hashes: dict[int, str] = {0: self.genesis_hash}
         pinned: dict[int, str] = {}  # entry id -> the watchlist head it was checked against
@@ -749,8 +958,18 @@ class Ledger:
                 key = f"{row['delta_hash']}|{row.get('delta_file_sha256')}"
                 if key not in checked_files:
                     checked_files[key] = self._check_delta(row["delta_hash"], row.get("delta_file_sha256"))
-                if checked_files[key]:
-                    bad(checked_files[key])
+                problem, delta_params = checked_files[key]
+                if problem:
+                    bad(problem)
+                elif delta_params is not None and row.get("status") == "applied":
+                    recorded = _row_params(row)
+                    if sorted(recorded) != sorted(delta_params):
+                        bad(f"it records the parameters {recorded} but its delta changes {delta_params}: "
+                            "a revert, replay or export would not undo or rebuild it")
+            if row.get("status") == "applied" and row.get("fingerprint_before") and \
+                    row.get("fingerprint_before") == row.get("fingerprint_after"):
+                bad(f"it is recorded as an applied {row.get('kind')} but its fingerprints before and after are "
+                    "the same: the weights did not change")
             if row.get("fingerprint_before") and state and row["fingerprint_before"] != state:
                 warnings.append({"id": eid, "reason": "its fingerprint_before is not the model state recorded "
                                                       "before it (written by a writer that had not caught up)"})
@@ -758,16 +977,21 @@ class Ledger:
             if row.get("kind") == "revert":
                 if row.get("reverts") not in applied_edits:
                     bad(f"it reverts entry {row.get('reverts')}, which is not an earlier applied edit")
+                elif sorted(_row_params(row)) != sorted(params_of.get(row["reverts"], [])):
+                    bad(f"it reverts entry {row['reverts']} but names other parameters than that entry")
                 applied_edits.discard(row.get("reverts"))
             elif row.get("status") == "applied":
                 applied_edits.add(eid)
+                params_of[eid] = _row_params(row)
             watched = _watch_head(row)
             if watched:
                 pinned[eid] = watched
         self._verify_watchlist(pinned, problems)
         head_id = expected_id - 1
-        anchor = self._verify_head(head_id, hashes, problems, warnings)
-        expected = self._check_expected_head(expect_head, hashes, head_id, problems)
+        anchor = self._verify_head_and_state(head_id, hashes.get, problems, warnings)
+        if check_index:
+            self._verify_index(problems)
+        expected = self._check_expected_head(expect_head, hashes, head_id, problems, anchor)
         problems.sort(key=lambda p: (p["id"] is None, p["id"] or 0))
         first = problems[0] if problems else None
         return {
@@ -780,7 +1004,7 @@ class Ledger:
             "warnings": warnings,
             "head": prev,
             "head_id": head_id,
-            "anchor": anchor,
+            "anchor": anchor.to_json() if anchor else None,
             "expected_head": expected,
         }
 
@@ -801,28 +1025,83 @@ class Ledger:
                 problems.append({"id": eid, "reason": f"it was checked against watchlist state {head[:19]}..., which "
                                                       "the watchlist's history no longer holds (events deleted)"})
 
-    def _verify_head(self, head_id: int, hashes: dict[int, str], problems: list[dict[str, Any]],
-                     warnings: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """Check the anchor file and the high-water mark; return the anchor as JSON (or None)."""
+    def _verify_head_and_state(self, head_id: int, hash_of: Any, problems: list[dict[str, Any]],
+                               warnings: list[dict[str, Any]]) -> HeadAnchor | None:
+        """Check the anchor file against the entries, the high-water mark, the watchlist and the state
+        digest; return the anchor (None when missing or unreadable)."""
         try:
             anchor = self.anchor()
         except LedgerError as e:
             problems.append({"id": None, "reason": str(e)})
             return None
-        found, warned = head_problems(anchor, head_id, hashes.get, self._high_water(),
-                                      self.genesis.get("ledger_id"), self.anchor_path.name)
-        problems.extend({"id": eid, "reason": reason} for eid, reason in found)
-        warnings.extend({"id": eid, "reason": reason} for eid, reason in warned)
-        return anchor.to_json() if anchor else None
+        if self.db.execute("SELECT count(*) FROM high_water WHERE id = 1").fetchone()[0] != 1:
+            problems.append({"id": None, "where": "ledger state", "reason": "the high-water mark is missing"})
+        found, warned = self._head_findings(anchor, head_id, hash_of)
+        if found and anchor is not None and anchor.prev is not None:
+            # a write was interrupted before its commit: the head before it must then hold
+            prev_found, prev_warned = self._head_findings(anchor.prev, head_id, hash_of, signature_of=anchor)
+            if not prev_found:
+                found, warned = prev_found, prev_warned + [
+                    {"id": None, "where": "ledger head", "reason": "the last write was interrupted before it was "
+                                                                   "committed; the next append completes the head"}]
+        elif anchor is not None and anchor.prev is not None:
+            warned.append({"id": None, "where": "ledger head", "reason": "the head file was not finalised after "
+                                                                         "the last commit; the next append does it"})
+        problems.extend(found)
+        warnings.extend(warned)
+        return anchor
+
+    def _head_findings(self, anchor: HeadAnchor | None, head_id: int, hash_of: Any,
+                       signature_of: HeadAnchor | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Problems and warnings of the database against one head (anchor.py's checks)."""
+        found, warned = head_problems(anchor, head_id, hash_of, self._high_water(), self.genesis.get("ledger_id"),
+                                      self.anchor_path.name, signature_of=signature_of)
+        problems = [{"id": eid, "reason": reason} for eid, reason in found]
+        warnings = [{"id": eid, "reason": reason} for eid, reason in warned]
+        current = anchor is not None and anchor.last_id == head_id and not found
+        watch_newest, _ = self._watch_newest()
+        found2, warned2 = state_problems(anchor, watch_newest, self._watch_hash_of, self.state_digest(), current,
+                                         self.anchor_path.name)
+        problems += [{"id": None, "where": where, "reason": reason} for where, reason in found2]
+        warnings += [{"id": None, "where": where, "reason": reason} for where, reason in warned2]
+        return problems, warnings
+
+    def _verify_index(self, problems: list[dict[str, Any]]) -> None:
+        """The full-text index is there, kept in step by its triggers, and consistent with the entries
+        (FTS5's ``integrity-check`` on a copy in memory, so a read-only ledger is never written)."""
+        damage = [r[0] for r in self.db.execute("PRAGMA integrity_check(10)")]
+        if damage != ["ok"]:
+            problems.append({"id": None, "where": "ledger.db", "reason": f"SQLite's integrity check fails: {damage[0]}"})
+        names = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+        missing = [n for n in ("entries_fts", "entries_ai", "entries_ad", "entries_au") if n not in names]
+        if missing:
+            problems.append({"id": None, "where": "full-text index",
+                             "reason": f"{', '.join(missing)} missing: `ledger search` would not find every entry"})
+            return
+        copy = sqlite3.connect(":memory:")
+        try:
+            self.db.conn.backup(copy)
+            copy.execute("INSERT INTO entries_fts(entries_fts, rank) VALUES ('integrity-check', 1)")
+        except sqlite3.DatabaseError as e:
+            problems.append({"id": None, "where": "full-text index",
+                             "reason": f"it does not match the entries ({e}): `ledger search` would give wrong results"})
+        finally:
+            copy.close()
 
     def _check_expected_head(self, expect_head: str | None, hashes: dict[int, str], head_id: int,
-                             problems: list[dict[str, Any]]) -> dict[str, Any] | None:
+                             problems: list[dict[str, Any]], anchor: HeadAnchor | None) -> dict[str, Any] | None:
         if expect_head is None:
             return None
         try:
-            wanted = normalise_hash(expect_head)
-        except AnchorError as e:
+            kept = parse_kept(expect_head)
+        except (AnchorError, ReadError) as e:
             raise LedgerError(f"--expect-head: {e}") from None
+        if isinstance(kept, HeadAnchor):
+            for reason in kept_head_problems(kept, anchor, hashes.get, self.genesis.get("ledger_id")):
+                problems.append({"id": None, "where": "kept head", "reason": reason})
+            return {"hash": kept.head, "found": hashes.get(kept.last_id) == kept.head, "id": kept.last_id,
+                    "counter": kept.counter, "entries_after": head_id - kept.last_id}
+        wanted = kept
         at = next((eid for eid, h in hashes.items() if h == wanted), None)
         if at is None:
             problems.append({"id": None, "reason": f"the expected head {wanted[:23]}... is not in this ledger: "
@@ -830,22 +1109,38 @@ class Ledger:
             return {"hash": wanted, "found": False}
         return {"hash": wanted, "found": True, "id": at, "entries_after": head_id - at}
 
-    def _check_delta(self, delta_hash: str, file_sha: str | None) -> str | None:
-        path = self.delta_path(delta_hash)
-        if not path.is_file():
-            return f"its delta file {path.name} is missing"
-        if file_sha and sha256_file(path) != file_sha:
-            return f"its delta file {path.name} has changed (file sha256 differs)"
+    def _check_delta(self, delta_hash: str, file_sha: str | None) -> tuple[str | None, list[str] | None]:
+        """(why the delta file is wrong or None, the parameters it changes)."""
         try:
-            actual = _delta_hash_of(path)
+            path = self.delta_path(delta_hash)
+            check_regular(path, limit=MAX_DELTA_BYTES, what="delta file")
+        except (LedgerError, ReadError) as e:
+            return f"its delta: {e}", None
+        if file_sha and sha256_file(path) != file_sha:
+            return f"its delta file {path.name} has changed (file sha256 differs)", None
+        try:
+            delta = load_delta(path)
+            actual = delta.content_hash()
         except Exception as e:  # noqa: BLE001 - any unreadable file is a finding, not a crash
-            return f"its delta file {path.name} is unreadable ({type(e).__name__})"
+            return f"its delta file {path.name} is unreadable ({type(e).__name__})", None
         if actual != delta_hash:
-            return f"its delta file {path.name} does not match the delta hash"
-        return None
+            return f"its delta file {path.name} does not match the delta hash", None
+        return None, list(delta.params)
+
+
+def _row_params(row: dict[str, Any]) -> list[str]:
+    """The parameters a raw entry row names (``params``, else ``param``); [] when unreadable."""
+    try:
+        params = json.loads(row["params"]) if row.get("params") else None
+    except (TypeError, ValueError):
+        return []
+    if isinstance(params, list):
+        return [str(p) for p in params]
+    return [row["param"]] if row.get("param") else []
 
 
 def _delta_hash_of(path: Path) -> str:
+    check_regular(path, limit=MAX_DELTA_BYTES, what="delta file")
     return load_delta(path).content_hash()
 
 

@@ -2,7 +2,10 @@
 
 Items are never updated or deleted: each event carries ``prev_hash`` and a ``content_hash`` over
 its canonical JSON, so the list's history is tamper-evident like the ledger's
-(:meth:`Watchlist.verify`, which ``Ledger.verify`` runs). What the items mean and how they are
+(:meth:`Watchlist.verify`, which ``Ledger.verify`` runs). Events are written through
+:meth:`Ledger.writing`, so the ledger's head file pins the newest event and its hash (and signs
+them with the ledger's head): deleting the newest events, or rewriting one with every later hash
+recomputed, no longer passes. What the items mean and how they are
 checked against a model is in ``record.watch``.
 """
 
@@ -83,20 +86,14 @@ class Watchlist:
                              "note": note})
 
     def _append(self, fields: dict[str, Any]) -> dict[str, Any]:
-        conn = self.ledger.db.conn
-        conn.execute("BEGIN IMMEDIATE")  # serialises writers across processes, as Ledger.append
-        try:
+        # the ledger's one write path: checked first, the head file (which pins the watchlist's head) after
+        with self.ledger.writing() as conn:
             last = conn.execute("SELECT id, content_hash FROM watchlist ORDER BY id DESC LIMIT 1").fetchone()
             row = {"id": 1 if last is None else last[0] + 1, "created_at": utc_now(), "operator": operator(),
                    **fields, "prev_hash": self.ledger.genesis_hash if last is None else last[1]}
             row["content_hash"] = _event_hash(row)
             conn.execute(f"INSERT INTO watchlist ({', '.join(EVENT_COLUMNS)}) VALUES "
                          f"({', '.join('?' * len(EVENT_COLUMNS))})", [row[c] for c in EVENT_COLUMNS])
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return row
 
     def verify(self) -> dict[str, Any]:

@@ -21,18 +21,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from auditor.engine.deltas import apply_delta
-from auditor.record.ledger import Entry
+from auditor.record.ledger import Entry, entry_params
 
 if TYPE_CHECKING:
     from auditor.run.workspace import Workspace
 
 REVIEWABLE = ("dry-run", "rejected")
-# columns of the reviewed entry that describe the applied edit unchanged
-COPIED = ("method", "key_mode", "layer", "param", "hparams", "request", "subject", "prompt", "target_new",
-          "target_true", "denominator", "denominator_raw", "numerator_norm", "update_norm", "weight_norm",
-          "key_cosine", "efficacy", "target_prob", "generalization", "locality", "portability",
-          "prefixed_efficacy", "ppl_before", "ppl_after", "ppl_ratio", "collapse_risk", "collapse_reasons",
-          "metrics", "timings", "device", "dtype", "delta_hash", "delta_file_sha256")
+# The columns the new entry sets itself; every other column of the reviewed entry (the request or a
+# batch's requests, the parameters, the measurements, the delta...) is copied unchanged, so a column
+# added later is carried over without anyone listing it (issue 17: a MEMIT batch lost its ``params``).
+OWN = ("id", "created_at", "operator", "host", "app_version", "kind", "status", "error", "note", "diagnostics",
+       "fingerprint_before", "fingerprint_after", "reverts", "prev_hash", "content_hash")
 
 
 def apply_reviewed(ws: "Workspace", entry_id: int, *, note: str | None = None) -> Entry:
@@ -49,12 +48,17 @@ def apply_reviewed(ws: "Workspace", entry_id: int, *, note: str | None = None) -
             raise WorkspaceError(f"the model changed since entry {entry_id} was computed; its delta was reviewed "
                                  "on other weights. Run the edit again")
         delta = ws.ledger.load_delta(reviewed.delta_hash)  # checked against its hash
+        if sorted(entry_params(reviewed)) != sorted(delta.params):
+            raise WorkspaceError(f"entry {entry_id} names the parameters {entry_params(reviewed)} but its delta "
+                                 f"changes {delta.params}; run `edit-auditor ledger verify`")
         before = ws.fingerprint
         apply_delta(ws.lm.model, delta)
         ws._weights_changed()
+        if ws.fingerprint == before:
+            raise WorkspaceError(f"applying the delta of entry {entry_id} did not change the weights; nothing recorded")
         diagnostics = {**reviewed["diagnostics"], "applies_entry": entry_id}
         entry = ws.ledger.append({
-            **{k: reviewed.row[k] for k in COPIED}, "kind": "edit", "status": "applied",
+            **{k: v for k, v in reviewed.row.items() if k not in OWN}, "kind": "edit", "status": "applied",
             "diagnostics": diagnostics, "error": None,
             "note": note or f"applied as reviewed in entry {entry_id} (collapse-risk override)",
             "fingerprint_before": before, "fingerprint_after": ws.fingerprint,

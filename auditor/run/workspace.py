@@ -223,11 +223,20 @@ class Workspace:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Exclusive use of the workspace across processes (released by the OS if we die)."""
+        """Exclusive use of the workspace across processes (released by the OS if we die).
+
+        Every operation that appends runs under it, so it is also where a ledger that does not
+        verify is refused, before any model work is done (:meth:`Ledger.check_appendable`; the
+        append itself checks again).
+        """
         path = self.directory / LOCK_FILE
         with open(path, "a+b") as f:
             _lock_file(f)
             try:
+                try:
+                    self.ledger.check_appendable()
+                except LedgerError as e:
+                    raise WorkspaceError(str(e)) from None
                 yield
             finally:
                 _unlock_file(f)
@@ -380,9 +389,15 @@ class Workspace:
                 raise WorkspaceError(f"entry {entry_id} is already reverted")
             before = self.fingerprint
             head = self._synced_id
-            for param in entry_params(target):
+            params = entry_params(target)
+            for param in params:
                 self._rebuild(param, upto=head, skip={entry_id})
             self._weights_changed()
+            if not params or self.fingerprint == before:
+                raise WorkspaceError(
+                    f"reverting entry {entry_id} would not change the weights (it names no parameter its delta "
+                    "changes, or the rebuilt parameters are unchanged); nothing was recorded. "
+                    "Run `edit-auditor ledger verify`")
             entry = self.ledger.append({
                 **{k: target.row[k] for k in ("method", "key_mode", "layer", "param", "request", "subject",
                                               "prompt", "target_new", "target_true", "delta_hash",
@@ -468,13 +483,17 @@ class Workspace:
 # ---------------------------------------------------------------- helpers
 
 
-def open_ledger(directory: str | Path) -> Ledger:
-    """The ledger of the workspace in ``directory`` (without loading any model)."""
+def open_ledger(directory: str | Path, *, readonly: bool = False) -> Ledger:
+    """The ledger of the workspace in ``directory`` (without loading any model).
+
+    ``readonly``: for commands that only read (list, show, search, verify): SQLite's read-only
+    mode, so a read-only folder or mount works and nothing (lock, WAL, head file) is written.
+    """
     path = Path(directory) / LEDGER_FILE
     if not path.is_file():
         raise WorkspaceError(f"{directory}: not a workspace (no {LEDGER_FILE}); create one with `edit-auditor workspace init`")
     try:
-        return Ledger(path)
+        return Ledger(path, readonly=readonly)
     except LedgerError as e:
         raise WorkspaceError(str(e)) from None
 
