@@ -44,6 +44,50 @@ class IntAxis(pg.AxisItem):
         return out
 
 
+class EmptyNote:
+    """What an empty plot will show, written in it, in place of meaningless axes.
+
+    Empty, pyqtgraph draws axes from -0.5 to 0.5 (or "layer (x0.001)" from -400 to 400 after a
+    scaled range): numbers that mean nothing. :meth:`set_empty` hides the tick values and the SI
+    prefix, fixes the range and shows the note; with data, the axes and autoscaling come back.
+    """
+
+    def __init__(self, plot: pg.PlotItem, text: str):
+        self.plot = plot
+        self.item = pg.TextItem(text, color=GREY, anchor=(0.5, 0.5))
+        self.item.setZValue(20)
+        plot.addItem(self.item, ignoreBounds=True)
+        self.empty: bool | None = None
+        self.set_empty(True)
+
+    def set_empty(self, empty: bool) -> None:
+        if empty == self.empty:
+            return
+        self.empty = empty
+        self.item.setVisible(empty)
+        for name in ("left", "bottom"):
+            axis = self.plot.getAxis(name)
+            axis.setStyle(showValues=not empty)
+            axis.enableAutoSIPrefix(not empty)
+        if empty:
+            self.plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
+            self.item.setPos(0.5, 0.5)
+        else:
+            self.plot.enableAutoRange()
+
+
+def wrapped(text: str, width: int = 34) -> str:
+    """A chart title broken into lines of about ``width`` characters (pyqtgraph titles do not wrap,
+    and a long one widens its column until the next is cut off)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines)
+
+
 class LiveEditChart(pg.GraphicsLayoutWidget):
     """Loss and P(new target) of the v* optimisation, one point per step, live."""
 
@@ -70,6 +114,8 @@ class LiveEditChart(pg.GraphicsLayoutWidget):
         self._prob: list[float] = []
         self._dirty = False
         self.redraws = 0
+        self.empty_notes = [EmptyNote(self.loss_plot, "the v* loss of each step appears here during an edit"),
+                            EmptyNote(self.prob_plot, "P(new target) of each step appears here during an edit")]
         self._timer = QTimer(self)
         self._timer.setInterval(REDRAW_MS)
         self._timer.timeout.connect(self._redraw)
@@ -112,6 +158,8 @@ class LiveEditChart(pg.GraphicsLayoutWidget):
             return
         self._dirty = False
         self.redraws += 1
+        for note in self.empty_notes:
+            note.set_empty(not self._steps)
         self.loss_curve.setData(self._steps, self._loss)
         self.prob_curve.setData(self._steps, self._prob)
 
@@ -132,6 +180,8 @@ class _HealthChart(pg.PlotWidget):
 
     entry_clicked = Signal(int)
 
+    EMPTY = "one point per ledger entry appears here after the first edit"
+
     def __init__(self, title: str, ylabel: str, parent=None):
         super().__init__(parent, axisItems={"bottom": IntAxis("bottom")})
         self.setMinimumHeight(160)
@@ -148,9 +198,11 @@ class _HealthChart(pg.PlotWidget):
                                         symbolPen=pg.mkPen("#222222", width=2))
         self.addItem(self.selected)
         self._xy: dict[int, float] = {}
+        self.empty_note = EmptyNote(self.plot_item, self.EMPTY)
 
     def _set(self, ids: list[int], values: list[float], flagged: list[bool]) -> None:
         self._xy = dict(zip(ids, values))
+        self.empty_note.set_empty(not ids)
         brushes = [pg.mkBrush(RED if f else BLUE) for f in flagged]
         sizes = [13 if f else 9 for f in flagged]
         self.line.setData(ids, values)
@@ -220,7 +272,7 @@ class DenominatorChart(_HealthChart):
         ids = [p.entry_id for p in usable]
         self._set(ids, [abs(p.denominator) for p in usable], [p.flagged for p in usable])
         self.threshold = denominator_min or None
-        if self.threshold is None:
+        if self.threshold is None or not ids:  # no band over an empty chart: it would shade all of it
             self.band_low.setData([], [])
             self.band_high.setData([], [])
             self.plot_item.setTitle(self.TITLE, size="10pt")

@@ -94,6 +94,8 @@ def take(out: Path, *, quick: bool = False, workspace: Path | None = None, timeo
         _spin(lambda: False, 0.3)
         return [shot, _save(window, out / AUDIT)]
     finally:
+        window.runner.cancel()  # closing waits for the worker (never blocking): let it end first
+        _spin(lambda: not window.runner.busy, timeout)
         window.close()
         window.deleteLater()
 
