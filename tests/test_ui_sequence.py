@@ -132,6 +132,9 @@ def test_watch_panel_adds_and_removes_items(window) -> None:
     QTest.keyClicks(panel.answer, "Paris")
     QTest.mouseClick(panel.add_button, Qt.MouseButton.LeftButton)
     assert panel.table.rowCount() == 1 and panel.table.item(0, 2).text() == "Paris"
+    # the model's current answer to the new item is shown beside it (computed in the worker)
+    assert spin(lambda: not window.runner.busy and panel.table.item(0, 3).text() != "…", 120)
+    assert panel.current["The capital of France is"] == panel.table.item(0, 3).text()
     QTest.keyClicks(panel.prompt, "The capital of France is")
     QTest.keyClicks(panel.answer, "Paris")
     QTest.mouseClick(panel.add_button, Qt.MouseButton.LeftButton)

@@ -17,8 +17,9 @@ import math
 from dataclasses import dataclass
 
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer, Signal
+from PySide6.QtCore import QSize, QTimer, Signal
 from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QScrollArea, QWidget
 
 pg.setConfigOptions(antialias=True, background="w", foreground="#333333")
 
@@ -44,6 +45,29 @@ class IntAxis(pg.AxisItem):
         return out
 
 
+class _FitPage(QWidget):
+    """A page that asks for no more than its minimum, so its scroll area fits it to the window and
+    scrolls only below that minimum (a chart's size hint would otherwise always ask for more)."""
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        return self.minimumSizeHint().expandedTo(self.minimumSize())
+
+    def heightForWidth(self, _width: int) -> int:  # noqa: N802 - Qt API (a word-wrapped label asks for more)
+        return self.sizeHint().height()
+
+
+def chart_page(min_height: int = 0) -> tuple[QScrollArea, QWidget]:
+    """A scroll area and the page to lay charts out on: they fit the window, or scroll when it is
+    smaller than ``min_height``, instead of being squeezed or cut off."""
+    page = _FitPage()
+    page.setMinimumHeight(min_height)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+    scroll.setWidget(page)
+    return scroll, page
+
+
 class EmptyNote:
     """What an empty plot will show, written in it, in place of meaningless axes.
 
@@ -61,7 +85,7 @@ class EmptyNote:
         self.set_empty(True)
 
     def set_empty(self, empty: bool) -> None:
-        if empty == self.empty:
+        if empty == self.empty and not empty:
             return
         self.empty = empty
         self.item.setVisible(empty)
@@ -93,7 +117,7 @@ class LiveEditChart(pg.GraphicsLayoutWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.setMinimumHeight(220)
+        self.setMinimumHeight(180)
         self.loss_plot = self.addPlot(row=0, col=0, axisItems={"bottom": IntAxis("bottom")})
         self.loss_plot.setTitle("v* optimisation: loss", size="10pt")
         self.loss_plot.setLabel("left", "loss")
@@ -184,7 +208,7 @@ class _HealthChart(pg.PlotWidget):
 
     def __init__(self, title: str, ylabel: str, parent=None):
         super().__init__(parent, axisItems={"bottom": IntAxis("bottom")})
-        self.setMinimumHeight(160)
+        self.setMinimumHeight(140)
         self.plot_item = self.getPlotItem()
         self.plot_item.setTitle(title, size="10pt")
         self.plot_item.setLabel("left", ylabel)
@@ -266,6 +290,7 @@ class DenominatorChart(_HealthChart):
         self.band.setZValue(-10)
         self.addItem(self.band)
         self.threshold: float | None = None
+        self.empty_note.set_empty(True)  # again: log mode and the band items reset the range
 
     def set_points(self, points: list[EditPoint], denominator_min: float | None) -> None:
         usable = [p for p in points if p.denominator is not None and math.isfinite(p.denominator) and p.denominator != 0]

@@ -54,7 +54,7 @@ from . import settings, trace_view
 from .ask_view import AskView
 from .audit import AuditTrail
 from .batch_panel import BatchPanel
-from .charts import DenominatorChart, EditPoint, LiveEditChart, PerplexityChart
+from .charts import DenominatorChart, EditPoint, LiveEditChart, PerplexityChart, chart_page
 from .dialogs import ExportDialog, SettingsDialog
 from .edit_panel import EditPanel
 from .entries import did_not_take, fmt, number, revertible, rows_of
@@ -308,7 +308,7 @@ class MainWindow(QMainWindow):
         self.den_chart.entry_clicked.connect(self.select_entry)
         self.ask_view = AskView()
         self.ask_view.ask_requested.connect(lambda *_: self.refresh_answers())
-        run_page = QWidget()
+        run_scroll, run_page = chart_page(560)  # fits at 1280x800 and above; scrolls below that
         rbox = QVBoxLayout(run_page)
         rbox.addWidget(self.ask_view)
         health = QSplitter(Qt.Orientation.Horizontal)
@@ -337,10 +337,11 @@ class MainWindow(QMainWindow):
         self.batch_panel.cancel_requested.connect(self.runner.cancel)
 
         self.tabs = QTabWidget()
-        self.tabs.addTab(run_page, "Edit run")
+        self.tabs.addTab(run_scroll, "Edit run")
         self.tabs.addTab(self.audit, "Audit trail")
         self.sequence_view = SequenceView()
         self.sequence_view.run_requested.connect(self.start_sequence)
+        self.sequence_view.watch.changed.connect(self.refresh_answers)  # show the model's answer to a new item
         self.sequence_view.stop_requested.connect(self.runner.cancel)
         self.sequence_view.report_requested.connect(self.start_report)
         self.tabs.addTab(self.sequence_view, "Sequence")
@@ -465,9 +466,9 @@ class MainWindow(QMainWindow):
         self.layer_needs_suggestion = not has_file
         self.panel.set_model(lm.n_layers, defaults)
         stored = settings.get(settings.LAYER)
-        if settings.get(settings.LAYER_WORKSPACE) == str(ws.directory) and stored is not None:
+        if settings.get(settings.LAYER_WORKSPACE) == str(ws.directory) and stored is not None \
+                and not self.layer_needs_suggestion:  # (a family without a file takes the traced layer)
             self.panel.layer.setValue(int(stored))  # the layer chosen last time in this workspace
-            self.layer_needs_suggestion = False
         if self.layer_needs_suggestion:
             self.trace_view.suggest_default_layer()
         self.audit.search_fn = lambda text: {e.id for e in ws.ledger.search(text)}
@@ -552,7 +553,7 @@ class MainWindow(QMainWindow):
         if out is not None:  # "applied · entry 2" becomes "... reverted by entry 3" after a revert
             self.result_label.setText(self._summary(out.result, getattr(out.entry, "id", None)))
         self.trace_view.show_state(len([r for r in self.rows if revertible(r)]))
-        self.refresh_answers()
+        QTimer.singleShot(0, self.refresh_answers)
 
     def refresh_answer(self, prompt: str) -> None:
         """The edit prompt changed (debounced by the panel): ask for its current answer."""
@@ -563,6 +564,7 @@ class MainWindow(QMainWindow):
         is when it runs (the prompts are read now, on the GUI thread)."""
         ws, n = self.workspace, settings.get(settings.ANSWER_TOKENS)
         prompt, question, upto = self.panel.prompt_text(), self.ask_view.text(), self.ask_view.upto()
+        watched = self.sequence_view.watch.prompts()
         fresh = self.answer_fresh_for
 
         def answers(report=None, cancel=None):
@@ -570,20 +572,29 @@ class MainWindow(QMainWindow):
             from auditor.run.ask import ask
 
             panel = (prompt, greedy_answer(ws.lm, prompt, n)) if prompt and fresh != (prompt, ws.fingerprint) else None
-            return panel, (ask(ws, question, max_new_tokens=n, upto=upto) if question else None)
+            return (panel, (ask(ws, question, max_new_tokens=n, upto=upto) if question else None),
+                    {p: greedy_answer(ws.lm, p, n) for p in watched})
 
         return answers
 
+    def answers_needed(self) -> bool:
+        """Is any answer box showing something the model may no longer say?"""
+        prompt = self.panel.prompt_text()
+        return bool((prompt and self.answer_fresh_for != (prompt, self.current_fingerprint))
+                    or self.ask_view.text() or self.sequence_view.watch.prompts())
+
     def refresh_answers(self) -> None:
-        """Recompute every answer box in the worker now, or as soon as it is free."""
-        if self.workspace is None or self.quit_when_idle:
+        """Recompute every answer box in the worker now, or as soon as it is free (a job that
+        the window starts itself, e.g. the layer suggestion on opening, goes first)."""
+        if self.workspace is None or self.quit_when_idle or not self.answers_needed():
             return
         self.answers_stale = True
         if not self.runner.busy and self.runner.start("answer", self.answers_job(), no_grad=True):
             self.answers_stale = False
 
     def show_answers(self, value) -> None:
-        panel, asked = value
+        panel, asked, watched = value
+        self.sequence_view.watch.show_current(watched)
         if panel is not None:
             self.panel.show_answer(*panel)
             self.answer_fresh_for = (panel[0], self.current_fingerprint or "")

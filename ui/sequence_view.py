@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 from auditor.run.monitor import FIGURE_KEYS, MonitorError, Thresholds, parse_stop_on
 from auditor.run.report import PLOTS, THRESHOLD_OF
 
-from .charts import BLUE, RED, REDRAW_MS, EmptyNote, IntAxis, wrapped
+from .charts import BLUE, RED, REDRAW_MS, EmptyNote, IntAxis, chart_page, wrapped
 from .watch_panel import WatchPanel
 
 STEP_MESSAGE = "sequence-step"
@@ -89,7 +89,13 @@ class SequenceView(QWidget):
         self.steps: list[dict[str, Any]] = []
         self.final: dict[str, Any] | None = None
         self._dirty = False
-        box = QVBoxLayout(self)
+        # everything scrolls as one page: at 1280x800 the charts keep a readable height instead of
+        # being squeezed or cut off
+        scroll, page = chart_page()
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        box = QVBoxLayout(page)
         box.addLayout(self._build_form())
         self.watch = WatchPanel()
         box.addWidget(self.watch)
