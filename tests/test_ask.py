@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from auditor.measure.default_probes import PARAPHRASE_PREFIXES, describe, first_words, with_default_probes
+from auditor.measure.default_probes import (
+    PARAPHRASE_PREFIXES,
+    describe,
+    first_words,
+    with_default_probes,
+)
 from auditor.model.checkpoint import fingerprint_model
 from auditor.model.requests import EditRequest, Probe
 from auditor.run.ask import ask, weights_at

@@ -824,7 +824,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Batches done")
             self.state_changed()
         elif name in ("revert", "apply"):
-            entry, fp = value
+            entry, _fingerprint = value
             self.state_changed()
             self.audit.select_entry(entry.id)
             done = "Reverted" if name == "revert" else f"Applied as reviewed in entry {entry['diagnostics']['applies_entry']}"

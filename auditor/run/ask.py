@@ -23,8 +23,9 @@ Example::
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -50,7 +51,7 @@ class Answers:
 
 
 @contextlib.contextmanager
-def weights_at(ws: "Workspace", upto: int = 0) -> Iterator[int]:
+def weights_at(ws: Workspace, upto: int = 0) -> Iterator[int]:
     """The model as it was right after entry ``upto`` (0: the base), restored bit for bit on exit.
 
     Yields the number of edits in effect at ``upto``. Run it where the model runs (the worker
@@ -72,7 +73,7 @@ def weights_at(ws: "Workspace", upto: int = 0) -> Iterator[int]:
                 model.get_parameter(p).copy_(tensor)
 
 
-def ask(ws: "Workspace", prompt: str, *, max_new_tokens: int = 8, upto: int = 0) -> Answers:
+def ask(ws: Workspace, prompt: str, *, max_new_tokens: int = 8, upto: int = 0) -> Answers:
     """Greedy continuations of ``prompt`` by the current model and by the state after ``upto``."""
     current = greedy_answer(ws.lm, prompt, max_new_tokens)
     n_now = len(ws.ledger.active_at(int(ws.state()["head"])))
