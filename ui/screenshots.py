@@ -183,6 +183,7 @@ def take_tabs(out: Path, *, sizes=TAB_SIZES, steps: int = 0, timeout: float = 36
                 window.live_chart.flush()
                 window.sequence_view.flush()
                 _spin(lambda: False, 0.4)
+                _spin(lambda: not window.runner.busy, timeout)  # an answer refresh may still be running
                 name = window.tabs.tabText(i).lower().replace(" ", "-")
                 shots.append(_save(window, out / f"tab-{name}-{w}x{h}.png"))
         return shots
