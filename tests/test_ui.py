@@ -24,6 +24,7 @@ from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 
 from ui.app import process_until as spin  # noqa: E402  (module fixtures have no qtbot)
+from ui.entries import fmt  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -74,6 +75,12 @@ def wait_answer(w) -> None:
     assert spin(lambda: not w.panel._answer_timer.isActive() and not w.runner.busy, 120)
 
 
+def close_window(w) -> None:
+    """Close ``w`` and let a running (quick) job end: closing never blocks, it waits for the worker."""
+    w.close()
+    assert spin(lambda: not w.runner.busy and not w.isVisible(), 120), w.statusBar().currentMessage()
+
+
 def copy_workspace(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*-wal", "*-shm", "workspace.lock"))
     return dst
@@ -122,7 +129,8 @@ def edited(qapp, tmp_path_factory):
     w = new_window("demo")
     seen: dict = {"ws_dir": Path(str(w.workspace.directory)), "rows_before": w.audit.model.rowCount(),
                   "fingerprint_before": fingerprint_model(w.workspace.lm.model)}
-    type_request(w.panel)
+    type_request(w.panel, true="")  # as a new user: the optional fields left empty (default probes)
+    w.ask_view.prompt.setText(PROMPT.replace("{}", SUBJECT))  # the Ask box, answered again after the edit
     wait_answer(w)
     seen["answer_before"] = w.panel.answer_text
     progress: list = []
@@ -139,8 +147,11 @@ def edited(qapp, tmp_path_factory):
         answer_label=w.panel.answer_label.text(), worker_thread=w.runner.last_thread,
         fingerprint_after=fingerprint_model(w.workspace.lm.model), shown_fp=w.info["current"].toolTip(),
         ppl_points=w.ppl_chart.point_count(), den_points=w.den_chart.point_count(),
+        result_text=w.result_label.text(),
     )
-    w.close()
+    assert spin(lambda: not w.runner.busy and w.ask_view.last is not None, 120)  # the refresh after the edit
+    seen["asked"] = w.ask_view.last
+    close_window(w)
     w.workspace.close()
     w.deleteLater()
     return seen
@@ -184,6 +195,41 @@ def test_apply_an_edit_through_the_widgets(edited):
     # the model changed, and the window shows its new fingerprint
     assert edited["fingerprint_after"] != edited["fingerprint_before"]
     assert edited["shown_fp"] == edited["fingerprint_after"] == out.result.fingerprint_after
+
+
+def test_default_probes_say_what_broke_without_the_optional_fields(edited):
+    """No true target, paraphrases or neighbourhood typed: the measurements are numbers, not dashes."""
+    out = edited["outcome"]
+    assert out.filled["target_true"] == TRUE  # the model's own answer before the edit
+    assert out.filled["paraphrases"] >= 1 and out.filled["neighborhood"] >= 1
+    m = out.result.metrics
+    assert m["efficacy"] == 1.0 and m["generalization"] is not None and m["locality"] is not None
+    row = edited["table_rows"][0]
+    assert row["efficacy"] == 1.0 and row["generalization"] is not None and row["locality"] is not None
+    text = edited["result_text"]
+    assert "default probes" in text and "did not take" not in text
+    assert f"generalization {fmt(m['generalization'])}" in text and f"locality {fmt(m['locality'])}" in text
+
+
+def test_a_request_that_did_not_take_is_marked(qtbot):
+    """An applied edit with efficacy 0 is marked in the Edit view's summary and the Batch table."""
+    from types import SimpleNamespace
+
+    from auditor.model.requests import EditRequest
+    from ui.batch_panel import BatchPanel
+    from ui.entries import did_not_take
+
+    assert did_not_take("applied", 0.0) and not did_not_take("applied", 1.0) and not did_not_take("dry-run", 0.0)
+    assert not did_not_take("applied", None)
+    panel = BatchPanel()
+    qtbot.addWidget(panel)
+    requests = [EditRequest(PROMPT, SUBJECT, NEW, TRUE), EditRequest(PROMPT, "The Colosseum", "Paris", "Rome")]
+    panel.set_requests(requests)
+    result = SimpleNamespace(requests=requests, status="applied", error=None, diagnostics={}, metrics={},
+                             per_request=[{"efficacy": 1.0}, {"efficacy": 0.0}])
+    panel.show_batch(1, 0, result, 7)
+    assert panel.table.item(0, 6).text() == "applied" and panel.table.item(1, 6).text() == "applied, did not take"
+    assert "1 request(s) did not take" in panel.summary.text()
 
 
 def test_invalid_request_is_marked_at_the_field_and_starts_no_worker(window, qtbot):
@@ -401,3 +447,82 @@ def test_reopens_the_last_workspace(qtbot, edited, tmp_path):
     assert w.info["fingerprint"].toolTip().startswith("sha256:")
     assert w.audit.model.rowCount() == 1
     w.workspace.close()
+
+
+def test_close_during_an_edit_asks_cancels_and_never_blocks(window, qtbot):
+    """Closing mid-edit asks first, returns at once (the event loop keeps running), cancels the job
+    cooperatively and closes when the worker has stopped; the weights and the ledger are as they were."""
+    from PySide6.QtCore import QTimer
+
+    from auditor.model.checkpoint import fingerprint_model
+    from ui.main_window import CLOSE_QUESTION
+
+    ws = window.workspace
+    ws_dir = Path(str(ws.directory))
+    wait_answer(window)
+    fp, rows = fingerprint_model(ws.lm.model), ledger_rows(ws_dir)
+    type_request(window.panel, subject="The Colosseum", new="London", true="Rome")
+    wait_answer(window)
+    cancelled: list = []
+    window.runner.cancelled.connect(cancelled.append)
+    click(window.panel.apply_button)
+    qtbot.waitUntil(lambda: window.live_chart.steps >= 1 or not window.runner.busy, timeout=EDIT_TIMEOUT * 1000)
+    assert window.runner.busy and window.runner.name == "edit", "the edit ended before the window was closed"
+
+    assert window.close() is False  # returns at once: the question is asked, nothing waits
+    assert window.isVisible() and window.runner.busy and not window.runner.cancelling
+    box = window.close_dialog
+    assert box is not None and box.isVisible() and CLOSE_QUESTION in box.text()
+    click(window.keep_button)  # "Keep running": nothing happens
+    assert window.close_dialog is None and window.runner.busy and not window.runner.cancelling
+
+    window.close()
+    beats: list = []
+    heart = QTimer()
+    heart.timeout.connect(lambda: beats.append(window.runner.busy))
+    heart.start(20)
+    click(window.quit_button)  # "Cancel job and quit"
+    assert window.runner.cancelling and window.isVisible()  # cooperative: the worker stops at its next check
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=120_000)
+    heart.stop()
+    assert cancelled == ["edit"] and not window.runner.busy
+    assert True in beats  # the GUI thread ran its timers while the job was still stopping
+    assert fingerprint_model(ws.lm.model) == fp == ws.fingerprint
+    assert ledger_rows(ws_dir) == rows
+    assert ws.verify()["ok"]
+
+
+def test_every_view_refreshes_after_a_revert(window, qtbot, edited):
+    """One "model state changed" notice: after a revert the panel's answer, the Ask box, the Edit run
+    summary, the left panel and the Trace tab all describe the reverted model."""
+    entry_id = edited["outcome"].entry.id
+    question = PROMPT.replace("{}", SUBJECT)
+    type_request(window.panel)
+    wait_answer(window)
+    assert window.panel.answer_text.strip().startswith(NEW)
+    window.ask_view.prompt.setText(question)
+    click(window.ask_view.ask_button)
+    qtbot.waitUntil(lambda: not window.runner.busy and window.ask_view.last is not None, timeout=120_000)
+    asked = window.ask_view.last
+    assert asked.base.strip().startswith(TRUE) and asked.current.strip().startswith(NEW) and not asked.same
+    assert "differ" in window.ask_view.verdict.text()
+    assert "1 edit in effect" in window.trace_view.state_label.text()
+    # the summary of that edit, as the window showed it when the edit ran (the same entry, this copy)
+    window.last_outcome = edited["outcome"]
+    window.result_label.setText(window._summary(edited["outcome"].result, entry_id))
+    assert "reverted" not in window.result_label.text()
+
+    changed: list = []
+    window.model_changed.connect(lambda: changed.append(window.current_fingerprint))
+    assert window.audit.select_entry(entry_id)
+    click(window.audit.revert_button)
+    qtbot.waitUntil(lambda: not window.runner.busy and window.ask_view.last is not asked
+                    and window.panel.answer_text.strip().startswith(TRUE), timeout=120_000)
+    base = window.workspace.base_fingerprint
+    assert changed == [base]  # one notice, after the window's own record was up to date
+    assert window.ask_view.last.same and window.ask_view.last.current.strip().startswith(TRUE)
+    assert TRUE in window.panel.answer_label.text() and "after the edit" not in window.panel.answer_label.text()
+    assert "reverted by entry 2" in window.result_label.text()
+    assert window.info["current"].toolTip() == base and "0 edits in effect" in window.info["entries"].text()
+    assert "base model" in window.trace_view.state_label.text()
+    assert any("reverted since" in window.ask_view.against.itemText(i) for i in range(window.ask_view.against.count()))

@@ -72,7 +72,12 @@ def test_batch_panel_runs_batches_and_the_audit_trail_lists_them(
     assert spin(lambda: not w.runner.busy, 900), w.last_error
     assert not w.last_error, w.last_error
     assert [panel.table.item(i, 5).text() for i in range(4)] == ["1", "1", "2", "2"]
-    assert {panel.table.item(i, 6).text() for i in range(4)} <= {"applied", "rejected"}
+    statuses = [panel.table.item(i, 6).text() for i in range(4)]
+    assert set(statuses) <= {"applied", "applied, did not take", "rejected"}
+    # a request marked "did not take" is exactly one an applied batch left at efficacy 0
+    efficacies = [panel.table.item(i, 7).text() for i in range(4)]
+    assert [s == "applied, did not take" for s in statuses] == \
+        [s.startswith("applied") and e == "0" for s, e in zip(statuses, efficacies)]
     assert panel.layers.rowCount() == 4  # 2 batches x 2 layers
     assert panel.layers.item(0, 2).text() == "5" and panel.layers.item(1, 2).text() == "6"
 

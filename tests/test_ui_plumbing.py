@@ -222,7 +222,10 @@ def test_audit_trail_lists_sorts_filters_and_searches(qtbot, ledger):
     assert audit.select_entry(1)
     assert audit.current["id"] == 1 and audit.search.text() == ""
     top = [audit.detail.topLevelItem(i).text(0) for i in range(audit.detail.topLevelItemCount())]
-    assert top[0] == "Chain" and "content_hash" in top and "subject" in top
+    assert top[0] == "Chain" and "Content hash" in top and "Subject" in top and "True target" in top
+    keys = [audit.detail.topLevelItem(i).toolTip(0) for i in range(audit.detail.topLevelItemCount())]
+    assert "content_hash" in keys and "target_true" in keys  # the ledger's own key, on hover
+    assert not [t for t in top if "_" in t]  # no snake_case shown
     chain = audit.detail.topLevelItem(0)
     assert chain.text(1) == "entry 1 of 3"
     assert chain.child(0).text(1) == ledger.get(1).content_hash

@@ -75,6 +75,15 @@ def test_sequence_view_draws_live_and_shows_the_stop(window, tmp_path: Path) -> 
     assert not view.threshold_lines["cond_ratio"].isVisible()  # not a figure this run stops on
     n_entries = len(window.workspace.ledger)
     assert view.run_button.isEnabled() and not view.stop_button.isEnabled()
+    assert (view.progress.minimum(), view.progress.maximum(), view.progress.text()) == (0, 1, "idle")  # looks idle
+    window.ask_view.prompt.setText("The capital of France is")  # answered again after every step
+    seen: list = []  # the bar, the left panel and the Ask box as each progress message left them
+
+    def look(_message) -> None:
+        seen.append((view.progress.value(), view.progress.maximum(), view.progress.text(),
+                     window.info["entries"].text(), window.ask_view.last))
+
+    window.runner.progress.connect(look)  # connected after the window's own slot: sees its result
     QTest.mouseClick(view.run_button, Qt.MouseButton.LeftButton)
     assert window.runner.busy and window.runner.name == "sequence", (window.last_error, view.status.text())
     assert view.stop_button.isEnabled() and not view.run_button.isEnabled()
@@ -92,6 +101,17 @@ def test_sequence_view_draws_live_and_shows_the_stop(window, tmp_path: Path) -> 
     assert window.audit.model.rowCount() == len(window.workspace.ledger)
     assert window.workspace.fingerprint == final["fingerprint_before_step"]
     assert view.run_button.isEnabled() and not view.stop_button.isEnabled()
+    # the Sequence tab's bar counted over the whole run (5 steps of 1), never backwards, and is idle again
+    running = [s for s in seen if s[1] > 1]
+    assert running and all(s[1] == len(CAPITALS) * 100 for s in running)
+    values = [s[0] for s in running]
+    assert values == sorted(values) and any("step 2 of 5" in s[2] for s in running), [s[2] for s in running]
+    assert (view.progress.maximum(), view.progress.value(), view.progress.text()) == (1, 0, "stopped")
+    # the left panel and the Ask box followed the run step by step, not only at its end
+    ledger_texts = [s[3] for s in seen]
+    assert len(set(ledger_texts)) >= 3, ledger_texts
+    asked = [s[4] for s in seen if s[4] is not None]
+    assert asked and asked[0].prompt == "The capital of France is" and asked[0].edits_in_effect >= 1
 
 
 def test_stop_on_field_rejects_bad_input_and_starts_nothing(window) -> None:
@@ -112,6 +132,9 @@ def test_watch_panel_adds_and_removes_items(window) -> None:
     QTest.keyClicks(panel.answer, "Paris")
     QTest.mouseClick(panel.add_button, Qt.MouseButton.LeftButton)
     assert panel.table.rowCount() == 1 and panel.table.item(0, 2).text() == "Paris"
+    # the model's current answer to the new item is shown beside it (computed in the worker)
+    assert spin(lambda: not window.runner.busy and panel.table.item(0, 3).text() != "…", 120)
+    assert panel.current["The capital of France is"] == panel.table.item(0, 3).text()
     QTest.keyClicks(panel.prompt, "The capital of France is")
     QTest.keyClicks(panel.answer, "Paris")
     QTest.mouseClick(panel.add_button, Qt.MouseButton.LeftButton)

@@ -51,6 +51,39 @@ STATUS_COLORS = {"applied": "#1e7b34", "dry-run": "#1f5fae", "rejected": "#b9770
                  "reverted": "#7f8c8d", "revert": "#7f8c8d"}
 
 
+LABELS = {key: label for key, label in COLUMNS} | {
+    "prev_hash": "Previous hash", "delta_hash": "Delta hash", "reverted_by": "Reverted by", "ppl_before": "PPL before",
+    "ppl_after": "PPL after", "target_true": "True target", "fingerprint_before": "Fingerprint before",
+    "fingerprint_after": "Fingerprint after", "n_requests": "Requests", "hparams": "Hyper-parameters",
+    "watch": "Watchlist check", "per_request": "Per request", "update_norm": "Update norm",
+    "weight_norm": "Weight norm", "key_cosine": "Key cosine", "delta_file_sha256": "Delta file SHA-256",
+}
+
+
+def label(key: str) -> str:
+    """A ledger key as a person reads it (``target_true`` -> "True target"); the key stays in the tooltip."""
+    return LABELS.get(key) or (key.replace("_", " ").strip().capitalize() if isinstance(key, str) else str(key))
+
+
+def _item(key: Any, value: Any) -> QTreeWidgetItem:
+    """A detail row: nested objects (and JSON text holding one) become child rows, not raw JSON."""
+    import json
+
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    nested = isinstance(value, (dict, list)) and bool(value) and not all(isinstance(v, (int, float)) for v in value)
+    item = QTreeWidgetItem([label(str(key)), "" if nested else fmt(value)])
+    item.setToolTip(0, str(key))
+    if nested:
+        pairs = value.items() if isinstance(value, dict) else enumerate(value, start=1)
+        for k, v in pairs:
+            item.addChild(_item(k, v))
+    return item
+
+
 class EntryModel(QAbstractTableModel):
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -291,7 +324,7 @@ class AuditTrail(QWidget):
         pos = ids.index(row.get("id")) + 1 if row.get("id") in ids else "?"
         chain = QTreeWidgetItem(["Chain", f"entry {pos} of {len(ids)}"])
         for key in ("hash", "prev_hash", "delta_hash", "reverts", "reverted_by"):
-            chain.addChild(QTreeWidgetItem([key, fmt(row.get(key))]))
+            chain.addChild(_item(key, row.get(key)))
         bold = QFont()
         bold.setBold(True)
         chain.setFont(0, bold)
@@ -301,11 +334,7 @@ class AuditTrail(QWidget):
         for key, value in raw.items():
             if key.startswith("_"):
                 continue
-            item = QTreeWidgetItem([key, "" if isinstance(value, dict) else fmt(value)])
-            if isinstance(value, dict):
-                for k, v in value.items():
-                    item.addChild(QTreeWidgetItem([k, fmt(v)]))
-            self.detail.addTopLevelItem(item)
+            self.detail.addTopLevelItem(_item(key, value))
         self.detail.resizeColumnToContents(0)
 
     def _revert(self) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -35,7 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .entries import fmt
+from .entries import did_not_take, fmt
 
 REQUEST_COLUMNS = ("#", "subject", "prompt", "target_new", "target_true", "batch", "status", "efficacy",
                    "generalization", "locality")
@@ -135,6 +136,7 @@ class BatchPanel(QWidget):
             for c in range(5, len(REQUEST_COLUMNS)):
                 self.table.setItem(i, c, QTableWidgetItem(""))
         self.layers.setRowCount(0)
+        self.failed_requests = 0
         self.summary.setText("")
         self.run_button.setEnabled(self._model_ready and bool(self.requests))
 
@@ -162,31 +164,47 @@ class BatchPanel(QWidget):
 
     # ------------------------------------------------------------ state
     _model_ready = False
+    failed_requests = 0  # applied requests whose efficacy is 0, over this run
 
     def set_enabled_for_model(self, enabled: bool) -> None:
         self._model_ready = enabled
         self.run_button.setEnabled(enabled and bool(self.requests))
 
-    def set_busy(self, busy: bool) -> None:
+    def set_busy(self, busy: bool, ours: bool = True) -> None:
+        """``ours``: the running job is this panel's batches (Cancel and the bar apply); another job
+        only disables Run, and the bar stays idle."""
         self.run_button.setEnabled(not busy and self._model_ready and bool(self.requests))
         self.load_button.setEnabled(not busy)
-        self.cancel_button.setEnabled(busy)
-        if busy:
+        self.cancel_button.setEnabled(busy and ours)
+        if busy and ours:
+            self.failed_requests = 0
+            self.batch_number = self.n_batches = 0
             self.progress.setRange(0, 0)
             self.progress.setFormat("starting…")
 
+    batch_number, n_batches = 0, 0
+
+    def start_batch(self, number: int, n_batches: int) -> None:
+        """Batch ``number`` of ``n_batches`` starts: the bar counts over the whole run."""
+        self.batch_number, self.n_batches, self._within = int(number), max(1, int(n_batches)), 0.0
+        self.progress.setRange(0, self.n_batches * 100)
+        self.progress.setValue((self.batch_number - 1) * 100)
+        self.progress.setFormat(f"batch {self.batch_number} of {self.n_batches}: starting")
+
     def show_progress(self, p: Any) -> None:
-        step, total = getattr(p, "step", None), getattr(p, "total", None)
-        text = getattr(p, "message", "") or getattr(p, "phase", "")
-        if total:
-            self.progress.setRange(0, int(total))
-            self.progress.setValue(min(int(step or 0), int(total)))
-            self.progress.setFormat(f"{getattr(p, 'phase', '')} {text}: %v / %m")
-        else:
-            self.progress.setRange(0, 0)
-            self.progress.setFormat(text)
+        """One engine event inside the current batch, shown as a share of the whole run."""
+        from ui.edit_panel import progress_text, within_edit
+
+        n, k = max(1, self.n_batches), max(1, self.batch_number)
+        self._within = within_edit(p, self._within)
+        self.progress.setRange(0, n * 100)
+        self.progress.setValue(int((k - 1 + self._within) * 100))
+        self.progress.setFormat(f"batch {k} of {n}: {progress_text(p)}")
+
+    _within = 0.0  # how far the current batch has come (0..1)
 
     def set_idle_text(self, text: str) -> None:
+        """An idle bar: empty, not moving, saying how the last run ended."""
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setFormat(text)
@@ -196,9 +214,16 @@ class BatchPanel(QWidget):
         """Fill the rows of batch ``number`` (its requests start at ``first_row``) and its layers."""
         for i, per in enumerate(result.per_request or [{}] * len(result.requests)):
             row = first_row + i
-            values = (number, result.status, per.get("efficacy"), per.get("generalization"), per.get("locality"))
+            failed = did_not_take(result.status, per.get("efficacy"))
+            status = "applied, did not take" if failed else result.status
+            values = (number, status, per.get("efficacy"), per.get("generalization"), per.get("locality"))
             for c, value in enumerate(values, start=5):
-                self.table.setItem(row, c, QTableWidgetItem(fmt(value)))
+                item = QTableWidgetItem(fmt(value))
+                if failed:
+                    item.setForeground(QColor("#c0392b"))
+                    item.setToolTip("The request did not take: the new target does not beat the old one "
+                                    "on its prompt (efficacy 0), although the batch was applied.")
+                self.table.setItem(row, c, item)
         for d in result.diagnostics.get("layers", []):
             r = self.layers.rowCount()
             self.layers.insertRow(r)
@@ -206,8 +231,11 @@ class BatchPanel(QWidget):
             for c, value in enumerate(values):
                 self.layers.setItem(r, c, QTableWidgetItem(fmt(value)))
         m = result.metrics
+        self.failed_requests += sum(did_not_take(result.status, per.get("efficacy")) for per in result.per_request or [])
         self.summary.setText(
             f"Batch {number} ({len(result.requests)} requests, entry {entry_id}): {result.status}; "
             f"efficacy {fmt(m.get('efficacy'))}, generalization {fmt(m.get('generalization'))}, "
             f"locality {fmt(m.get('locality'))}, perplexity ratio {fmt(m.get('ppl_ratio'))}"
-            + (f"; {result.error}" if result.error else ""))
+            + (f"; {result.error}" if result.error else "")
+            + (f"; <b style='color:#c0392b'>{self.failed_requests} request(s) did not take</b> (efficacy 0)"
+               if self.failed_requests else ""))

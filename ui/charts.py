@@ -17,8 +17,9 @@ import math
 from dataclasses import dataclass
 
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer, Signal
+from PySide6.QtCore import QSize, QTimer, Signal
 from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QScrollArea, QWidget
 
 pg.setConfigOptions(antialias=True, background="w", foreground="#333333")
 
@@ -44,12 +45,79 @@ class IntAxis(pg.AxisItem):
         return out
 
 
+class _FitPage(QWidget):
+    """A page that asks for no more than its minimum, so its scroll area fits it to the window and
+    scrolls only below that minimum (a chart's size hint would otherwise always ask for more)."""
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        return self.minimumSizeHint().expandedTo(self.minimumSize())
+
+    def heightForWidth(self, _width: int) -> int:  # noqa: N802 - Qt API (a word-wrapped label asks for more)
+        return self.sizeHint().height()
+
+
+def chart_page(min_height: int = 0) -> tuple[QScrollArea, QWidget]:
+    """A scroll area and the page to lay charts out on: they fit the window, or scroll when it is
+    smaller than ``min_height``, instead of being squeezed or cut off."""
+    page = _FitPage()
+    page.setMinimumHeight(min_height)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+    scroll.setWidget(page)
+    return scroll, page
+
+
+class EmptyNote:
+    """What an empty plot will show, written in it, in place of meaningless axes.
+
+    Empty, pyqtgraph draws axes from -0.5 to 0.5 (or "layer (x0.001)" from -400 to 400 after a
+    scaled range): numbers that mean nothing. :meth:`set_empty` hides the tick values and the SI
+    prefix, fixes the range and shows the note; with data, the axes and autoscaling come back.
+    """
+
+    def __init__(self, plot: pg.PlotItem, text: str):
+        self.plot = plot
+        self.item = pg.TextItem(text, color=GREY, anchor=(0.5, 0.5))
+        self.item.setZValue(20)
+        plot.addItem(self.item, ignoreBounds=True)
+        self.empty: bool | None = None
+        self.set_empty(True)
+
+    def set_empty(self, empty: bool) -> None:
+        if empty == self.empty and not empty:
+            return
+        self.empty = empty
+        self.item.setVisible(empty)
+        for name in ("left", "bottom"):
+            axis = self.plot.getAxis(name)
+            axis.setStyle(showValues=not empty)
+            axis.enableAutoSIPrefix(not empty)
+        if empty:
+            self.plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
+            self.item.setPos(0.5, 0.5)
+        else:
+            self.plot.enableAutoRange()
+
+
+def wrapped(text: str, width: int = 34) -> str:
+    """A chart title broken into lines of about ``width`` characters (pyqtgraph titles do not wrap,
+    and a long one widens its column until the next is cut off)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines)
+
+
 class LiveEditChart(pg.GraphicsLayoutWidget):
     """Loss and P(new target) of the v* optimisation, one point per step, live."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.setMinimumHeight(220)
+        self.setMinimumHeight(180)
         self.loss_plot = self.addPlot(row=0, col=0, axisItems={"bottom": IntAxis("bottom")})
         self.loss_plot.setTitle("v* optimisation: loss", size="10pt")
         self.loss_plot.setLabel("left", "loss")
@@ -70,6 +138,8 @@ class LiveEditChart(pg.GraphicsLayoutWidget):
         self._prob: list[float] = []
         self._dirty = False
         self.redraws = 0
+        self.empty_notes = [EmptyNote(self.loss_plot, "the v* loss of each step appears here during an edit"),
+                            EmptyNote(self.prob_plot, "P(new target) of each step appears here during an edit")]
         self._timer = QTimer(self)
         self._timer.setInterval(REDRAW_MS)
         self._timer.timeout.connect(self._redraw)
@@ -112,6 +182,8 @@ class LiveEditChart(pg.GraphicsLayoutWidget):
             return
         self._dirty = False
         self.redraws += 1
+        for note in self.empty_notes:
+            note.set_empty(not self._steps)
         self.loss_curve.setData(self._steps, self._loss)
         self.prob_curve.setData(self._steps, self._prob)
 
@@ -132,9 +204,11 @@ class _HealthChart(pg.PlotWidget):
 
     entry_clicked = Signal(int)
 
+    EMPTY = "one point per ledger entry appears here after the first edit"
+
     def __init__(self, title: str, ylabel: str, parent=None):
         super().__init__(parent, axisItems={"bottom": IntAxis("bottom")})
-        self.setMinimumHeight(160)
+        self.setMinimumHeight(140)
         self.plot_item = self.getPlotItem()
         self.plot_item.setTitle(title, size="10pt")
         self.plot_item.setLabel("left", ylabel)
@@ -148,9 +222,11 @@ class _HealthChart(pg.PlotWidget):
                                         symbolPen=pg.mkPen("#222222", width=2))
         self.addItem(self.selected)
         self._xy: dict[int, float] = {}
+        self.empty_note = EmptyNote(self.plot_item, self.EMPTY)
 
     def _set(self, ids: list[int], values: list[float], flagged: list[bool]) -> None:
         self._xy = dict(zip(ids, values))
+        self.empty_note.set_empty(not ids)
         brushes = [pg.mkBrush(RED if f else BLUE) for f in flagged]
         sizes = [13 if f else 9 for f in flagged]
         self.line.setData(ids, values)
@@ -214,13 +290,14 @@ class DenominatorChart(_HealthChart):
         self.band.setZValue(-10)
         self.addItem(self.band)
         self.threshold: float | None = None
+        self.empty_note.set_empty(True)  # again: log mode and the band items reset the range
 
     def set_points(self, points: list[EditPoint], denominator_min: float | None) -> None:
         usable = [p for p in points if p.denominator is not None and math.isfinite(p.denominator) and p.denominator != 0]
         ids = [p.entry_id for p in usable]
         self._set(ids, [abs(p.denominator) for p in usable], [p.flagged for p in usable])
         self.threshold = denominator_min or None
-        if self.threshold is None:
+        if self.threshold is None or not ids:  # no band over an empty chart: it would shade all of it
             self.band_low.setData([], [])
             self.band_high.setData([], [])
             self.plot_item.setTitle(self.TITLE, size="10pt")

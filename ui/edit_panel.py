@@ -35,6 +35,25 @@ from auditor.model.requests import EditRequest, Probe, RequestError
 INVALID_STYLE = "border: 1.5px solid #c0392b; border-radius: 3px;"
 PHASES = {"stats": "key statistics", "keys": "keys", "v": "v* optimisation", "update": "rank-one update",
           "eval": "evaluation", "ppl": "perplexity"}
+# the share of one edit each phase takes, roughly (key statistics are cached after the first edit)
+PHASE_SPAN = {"stats": (0.0, 0.3), "keys": (0.3, 0.35), "v": (0.35, 0.9), "update": (0.9, 0.92),
+              "eval": (0.92, 0.97), "ppl": (0.97, 1.0)}
+
+
+def within_edit(p, before: float = 0.0) -> float:
+    """How far one edit (or batch, or sequence step) has come, 0..1, from one engine progress event;
+    never less than ``before`` (phases restart their own counts)."""
+    lo, hi = PHASE_SPAN.get(getattr(p, "phase", ""), (before, before))
+    step, total = getattr(p, "step", None), getattr(p, "total", None)
+    share = min(1.0, float(step or 0) / float(total)) if total else 0.0
+    return max(before, min(1.0, lo + (hi - lo) * share))
+
+
+def progress_text(p) -> str:
+    """The phase of an engine progress event and its count, e.g. "key statistics 512/4096"."""
+    phase = getattr(p, "phase", "")
+    step, total = getattr(p, "step", None), getattr(p, "total", None)
+    return (getattr(p, "message", "") or PHASES.get(phase, phase)) + (f" {int(step or 0)}/{int(total)}" if total else "")
 
 # name -> (label, kind, minimum, maximum, decimals/step); the main ROME knobs, defaults from the engine
 HPARAM_FIELDS: dict[str, tuple[str, str, float, float, float]] = {
@@ -93,8 +112,12 @@ class EditPanel(QWidget):
         self.target_new = QLineEdit(placeholderText="Rome")
         self.target_true = QLineEdit(placeholderText="Paris (optional)")
         self.paraphrases = QPlainTextEdit(placeholderText="One complete prompt per line (optional)")
-        self.neighborhood = QPlainTextEdit(
-            placeholderText="prompt | expected answer, one per line (optional;\nwithout '| answer' the true target is expected)")
+        self.neighborhood = QPlainTextEdit(placeholderText="prompt | expected answer, one per line (optional)")
+        self.neighborhood.setToolTip("Facts the edit must not change. Without '| answer' the true target is expected. "
+                                     "Left empty, built-in neighbour facts keep the model's own answers.")
+        self.paraphrases.setToolTip("Other wordings of the edit prompt. Left empty, the prompt behind built-in "
+                                    "prefixes is used (see auditor/measure/default_probes.py).")
+        self.target_true.setToolTip("The answer the edit replaces. Left empty, the model's own answer before the edit.")
         for box in (self.paraphrases, self.neighborhood):
             box.setTabChangesFocus(True)
             box.setFixedHeight(54)
@@ -210,6 +233,8 @@ class EditPanel(QWidget):
         self.show_hparams(True)
         self.reset_hparams()
         self.set_enabled_for_model(True)
+        if not self.prompt_text():
+            self.answer_label.setText("Type a prompt and its subject to see the model's answer.")
         self._answer_timer.start()
 
     def set_default_layer(self, layer: int) -> None:

@@ -109,3 +109,9 @@ def number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return out if math.isfinite(out) else None
+
+
+def did_not_take(status: Any, efficacy: Any) -> bool:
+    """An applied edit whose request failed: the new target does not beat the old one (efficacy 0)."""
+    value = number(efficacy)
+    return status == "applied" and value is not None and value == 0

@@ -20,13 +20,14 @@ Export…            ``edit-auditor export --workspace DIR --out OUT``
 from __future__ import annotations
 
 import gc
+import html
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QByteArray, Qt, QTimer, Slot
+from PySide6.QtCore import QByteArray, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QFont, QIcon, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -46,21 +47,42 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from auditor.base import Progress
 from auditor.model.resources import resources_dir
 
 from . import settings, trace_view
+from .ask_view import AskView
 from .audit import AuditTrail
 from .batch_panel import BatchPanel
-from .charts import DenominatorChart, EditPoint, LiveEditChart, PerplexityChart
+from .charts import DenominatorChart, EditPoint, LiveEditChart, PerplexityChart, chart_page
 from .dialogs import ExportDialog, SettingsDialog
 from .edit_panel import EditPanel
-from .entries import fmt, number, revertible, rows_of
-from .sequence_view import STEP_MESSAGE, SequenceView, sequence_job
+from .entries import did_not_take, fmt, number, revertible, rows_of
+from .sequence_view import STEP_MESSAGE, TOTAL_MESSAGE, SequenceView, sequence_job
 from .worker import Runner
 
 log = logging.getLogger(__name__)
 
 ICON = resources_dir(strict=False) / "icons" / "edit-auditor.svg"
+CLOSE_QUESTION = "Cancel the running job and quit?"
+QUICK_JOBS = ("answer",)  # jobs the window waits for on close without asking
+README = Path(__file__).resolve().parents[1] / "README.md"  # in a source checkout; absent from a wheel
+GUIDE = f"""<h3>The window</h3>
+<p><b>Left</b>: the model and workspace, the edit request (optional fields left empty are filled with
+default probes: the model's own answer, prefixed paraphrases, neighbour facts), the model's answer,
+the method. <b>Dry run</b> measures an edit and restores the weights; <b>Apply</b> records it.</p>
+<ul>
+<li><b>Edit run</b>: ask the model anything (base and current model side by side), the live v*
+optimisation, perplexity and denominator per ledger entry.</li>
+<li><b>Audit trail</b>: every entry of the tamper-evident ledger; revert, verify, export.</li>
+<li><b>Sequence</b>: a file of edits with the collapse monitor on; it stops and rolls back the step
+that crosses a threshold.</li>
+<li><b>Trace</b>: causal tracing (where a fact lives, by layer and token); click a cell to choose the layer.</li>
+<li><b>Batch</b>: MEMIT and AlphaEdit batches from a request file.</li>
+</ul>
+<p>The science (ROME, MEMIT, AlphaEdit, causal tracing, the measurements and the ledger) is explained in
+the README ({f'<a href="{README.as_uri()}">README.md</a>' if README.is_file() else "README.md"}: "Causal
+tracing", "Command line", "Reference texts") and docs/ARCHITECTURE.md.</p>"""
 WORKSPACE_MARKER = "ledger.db"
 
 
@@ -74,6 +96,7 @@ class EditOutcome:
     answer_before: str
     answer_after: str
     options: dict
+    filled: dict = field(default_factory=dict)  # the default probes used (auditor.measure.default_probes)
 
 
 def warm_up(ws) -> None:
@@ -115,9 +138,14 @@ def human_count(n: int) -> str:
 
 
 class MainWindow(QMainWindow):
+    # The one "model state changed" notice: emitted (GUI thread) after every open, apply, revert,
+    # batch and sequence step, once the window's own record (fingerprint, rows) is up to date. Every
+    # view that shows model state subscribes to it instead of being refreshed case by case.
+    model_changed = Signal()
+
     def __init__(self, parent=None, *, restore_last: bool = True):
         super().__init__(parent)
-        self.setWindowTitle("Edit Auditor")
+        self.setWindowTitle("")  # empty: the desktop shows the application's display name alone
         if ICON.is_file():
             self.setWindowIcon(QIcon(str(ICON)))
         self.setAcceptDrops(True)
@@ -129,6 +157,10 @@ class MainWindow(QMainWindow):
         self.export_dialog: ExportDialog | None = None
         self.last_error = ""
         self.last_outcome: EditOutcome | None = None
+        self.close_dialog: QMessageBox | None = None  # "Cancel the running job and quit?"
+        self.quit_when_idle = False  # the user chose to quit: close when the running job has stopped
+        self.answers_stale = False  # the answer boxes wait for the worker to be free to ask again
+        self.answer_fresh_for: tuple[str, str] | None = None  # (prompt, fingerprint) the panel shows
 
         self.runner = Runner(self)
         self.runner.progress.connect(self._on_progress)
@@ -136,6 +168,7 @@ class MainWindow(QMainWindow):
         self.runner.failed.connect(self._on_failed)
         self.runner.cancelled.connect(self._on_cancelled)
         self.runner.busy_changed.connect(self._on_busy)
+        self.model_changed.connect(self._on_model_changed)
 
         self._build_actions()
         self._build_ui()
@@ -179,6 +212,7 @@ class MainWindow(QMainWindow):
         ledger_menu.addAction(self.verify_action)
         ledger_menu.addAction(self.export_action)
         help_menu = menu.addMenu("&Help")
+        help_menu.addAction(action("&Guide to the tabs", self.guide, "F1"))
         help_menu.addAction(action("&About Edit Auditor", self.about))
         tools = self.addToolBar("Main")
         tools.setObjectName("mainToolbar")
@@ -250,6 +284,7 @@ class MainWindow(QMainWindow):
         self.panel.run_requested.connect(self.start_edit)
         self.panel.cancel_requested.connect(self.runner.cancel)
         self.panel.answer_wanted.connect(self.refresh_answer)
+        self.panel.layer.valueChanged.connect(self._remember_layer)
         left = QWidget()
         lbox = QVBoxLayout(left)
         lbox.setContentsMargins(0, 0, 0, 0)
@@ -271,8 +306,11 @@ class MainWindow(QMainWindow):
         self.den_chart = DenominatorChart()
         self.ppl_chart.entry_clicked.connect(self.select_entry)
         self.den_chart.entry_clicked.connect(self.select_entry)
-        run_page = QWidget()
+        self.ask_view = AskView()
+        self.ask_view.ask_requested.connect(lambda *_: self.refresh_answers())
+        run_scroll, run_page = chart_page(560)  # fits at 1280x800 and above; scrolls below that
         rbox = QVBoxLayout(run_page)
+        rbox.addWidget(self.ask_view)
         health = QSplitter(Qt.Orientation.Horizontal)
         health.addWidget(self.ppl_chart)
         health.addWidget(self.den_chart)
@@ -299,10 +337,11 @@ class MainWindow(QMainWindow):
         self.batch_panel.cancel_requested.connect(self.runner.cancel)
 
         self.tabs = QTabWidget()
-        self.tabs.addTab(run_page, "Edit run")
+        self.tabs.addTab(run_scroll, "Edit run")
         self.tabs.addTab(self.audit, "Audit trail")
         self.sequence_view = SequenceView()
         self.sequence_view.run_requested.connect(self.start_sequence)
+        self.sequence_view.watch.changed.connect(self.refresh_answers)  # show the model's answer to a new item
         self.sequence_view.stop_requested.connect(self.runner.cancel)
         self.sequence_view.report_requested.connect(self.start_report)
         self.tabs.addTab(self.sequence_view, "Sequence")
@@ -426,14 +465,18 @@ class MainWindow(QMainWindow):
         # a family without a hyper-parameter file: the Trace tab suggests the layer once the model is open
         self.layer_needs_suggestion = not has_file
         self.panel.set_model(lm.n_layers, defaults)
+        stored = settings.get(settings.LAYER)
+        if settings.get(settings.LAYER_WORKSPACE) == str(ws.directory) and stored is not None \
+                and not self.layer_needs_suggestion:  # (a family without a file takes the traced layer)
+            self.panel.layer.setValue(int(stored))  # the layer chosen last time in this workspace
         if self.layer_needs_suggestion:
             self.trace_view.suggest_default_layer()
         self.audit.search_fn = lambda text: {e.id for e in ws.ledger.search(text)}
         self.sequence_view.watch.set_ledger(ws.ledger)
         self._set_workspace_actions(True)
-        self.refresh_info()
-        self.refresh_entries()
-        self.setWindowTitle(f"Edit Auditor — {Path(str(ws.directory)).name}")
+        self.ask_view.setEnabled(True)
+        self.state_changed()
+        self.setWindowTitle(Path(str(ws.directory)).name)  # the desktop adds the application's name
         self.statusBar().showMessage(f"Opened {ws.directory}")
 
     # ================================================================ info, entries, charts
@@ -490,18 +533,73 @@ class MainWindow(QMainWindow):
         self.den_chart.select(entry_id)
 
     # ================================================================ jobs
-    def refresh_answer(self, prompt: str) -> None:
-        ws = self.workspace
-        if ws is None or self.runner.busy:
+    def _remember_layer(self, layer: int) -> None:
+        if self.workspace is not None and self.panel.layer.isEnabled():
+            settings.put(settings.LAYER, int(layer))
+            settings.put(settings.LAYER_WORKSPACE, str(self.workspace.directory))
+
+    def state_changed(self) -> None:
+        """The model or the ledger changed: update the window's record, then tell every view."""
+        if self.workspace is None:
             return
-        n = settings.get(settings.ANSWER_TOKENS)
+        self.current_fingerprint = self.workspace.fingerprint
+        self.refresh_entries()
+        self.model_changed.emit()
 
-        def job(report, cancel):
+    @Slot()
+    def _on_model_changed(self) -> None:
+        self.ask_view.set_entries(self.rows)
+        out = self.last_outcome
+        if out is not None:  # "applied · entry 2" becomes "... reverted by entry 3" after a revert
+            self.result_label.setText(self._summary(out.result, getattr(out.entry, "id", None)))
+        self.trace_view.show_state(len([r for r in self.rows if revertible(r)]))
+        QTimer.singleShot(0, self.refresh_answers)
+
+    def refresh_answer(self, prompt: str) -> None:
+        """The edit prompt changed (debounced by the panel): ask for its current answer."""
+        self.refresh_answers()
+
+    def answers_job(self):
+        """A worker function answering the panel's prompt and the Ask box's prompt on the model as it
+        is when it runs (the prompts are read now, on the GUI thread)."""
+        ws, n = self.workspace, settings.get(settings.ANSWER_TOKENS)
+        prompt, question, upto = self.panel.prompt_text(), self.ask_view.text(), self.ask_view.upto()
+        watched = self.sequence_view.watch.prompts()
+        fresh = self.answer_fresh_for
+
+        def answers(report=None, cancel=None):
             from auditor.measure.metrics import greedy_answer
+            from auditor.run.ask import ask
 
-            return prompt, greedy_answer(ws.lm, prompt, n)
+            panel = (prompt, greedy_answer(ws.lm, prompt, n)) if prompt and fresh != (prompt, ws.fingerprint) else None
+            return (panel, (ask(ws, question, max_new_tokens=n, upto=upto) if question else None),
+                    {p: greedy_answer(ws.lm, p, n) for p in watched})
 
-        self.runner.start("answer", job, no_grad=True)
+        return answers
+
+    def answers_needed(self) -> bool:
+        """Is any answer box showing something the model may no longer say?"""
+        prompt = self.panel.prompt_text()
+        return bool((prompt and self.answer_fresh_for != (prompt, self.current_fingerprint))
+                    or self.ask_view.text() or self.sequence_view.watch.prompts())
+
+    def refresh_answers(self) -> None:
+        """Recompute every answer box in the worker now, or as soon as it is free (a job that
+        the window starts itself, e.g. the layer suggestion on opening, goes first)."""
+        if self.workspace is None or self.quit_when_idle or not self.answers_needed():
+            return
+        self.answers_stale = True
+        if not self.runner.busy and self.runner.start("answer", self.answers_job(), no_grad=True):
+            self.answers_stale = False
+
+    def show_answers(self, value) -> None:
+        panel, asked, watched = value
+        self.sequence_view.watch.show_current(watched)
+        if panel is not None:
+            self.panel.show_answer(*panel)
+            self.answer_fresh_for = (panel[0], self.current_fingerprint or "")
+        if asked is not None:
+            self.ask_view.show_answers(asked)
 
     def start_edit(self, request, options: dict) -> bool:
         """Run one edit (dry run or apply) through the workspace in the worker thread."""
@@ -524,13 +622,17 @@ class MainWindow(QMainWindow):
         def job(report, cancel):
             import torch
 
+            from auditor.measure.default_probes import describe, with_default_probes
             from auditor.measure.metrics import greedy_answer
 
             before = greedy_answer(ws.lm, prompt, n)
+            report(Progress("eval", message="default probes"))
+            measured, filled = with_default_probes(ws.lm, request)  # only the fields left empty
             with torch.enable_grad():
-                result, entry = ws.edit(request, progress=report, cancel=cancel, **kwargs)
+                result, entry = ws.edit(measured, progress=report, cancel=cancel, note=describe(filled) or None,
+                                        **kwargs)
             after = greedy_answer(ws.lm, prompt, n)
-            return EditOutcome(result, entry, prompt, before, after, dict(options))
+            return EditOutcome(result, entry, prompt, before, after, dict(options), filled)
 
         self.live_chart.reset()
         self.tabs.setCurrentIndex(0)
@@ -544,7 +646,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Open a model first." if self.workspace is None else "Busy.")
             return False
         self.sequence_view.start(path)
-        return self.runner.start("sequence", sequence_job(self.workspace, path, options))
+        return self.runner.start("sequence", sequence_job(self.workspace, path, options, after_step=self.answers_job()))
 
     def start_report(self, out: str) -> bool:
         from auditor.run.report import load_runs, write_report
@@ -567,15 +669,25 @@ class MainWindow(QMainWindow):
         size, method = max(1, int(options.get("batch_size") or len(requests))), options["method"]
         dry_run, hparams = bool(options.get("dry_run", False)), options.get("hparams") or None
 
+        answers = self.answers_job()
+        n_batches = -(-len(requests) // size)
+
         def job(report, cancel):
             import torch
 
+            from auditor.measure.default_probes import describe, with_default_probes
+
             for number, start in enumerate(range(0, len(requests), size), start=1):
+                report(("batch-start", number, n_batches))
+                cache: dict[str, str] = {}  # neighbour answers of the model before this batch
+                filled = [with_default_probes(ws.lm, r, answers=cache) for r in requests[start:start + size]]
+                notes = sorted({describe(f) for _, f in filled} - {""})
                 with torch.enable_grad():
-                    result, entry = ws.edit_batch(requests[start:start + size], method=method,
-                                                  hparams=hparams, dry_run=dry_run, progress=report,
-                                                  cancel=cancel)
+                    result, entry = ws.edit_batch([r for r, _ in filled], method=method, hparams=hparams,
+                                                  dry_run=dry_run, progress=report, cancel=cancel,
+                                                  note="; ".join(notes) or None)
                 report(("batch", number, start, result, entry.id))
+                report(("answers", answers()))  # the answer boxes follow every batch
             return ws.fingerprint
 
         self.tabs.setCurrentWidget(self.batch_panel)
@@ -638,12 +750,16 @@ class MainWindow(QMainWindow):
     # ================================================================ runner signals
     @Slot(bool)
     def _on_busy(self, busy: bool) -> None:
+        if not busy and self.quit_when_idle:
+            QTimer.singleShot(0, self.close)
+        elif not busy and self.answers_stale:
+            QTimer.singleShot(0, self.refresh_answers)
         editing = busy and self.runner.name == "edit"
         self.panel.set_busy(editing)
         if busy and not editing:
             self.panel.dry_button.setEnabled(False)
             self.panel.apply_button.setEnabled(False)
-        self.batch_panel.set_busy(busy)
+        self.batch_panel.set_busy(busy, ours=busy and self.runner.name == "batch")
         if not busy:
             self.panel.set_enabled_for_model(self.workspace is not None)
             self.batch_panel.set_enabled_for_model(self.workspace is not None)
@@ -657,6 +773,9 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_progress(self, p) -> None:
         name = self.runner.name
+        if isinstance(p, tuple) and p[:1] == ("answers",):  # a long job answered the boxes between steps
+            self.show_answers(p[1])
+            return
         if name == "edit":
             self.live_chart.add(p)
             self.panel.show_progress(p)
@@ -667,13 +786,21 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(p[3])
         elif name == "sequence" and isinstance(p, tuple) and p[0] == STEP_MESSAGE:
             self.sequence_view.add_step(p[1])
+            self.state_changed()
+        elif name == "sequence" and isinstance(p, tuple) and p[0] == TOTAL_MESSAGE:
+            self.sequence_view.set_total(p[1])
+        elif name == "sequence" and not isinstance(p, tuple):
+            self.sequence_view.show_progress(p)
+            self.statusBar().showMessage(self.sequence_view.progress.text())
         elif name == "batch":
             if isinstance(p, tuple) and p[:1] == ("batch",):
                 self.batch_panel.show_batch(*p[1:])
-                self.current_fingerprint = self.workspace.fingerprint
-                self.refresh_entries()
-            else:
+                self.state_changed()
+            elif isinstance(p, tuple) and p[:1] == ("batch-start",):
+                self.batch_panel.start_batch(*p[1:])
+            elif not isinstance(p, tuple):
                 self.batch_panel.show_progress(p)
+                self.statusBar().showMessage(self.batch_panel.progress.text())
         elif name == "export" and isinstance(p, tuple) and self.export_dialog is not None:
             self.export_dialog.set_progress(p[1])
         elif isinstance(p, str):
@@ -686,22 +813,19 @@ class MainWindow(QMainWindow):
             self.welcome_status.clear()
             self.set_workspace(*value)
         elif name == "answer":
-            self.panel.show_answer(*value)
+            self.show_answers(value)
         elif name == "edit":
             self._edit_finished(value)
         elif name in ("sequence", "report"):
             self.sequence_view.finish(value) if name == "sequence" else self.statusBar().showMessage(f"Report: {value}")
-            self.current_fingerprint = self.workspace.fingerprint
-            self.refresh_entries()
+            self.state_changed()
         elif name == "batch":
-            self.current_fingerprint = value
-            self.refresh_entries()
             self.batch_panel.set_idle_text("done")
             self.statusBar().showMessage("Batches done")
+            self.state_changed()
         elif name in ("revert", "apply"):
-            entry, fp = value
-            self.current_fingerprint = fp
-            self.refresh_entries()
+            entry, _fingerprint = value
+            self.state_changed()
             self.audit.select_entry(entry.id)
             done = "Reverted" if name == "revert" else f"Applied as reviewed in entry {entry['diagnostics']['applies_entry']}"
             self.statusBar().showMessage(f"{done}: new entry {entry.id}")
@@ -723,14 +847,15 @@ class MainWindow(QMainWindow):
         if name == "export" and self.export_dialog is not None:
             self.export_dialog.finished_error(message)
         if name == "edit":
-            self.refresh_entries()  # an edit the engine refused is on the record as failed
+            self.state_changed()  # an edit the engine refused is on the record as failed
             self.result_label.setText(f"<span style='color:#c0392b'><b>Edit failed:</b> {message}</span>")
             self.panel.set_idle_text("failed")
         if name == "sequence":
             self.sequence_view.show_message(f"Sequence failed: {message}", error=True)
-            self.refresh_entries()
+            self.sequence_view.set_idle_text("failed")
+            self.state_changed()
         if name == "batch":  # the failed batch changed nothing; earlier batches stay recorded
-            self.refresh_entries()
+            self.state_changed()
             self.batch_panel.set_idle_text("failed")
         if name == "answer":
             self.statusBar().showMessage(f"Could not compute the answer: {message}")
@@ -741,6 +866,8 @@ class MainWindow(QMainWindow):
 
     @Slot(str)
     def _on_cancelled(self, name: str) -> None:
+        if name in ("batch", "sequence"):  # the steps done before the cancel stay applied and recorded
+            self.state_changed()
         self.panel.set_idle_text("cancelled")
         self.batch_panel.set_idle_text("cancelled")
         self.result_label.setText("Cancelled: the weights and the ledger are as they were.")
@@ -749,10 +876,10 @@ class MainWindow(QMainWindow):
     def _edit_finished(self, out: EditOutcome) -> None:
         self.last_outcome = out
         res = out.result
-        self.current_fingerprint = self.workspace.fingerprint
-        self.refresh_entries()
         self.live_chart.flush()
         self.panel.show_before_after(out.prompt, out.answer_before, out.answer_after, res.status == "applied")
+        self.answer_fresh_for = (out.prompt, self.workspace.fingerprint)  # the panel shows the answer now
+        self.state_changed()
         self.panel.set_idle_text(res.status)
         entry_id = getattr(out.entry, "id", None)
         if entry_id is not None:
@@ -769,12 +896,25 @@ class MainWindow(QMainWindow):
     def _summary(self, res, entry_id) -> str:
         d, m = res.diagnostics, res.metrics
         color = {"applied": "#1e7b34", "dry-run": "#1f5fae", "rejected": "#b9770e"}.get(res.status, "#c0392b")
-        parts = [f"<b style='color:{color}'>{res.status}</b>" + (f" · entry {entry_id}" if entry_id is not None else ""),
+        row = next((r for r in self.rows if r.get("id") == entry_id), {})
+        parts = [f"<b style='color:{color}'>{res.status}</b>" + (f" · entry {entry_id}" if entry_id is not None else "")
+                 + (f" · <b style='color:#b9770e'>reverted by entry {row['reverted_by']}</b> (no longer in the model)"
+                    if row.get("reverted_by") else ""),
                  f"denominator {fmt(d.get('denominator'))}", f"efficacy {fmt(m.get('efficacy'))}",
+                 f"generalization {fmt(m.get('generalization'))}", f"locality {fmt(m.get('locality'))}",
                  f"P(new) {fmt(m.get('target_prob'))}",
                  f"ppl {fmt(m.get('ppl_before'))} → {fmt(m.get('ppl_after'))} (×{fmt(m.get('ppl_ratio'))})",
                  f"{fmt(res.timings.get('total'))} s"]
         text = " · ".join(parts)
+        if did_not_take(res.status, m.get("efficacy")):
+            text += (f"<br><b style='color:#c0392b'>✗ The request did not take:</b> the model still prefers "
+                     f"{html.escape(repr(res.request.target_true))} to {html.escape(repr(res.request.target_new))} "
+                     "on the edit prompt (efficacy 0).")
+        out = self.last_outcome
+        if out is not None and out.filled and out.result is res:
+            from auditor.measure.default_probes import describe
+
+            text += f"<br><span style='color:#555'>Measured on {html.escape(describe(out.filled))}.</span>"
         if res.collapse_risk:
             text += "<br><b style='color:#c0392b'>⚠ collapse risk:</b> " + "; ".join(res.collapse_reasons)
         if res.error and res.status == "failed":
@@ -787,18 +927,26 @@ class MainWindow(QMainWindow):
         """Show the flagged result and its reasons; only "Apply anyway" applies it: the very delta
         recorded in ``entry_id`` (auditor.run.reviewed), not a recomputation."""
         self.pending_collapse = (request, dict(options), entry_id)
+        self.collapse_dialog, self.override_button, self.decline_button = self._question(
+            QMessageBox.Icon.Warning, "Collapse risk",
+            f"<b>This edit risks collapsing the model</b> ({'dry run' if status == 'dry-run' else 'not applied'}).",
+            "Reasons:\n• " + "\n• ".join(reasons) +
+            "\n\nThe weights are unchanged. Apply the edit anyway (recorded as an override)?",
+            ("Apply anyway", "Do not apply"), self._collapse_answer)
+
+    def _question(self, icon, title: str, text: str, info: str, buttons: tuple[str, str], slot):
+        """A non-modal question (its answer arrives in ``slot``); the second button is the default."""
         box = QMessageBox(self)
-        box.setIcon(QMessageBox.Icon.Warning)
-        box.setWindowTitle("Collapse risk")
-        box.setText(f"<b>This edit risks collapsing the model</b> ({'dry run' if status == 'dry-run' else 'not applied'}).")
-        box.setInformativeText("Reasons:\n• " + "\n• ".join(reasons) +
-                               "\n\nThe weights are unchanged. Apply the edit anyway (recorded as an override)?")
-        self.override_button = box.addButton("Apply anyway", QMessageBox.ButtonRole.DestructiveRole)
-        self.decline_button = box.addButton("Do not apply", QMessageBox.ButtonRole.RejectRole)
-        box.setDefaultButton(self.decline_button)
-        box.buttonClicked.connect(self._collapse_answer)
-        self.collapse_dialog = box
+        box.setIcon(icon)
+        box.setWindowTitle(title)
+        box.setText(text)
+        box.setInformativeText(info)
+        yes = box.addButton(buttons[0], QMessageBox.ButtonRole.DestructiveRole)
+        no = box.addButton(buttons[1], QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(no)
+        box.buttonClicked.connect(slot)
         box.open()
+        return box, yes, no
 
     def _collapse_answer(self, button) -> None:
         pending, self.pending_collapse = self.pending_collapse, None
@@ -835,7 +983,7 @@ class MainWindow(QMainWindow):
     def show_error(self, message: str, title: str = "Edit Auditor") -> None:
         self.last_error = message
         self.statusBar().showMessage(message)
-        if QApplication.platformName() in ("offscreen", "minimal"):
+        if self.quit_when_idle or QApplication.platformName() in ("offscreen", "minimal"):
             log.warning("%s: %s", title, message)
             return
         QMessageBox.warning(self, title, message)
@@ -847,6 +995,17 @@ class MainWindow(QMainWindow):
             if self.workspace is not None:
                 self.workspace.editor.guard = settings.guard()
             self.refresh_charts()
+
+    def guide(self) -> None:
+        """A short guide to the window, and where the science is explained."""
+        box = QMessageBox(self)
+        box.setWindowTitle("Guide to the tabs")
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.setText(GUIDE)
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)  # the README link opens
+        box.setStandardButtons(QMessageBox.StandardButton.Close)
+        box.open()
+        self.guide_box = box
 
     def about(self) -> None:
         from importlib.metadata import PackageNotFoundError, version
@@ -873,13 +1032,51 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
             self.open_path(urls[0].toLocalFile())
 
+    # ---- closing while a job runs: ask, cancel cooperatively, close when the worker has stopped
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        """Never blocks the event loop: a running job is cancelled (after asking) and the window
+        closes when the runner reports that its worker has ended (``busy_changed(False)``)."""
         if self.runner.busy:
-            self.runner.cancel()
-            self.runner.wait(120_000)
+            event.ignore()
+            if self.quit_when_idle:  # already cancelling: the window closes when the job has stopped
+                self.statusBar().showMessage(f"Cancelling {self.runner.name}: the window closes when it has stopped…")
+            elif self.runner.name in QUICK_JOBS:  # a second or so: nothing worth asking about
+                self.cancel_and_quit()
+            elif self.close_dialog is None:
+                self.ask_cancel_and_quit()
+            return
+        self._save_layout()
+        super().closeEvent(event)
+
+    def ask_cancel_and_quit(self) -> None:
+        """The non-modal question "Cancel the running job and quit?" (its answer arrives in a slot)."""
+        self.close_dialog, self.quit_button, self.keep_button = self._question(
+            QMessageBox.Icon.Question, "A job is running", f"<b>{CLOSE_QUESTION}</b>",
+            f"The {self.runner.name} job is still running. Cancelling leaves the weights and the "
+            "ledger as they were; the window closes as soon as the job has stopped.",
+            ("Cancel job and quit", "Keep running"), self._close_answer)
+
+    def _close_answer(self, button) -> None:
+        box, self.close_dialog = self.close_dialog, None
+        if box is not None:
+            box.deleteLater()
+        if button is self.quit_button:
+            self.cancel_and_quit()
+
+    def cancel_and_quit(self) -> None:
+        """Cancel the running job (the engine stops at its next check) and close once it has."""
+        self.quit_when_idle = True
+        if not self.runner.busy:
+            QTimer.singleShot(0, self.close)
+            return
+        self.runner.cancel()
+        for bar in (self.panel, self.batch_panel, self.sequence_view):
+            bar.set_idle_text("cancelling…")
+        self.statusBar().showMessage(f"Cancelling {self.runner.name}: the window closes when it has stopped…")
+
+    def _save_layout(self) -> None:
         s = settings.settings()
         s.setValue(settings.GEOMETRY, self.saveGeometry())
         s.setValue(settings.STATE, self.saveState())
         s.setValue(settings.SPLITTER, self.splitter.saveState())
         s.sync()
-        super().closeEvent(event)

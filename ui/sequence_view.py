@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -36,15 +37,19 @@ from PySide6.QtWidgets import (
 from auditor.run.monitor import FIGURE_KEYS, MonitorError, Thresholds, parse_stop_on
 from auditor.run.report import PLOTS, THRESHOLD_OF
 
-from .charts import BLUE, RED, REDRAW_MS, IntAxis
+from .charts import BLUE, RED, REDRAW_MS, EmptyNote, IntAxis, chart_page, wrapped
 from .dialogs import output_refusal
 from .watch_panel import WatchPanel
 
 STEP_MESSAGE = "sequence-step"
+TOTAL_MESSAGE = "sequence-total"  # ("sequence-total", number of steps), sent once at the start
 
 
-def sequence_job(ws: Any, path: str, options: dict[str, Any]) -> Callable:
-    """The worker job of one run: ``job(report, cancel) -> final record``."""
+def sequence_job(ws: Any, path: str, options: dict[str, Any], *,
+                 after_step: Callable[[], Any] | None = None) -> Callable:
+    """The worker job of one run: ``job(report, cancel) -> final record``. The engine's progress
+    events are reported as they come (the view's bar); ``after_step()``, when given, runs in the
+    worker after each step and its value is reported as ``("answers", value)``."""
 
     def job(report: Callable[[Any], None], cancel: Any) -> dict[str, Any]:
         import torch
@@ -55,10 +60,19 @@ def sequence_job(ws: Any, path: str, options: dict[str, Any]) -> Callable:
 
         requests = load_requests(path)
         stop_on, thresholds = parse_stop_on(options.get("stop_on"))
+        size = max(1, int(options.get("batch_size", 1)))
+        report((TOTAL_MESSAGE, -(-len(requests) // size)))
+
+        def on_step(record: dict[str, Any]) -> None:
+            report((STEP_MESSAGE, record))
+            if after_step is not None:
+                with torch.no_grad():
+                    report(("answers", after_step()))
+
         with torch.enable_grad():  # ROME's v* optimisation needs gradients
             return run_sequence(ws, requests, Monitor(thresholds=thresholds, stop_on=stop_on),
-                                batch_size=options.get("batch_size", 1), cancel=cancel,
-                                on_step=lambda rec: report((STEP_MESSAGE, rec)), method=options.get("method", "rome"),
+                                batch_size=size, cancel=cancel, on_step=on_step, progress=report,
+                                method=options.get("method", "rome"),
                                 key_mode=options.get("key_mode", "consistent"), hparams=options.get("hparams"),
                                 allow_collapse=bool(options.get("allow_collapse")))
 
@@ -76,7 +90,13 @@ class SequenceView(QWidget):
         self.steps: list[dict[str, Any]] = []
         self.final: dict[str, Any] | None = None
         self._dirty = False
-        box = QVBoxLayout(self)
+        # everything scrolls as one page: at 1280x800 the charts keep a readable height instead of
+        # being squeezed or cut off
+        scroll, page = chart_page()
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        box = QVBoxLayout(page)
         box.addLayout(self._build_form())
         self.watch = WatchPanel()
         box.addWidget(self.watch)
@@ -85,17 +105,26 @@ class SequenceView(QWidget):
         self.status.setWordWrap(True)
         self.status.setTextFormat(Qt.TextFormat.RichText)
         box.addWidget(self.status)
+        self.total_steps = 0
+        self._step_seen = 0  # steps done when the bar was last drawn
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.set_idle_text("idle")
+        box.addWidget(self.progress)
         self.charts = pg.GraphicsLayoutWidget()
         self.charts.setMinimumHeight(360)
         box.addWidget(self.charts, 1)
         self.plots: dict[str, pg.PlotItem] = {}
         self.curves: dict[str, pg.PlotDataItem] = {}
         self.threshold_lines: dict[str, pg.InfiniteLine] = {}
+        self.empty_notes: dict[str, EmptyNote] = {}
         for i, (key, (title, ylabel)) in enumerate(PLOTS.items()):
             plot = self.charts.addPlot(row=i // 3, col=i % 3, axisItems={"bottom": IntAxis("bottom")})
-            plot.setTitle(title, size="9pt")
-            plot.setLabel("left", ylabel)
+            # the y quantity goes under the title: a long rotated axis label overlaps its neighbour
+            plot.setTitle(f"{wrapped(title)}<br><span style='color:#555; font-size:8pt'>y: {wrapped(ylabel, 44)}</span>",
+                          size="9pt")
             plot.setLabel("bottom", "edits")
+            self.empty_notes[key] = EmptyNote(plot, "one point per step\nappears here during a run")
             plot.showGrid(x=True, y=True, alpha=0.2)
             self.plots[key] = plot
             self.curves[key] = plot.plot([], [], pen=pg.mkPen(BLUE, width=2), symbol="o", symbolSize=5,
@@ -104,6 +133,9 @@ class SequenceView(QWidget):
             line.setVisible(False)
             plot.addItem(line)
             self.threshold_lines[key] = line
+        for col in range(3):  # three equal columns, whatever the titles' lengths
+            self.charts.ci.layout.setColumnStretchFactor(col, 1)
+            self.charts.ci.layout.setColumnMinimumWidth(col, 180)
         self._timer = QTimer(self)
         self._timer.setInterval(REDRAW_MS)
         self._timer.timeout.connect(self._redraw)
@@ -136,7 +168,7 @@ class SequenceView(QWidget):
         self.stop_on = QLineEdit("all")
         self.stop_on.setToolTip("figures that stop the run: all, none, or e.g. ppl=1.5,retention,norm")
         self.stop_on.textChanged.connect(self._stop_on_changed)
-        self.allow_collapse = QCheckBox("apply edits the per-edit guard flags")
+        self.allow_collapse = QCheckBox("apply edits even when the per-edit collapse guard flags them")
         row = QHBoxLayout()
         row.addWidget(self.stop_on, 1)
         row.addWidget(self.allow_collapse)
@@ -215,8 +247,39 @@ class SequenceView(QWidget):
     def start(self, path: str) -> None:
         self.steps.clear()
         self.final = None
+        self.total_steps = 0
         self._dirty = True
+        self.progress.setRange(0, 0)
+        self.progress.setFormat("starting…")
         self.show_message(f"Running {html.escape(path)}…")
+
+    def set_total(self, steps: int) -> None:
+        self.total_steps = max(1, int(steps))
+        self._step_seen, self._within = 0, 0.0
+        self._show_overall(0.0, "starting")
+
+    def show_progress(self, p: Any) -> None:
+        """One engine event inside the current step, shown as a share of the whole run."""
+        from ui.edit_panel import progress_text, within_edit
+
+        self._within = within_edit(p, self._within)
+        self._show_overall(self._within, progress_text(p))
+
+    _within = 0.0  # how far the current step has come (0..1)
+
+    def _show_overall(self, within: float, text: str) -> None:
+        n, done = max(1, self.total_steps), len(self.steps)
+        if done != self._step_seen:  # a new step: its phases start again
+            self._step_seen, within, self._within = done, 0.0, 0.0
+        self.progress.setRange(0, n * 100)
+        self.progress.setValue(int(min(n, done + within) * 100))
+        self.progress.setFormat(f"step {min(done + 1, n)} of {n}: {text}")
+
+    def set_idle_text(self, text: str) -> None:
+        """An idle bar: empty, not moving, saying how the last run ended."""
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat(text)
 
     def add_step(self, record: dict[str, Any]) -> None:
         """Buffer one step record (drawn on the next timer tick)."""
@@ -229,6 +292,7 @@ class SequenceView(QWidget):
     def finish(self, final: dict[str, Any]) -> None:
         self.final = final
         self.flush()
+        self.set_idle_text("cancelled" if final.get("cancelled") else "stopped" if final.get("stopped") else "done")
         if final.get("cancelled"):
             self.show_message("Cancelled: the edits already applied stay on record.")
         elif final.get("stopped"):
@@ -261,7 +325,9 @@ class SequenceView(QWidget):
             return
         self._dirty = False
         for key, curve in self.curves.items():
-            curve.setData(*self.series(key))
+            xs, ys = self.series(key)
+            self.empty_notes[key].set_empty(not xs)
+            curve.setData(xs, ys)
 
 
 def _methods() -> list[str]:

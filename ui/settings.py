@@ -28,6 +28,8 @@ ANSWER_TOKENS = "edit/answer_tokens"
 GEOMETRY = "window/geometry"
 STATE = "window/state"
 SPLITTER = "window/splitter"
+LAYER = "edit/layer"  # the edit panel's layer, kept for the workspace named in LAYER_WORKSPACE
+LAYER_WORKSPACE = "edit/layer_workspace"
 
 DEFAULTS: dict[str, Any] = {
     DEVICE: "auto",

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .charts import EmptyNote
 from .dialogs import output_refusal
 
 KINDS = ("hidden", "mlp", "attn")  # the order of the maps (auditor.measure.trace.KINDS)
@@ -40,10 +41,26 @@ TITLES = {"hidden": "Residual stream", "mlp": "MLP output", "attn": "Attention o
 COLOURS = {"hidden": "#5b2a86", "mlp": "#1e7b3a", "attn": "#b03a2e"}  # as the paper's figures
 
 
+LEGEND = ("Colour: P(answer) after restoring that state in the corrupted run, from the corrupted probability "
+          "(white) to the clean one (the bar beside each map). <b>*</b> marks the subject's tokens (the ones "
+          "corrupted with noise); the <b>dashed line</b> is the edit panel's layer. Hover a cell for its value.")
+EMPTY = "P(answer) by layer and token\nappears here after Trace"
+
+
 class HeatmapImage(pg.ImageItem):
-    """An image whose pixels are (layer, token) cells; a left click emits ``cell_clicked(token, layer)``."""
+    """An image whose pixels are (layer, token) cells; a left click emits ``cell_clicked(token, layer)``,
+    hovering a cell ``cell_hovered(token, layer)`` (-1, -1 when the pointer leaves)."""
 
     cell_clicked = Signal(int, int)
+    cell_hovered = Signal(int, int)
+
+    def hoverEvent(self, ev) -> None:  # noqa: N802 - pyqtgraph API
+        if self.image is None or ev.isExit():
+            self.cell_hovered.emit(-1, -1)
+            return
+        layer, token = int(ev.pos().x()), int(ev.pos().y())
+        inside = 0 <= layer < self.image.shape[0] and 0 <= token < self.image.shape[1]
+        self.cell_hovered.emit(token if inside else -1, layer if inside else -1)
 
     def mouseClickEvent(self, ev) -> None:  # noqa: N802 - pyqtgraph API
         if ev.button() != Qt.MouseButton.LeftButton or self.image is None:
@@ -64,6 +81,8 @@ class TraceView(QWidget):
         super().__init__(parent)
         self.traces: dict[str, Any] = {}
         self.layer: int | None = None
+        self.edits_in_effect = 0  # of the current model (the window's model_changed)
+        self.traced_with: int | None = None  # edits in effect when the shown traces ran
         self.prompt = QLineEdit()
         self.prompt.setPlaceholderText("The Eiffel Tower is located in the city of   (or with {} for the subject)")
         self.subject = QLineEdit()
@@ -108,21 +127,36 @@ class TraceView(QWidget):
         self.summary.setWordWrap(True)
         self.suggestion_label = QLabel("")
         self.suggestion_label.setWordWrap(True)
+        self.state_label = QLabel("")  # which model a trace runs on: the base or the edited one
+        self.state_label.setWordWrap(True)
+        self.legend = QLabel(LEGEND)
+        self.legend.setWordWrap(True)
+        self.legend.setStyleSheet("color: #555")
+        self.hover_label = QLabel("")
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setMinimumHeight(260)
         self.images: dict[str, HeatmapImage] = {}
         self.markers: dict[str, pg.InfiniteLine] = {}
+        self.bars: dict[str, pg.ColorBarItem] = {}
+        self.empty_notes: dict[str, EmptyNote] = {}
         for col, kind in enumerate(KINDS):
-            plot = self.plots.addPlot(row=0, col=col)
+            plot = self.plots.addPlot(row=0, col=2 * col)  # its colour bar goes in the next column
             plot.setTitle(TITLES[kind], size="10pt")
             plot.setLabel("bottom", "layer")
             plot.invertY(True)
             plot.setMouseEnabled(x=False, y=False)
             plot.hideButtons()
             image = HeatmapImage()
-            lut = pg.ColorMap([0.0, 1.0], [QColor("#ffffff"), QColor(COLOURS[kind])]).getLookupTable(nPts=256)
-            image.setLookupTable(lut)
+            cmap = pg.ColorMap([0.0, 1.0], [QColor("#ffffff"), QColor(COLOURS[kind])])
+            image.setLookupTable(cmap.getLookupTable(nPts=256))
             plot.addItem(image)
+            bar = pg.ColorBarItem(values=(0.0, 1.0), colorMap=cmap, interactive=False, width=12,
+                                  label="P(answer)")
+            bar.setVisible(False)
+            self.plots.addItem(bar, row=0, col=2 * col + 1)
+            self.bars[kind] = bar
+            self.empty_notes[kind] = EmptyNote(plot, EMPTY)
+            image.cell_hovered.connect(lambda t, layer, kind=kind: self._hovered(kind, t, layer))
             marker = pg.InfiniteLine(angle=90, movable=False,
                                      pen=pg.mkPen("#222222", width=1.5, style=Qt.PenStyle.DashLine))
             marker.setVisible(False)
@@ -133,9 +167,13 @@ class TraceView(QWidget):
         box = QVBoxLayout(self)
         box.addLayout(form)
         box.addLayout(buttons)
+        box.addWidget(self.state_label)
         box.addWidget(self.summary)
         box.addWidget(self.suggestion_label)
         box.addWidget(self.plots, 1)
+        box.addWidget(self.hover_label)
+        box.addWidget(self.legend)
+        self.show_state(0)
 
     # -------------------------------------------------------------- input
 
@@ -182,6 +220,24 @@ class TraceView(QWidget):
     def show_message(self, text: str) -> None:
         self.summary.setText(text)
 
+    def show_state(self, edits_in_effect: int) -> None:
+        """Say which model a trace runs on now (and which one the shown traces ran on)."""
+        self.edits_in_effect = int(edits_in_effect)
+        now = model_words(self.edits_in_effect)
+        then = "" if self.traced_with is None or self.traced_with == self.edits_in_effect else \
+            f" The maps below ran on {model_words(self.traced_with)}: trace again to see the model as it is now."
+        self.state_label.setText(f"A trace runs on <b>{now}</b>.{then}")
+
+    def _hovered(self, kind: str, token: int, layer: int) -> None:
+        tr = self.traces.get(kind)
+        if tr is None or token < 0:
+            self.hover_label.setText("")
+            return
+        value = tr.effects[token, layer]
+        shown = "n/a" if not np.isfinite(value) else f"{value:.3f}"
+        self.hover_label.setText(f"{TITLES[kind]}, token {token} {tr.tokens[token]!r}, layer {layer}: "
+                                 f"P(answer) = {shown} (clean {tr.clean_prob:.3f}, corrupted {tr.corrupted_prob:.3f})")
+
     # -------------------------------------------------------------- results
 
     def show_traces(self, traces: dict[str, Any]) -> None:
@@ -195,11 +251,19 @@ class TraceView(QWidget):
                 image.clear()
                 continue
             data = np.nan_to_num(tr.effects, nan=tr.corrupted_prob).T  # (layers, tokens): x = layer
-            image.setImage(data, levels=(tr.corrupted_prob, max(tr.clean_prob, float(data.max()))))
-            plot = self.plots.getItem(0, KINDS.index(kind))
+            levels = (tr.corrupted_prob, max(tr.clean_prob, float(data.max())))
+            image.setImage(data, levels=levels)
+            bar = self.bars[kind]
+            bar.setLevels(levels)
+            bar.setVisible(True)
+            self.empty_notes[kind].set_empty(False)
+            plot = self.plots.getItem(0, 2 * KINDS.index(kind))
             plot.getAxis("left").setTicks([labels])
             plot.setRange(xRange=(0, data.shape[0]), yRange=(0, data.shape[1]), padding=0)
+        self.traced_with = self.edits_in_effect
+        self.show_state(self.edits_in_effect)
         self.summary.setText(
+            f"Traced on {model_words(self.traced_with)}. "
             f"<b>{first.prompt}</b> → <b>{first.answer.strip()}</b>: P = {first.clean_prob:.3f} clean, "
             f"{first.corrupted_prob:.3f} with the subject corrupted ({first.samples} noise samples, "
             f"{first.precision} products, "
@@ -233,6 +297,12 @@ class TraceView(QWidget):
         elif path:
             self.save_png(path)
             self.summary.setText(self.summary.text() + f"<br>Saved to {html.escape(path)}")
+
+
+def model_words(edits_in_effect: int) -> str:
+    n = int(edits_in_effect)
+    return "the base model (no edits in effect)" if n == 0 else \
+        f"the edited model ({n} {'edit' if n == 1 else 'edits'} in effect)"
 
 
 def install(window: Any) -> TraceView:

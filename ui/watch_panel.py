@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import Signal
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QGroupBox,
@@ -33,8 +34,9 @@ class WatchPanel(QGroupBox):
         super().__init__("Watchlist: answers that must not change", parent)
         self.watchlist: Watchlist | None = None
         box = QVBoxLayout(self)
-        self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["id", "prompt", "answer"])
+        self.current: dict[str, str] = {}  # prompt -> the current model's greedy answer (the window's worker)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["id", "prompt", "answer", "the model now"])
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setStretchLastSection(True)
@@ -68,8 +70,22 @@ class WatchPanel(QGroupBox):
         items = self.watchlist.items() if self.watchlist is not None else []
         self.table.setRowCount(len(items))
         for r, item in enumerate(items):
-            for c, value in enumerate((str(item.id), item.prompt, item.answer)):
-                self.table.setItem(r, c, QTableWidgetItem(value))
+            now = self.current.get(item.prompt)
+            for c, value in enumerate((str(item.id), item.prompt, item.answer, "…" if now is None else now)):
+                cell = QTableWidgetItem(value)
+                if c == 3 and now is not None:
+                    holds = now.strip().startswith(item.answer.strip())
+                    cell.setForeground(QColor("#1e7b34" if holds else "#c0392b"))
+                    cell.setToolTip("holds" if holds else "the model no longer gives the watched answer")
+                self.table.setItem(r, c, cell)
+
+    def prompts(self) -> list[str]:
+        return [item.prompt for item in self.watchlist.items()] if self.watchlist is not None else []
+
+    def show_current(self, answers: dict[str, str]) -> None:
+        """The current model's answers to the watched prompts (computed in the window's worker)."""
+        self.current = dict(answers)
+        self.refresh()
 
     def add(self) -> None:
         if self.watchlist is None:

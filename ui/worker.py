@@ -59,11 +59,9 @@ def collect_garbage_on_gui_thread() -> None:
 
 
 def _is_cancellation(exc: BaseException) -> bool:
-    """The engine's ``EditCancelled`` (imported lazily: the worker must not need the engine)."""
-    try:
-        from auditor.run.edit import EditCancelled
-    except ImportError:  # pragma: no cover - engine not installed
-        return False
+    """``auditor.base.EditCancelled`` or a subclass (a cancelled edit, batch, trace, ...)."""
+    from auditor.base import EditCancelled
+
     return isinstance(exc, EditCancelled)
 
 
@@ -170,8 +168,14 @@ class Runner(QObject):
         """Ask the running job to stop; it reports ``cancelled`` when it has."""
         self._cancel.set()
 
+    @property
+    def cancelling(self) -> bool:
+        """A job is running and has been asked to stop."""
+        return self.busy and self._cancel.is_set()
+
     def wait(self, timeout_ms: int = 60_000) -> bool:
-        """Block until the worker thread has ended (used when the window closes)."""
+        """Block until the worker thread has ended (tests and scripts only: on the GUI thread this
+        freezes the window; the window waits for ``busy_changed(False)`` instead)."""
         thread = self._thread
         return True if thread is None else thread.wait(timeout_ms)
 
