@@ -68,7 +68,6 @@ RENAMED: dict[tuple[str, str], str] = {
     ("watch", "_operator"): "record.hashing:operator",
     ("watch", "_utc_now"): "record.hashing:utc_now",
     ("workspace", "Delta"): "engine.deltas:Delta",
-    ("cli_edit", "_positive"): "cli.common:positive_int",
     ("reviewed", "COPIED"): "run.reviewed:COPIED",
     ("export", "_alive"): "files:_alive",
     ("export", "_remove_stale_partials"): "files:remove_stale_partials",

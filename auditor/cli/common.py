@@ -77,6 +77,17 @@ layer_index = bounded_int(0, 4095)  # checked against the loaded model by check_
 hparam_int = bounded_int(-MAX_ID - 1, MAX_ID)
 
 
+def unicode_text(value: str) -> str:
+    """An argparse ``type`` for free text that is stored or searched (notes, prompts, search words):
+    valid Unicode only. An argument the OS could not decode arrives with lone surrogates
+    (``surrogateescape``), which SQLite, JSON files and terminals cannot take."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("not valid text (bytes that are not UTF-8)") from None
+    return value
+
+
 def check_layer(lm: "LoadedModel", layer: int | None, option: str = "--layer") -> None:
     """Refuse a layer index the loaded model does not have (argparse cannot know the model)."""
     if layer is not None and not 0 <= layer < lm.n_layers:

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from auditor.cli.common import add_json_arg, add_model_args, emit, entry_id, positive_int, print_json, print_table
+from auditor.cli.common import (add_json_arg, add_model_args, emit, entry_id, positive_int, print_json, print_table,
+                                unicode_text)
 from auditor.files import ReadError
 from auditor.record.anchor import AnchorError
 from auditor.record.export import ExportError
@@ -259,7 +260,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = sub.add_parser("search", help="full-text search over subjects, prompts and targets",
                        description="Entries whose subject, prompt or targets contain every word of TEXT.")
     _workspace_arg(q)
-    q.add_argument("text", metavar="TEXT", help="words to look for")
+    q.add_argument("text", type=unicode_text, metavar="TEXT", help="words to look for")
     q.add_argument("--limit", type=positive_int, default=100, metavar="N", help="at most N entries (default: 100)")
     add_json_arg(q)
     q.set_defaults(func=cmd_ledger_search)
@@ -296,7 +297,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Rebuild the edited matrix from the base plus the remaining edits.")
     _workspace_arg(p)
     p.add_argument("id", type=entry_id, metavar="ID", help="the entry of the edit to undo")
-    p.add_argument("--note", default=None, help="why (stored in the new entry)")
+    p.add_argument("--note", type=unicode_text, default=None, help="why (stored in the new entry)")
     _device_arg(p)
     add_json_arg(p)
     p.set_defaults(func=cmd_revert)

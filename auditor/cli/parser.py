@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Callable
 
-from auditor.cli.common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USER_ERROR, PROG, user_errors
+from auditor.cli.common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USER_ERROR, PROG, printable, user_errors
 
 # The core's command modules (one line per module; optional commands use ENTRY_POINT_GROUP).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -100,8 +100,8 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         sub = self.prog[len(PROG):].strip()
         where = f"{sub}: " if sub else ""
-        self.exit(EXIT_USER_ERROR, f"{PROG}: error: {where}{' '.join(message.split())} "
-                                   f"(see `{self.prog} --help`)\n")
+        message = printable(" ".join(message.split()))  # it echoes the arguments: no raw escapes, no surrogates
+        self.exit(EXIT_USER_ERROR, f"{PROG}: error: {where}{message} (see `{self.prog} --help`)\n")
 
 
 def build_parser(modules: Sequence[ModuleType] | None = None) -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from auditor.cli.common import add_json_arg, emit, entry_id
+from auditor.cli.common import add_json_arg, emit, entry_id, unicode_text
 
 
 def cmd_apply_reviewed(args: argparse.Namespace) -> int:
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and links to ID. Nothing is computed again.")
     p.add_argument("--workspace", "-w", required=True, metavar="DIR", help="the workspace folder")
     p.add_argument("id", type=entry_id, metavar="ID", help="the dry-run or rejected entry whose delta to apply")
-    p.add_argument("--note", default=None, help="why (stored in the new entry)")
+    p.add_argument("--note", type=unicode_text, default=None, help="why (stored in the new entry)")
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
                    help="where the model is rebuilt (default: auto)")
     add_json_arg(p)

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from auditor.cli.common import add_model_args, bounded_int, fail
+from auditor.cli.common import add_model_args, bounded_int, fail, unicode_text
 from auditor.files import atomic_file, check_output
 
 EXIT_STOPPED = 1
@@ -170,6 +170,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a workspace whose sequence runs to include (repeatable)")
     p.add_argument("--runs", type=Path, action="append", metavar="FILE.jsonl",
                    help="the JSON lines of `edit-auditor sequence --out` to include (repeatable)")
-    p.add_argument("--title", default="Edit Auditor capacity report", help="the report's title")
+    p.add_argument("--title", type=unicode_text, default="Edit Auditor capacity report", help="the report's title")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.html", help="where to write the report")
     p.set_defaults(func=cmd_report)

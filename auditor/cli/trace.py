@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.cli.common import (add_json_arg, add_model_args, bounded_int, check_layer, fail, layer_index, load_from_args,
-                                print_json, print_table)
+                                print_json, print_table, unicode_text)
 from auditor.files import check_output
 
 # noise samples per probability: the paper used 10; each costs one forward pass per token and layer
@@ -132,10 +132,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "back (Meng et al. 2022). Prints the heatmaps (tokens x layers) or writes them as "
                     "JSON / PNG. With --suggest-layer: the layer suggested by tracing the known facts.")
     add_model_args(p)
-    p.add_argument("--prompt", default=None,
+    p.add_argument("--prompt", type=unicode_text, default=None,
                    help="the prompt, containing the subject (or '{}' where the subject goes)")
-    p.add_argument("--subject", default=None, help="the subject whose embeddings are corrupted")
-    p.add_argument("--answer", default=None,
+    p.add_argument("--subject", type=unicode_text, default=None, help="the subject whose embeddings are corrupted")
+    p.add_argument("--answer", type=unicode_text, default=None,
                    help="the answer whose probability is traced (default: the model's top prediction)")
     p.add_argument("--kind", choices=("hidden", "mlp", "attn"), default=None,
                    help="restore only this kind of state (default: all three)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from auditor.cli.common import emit, entry_id, print_json, print_table
+from auditor.cli.common import emit, entry_id, print_json, print_table, unicode_text
 from auditor.record.ledger import LedgerError
 from auditor.record.watch import WatchError, Watchlist
 from auditor.run.workspace import WorkspaceError, open_ledger
@@ -91,16 +91,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                                    "must keep giving (its greedy continuation "
                                                                    "must start with it).")
     common(q)
-    q.add_argument("--prompt", required=True, help="the complete prompt")
-    q.add_argument("--answer", required=True, help="the answer that must not change")
-    q.add_argument("--note", default=None, help="why it is watched")
+    q.add_argument("--prompt", type=unicode_text, required=True, help="the complete prompt")
+    q.add_argument("--answer", type=unicode_text, required=True, help="the answer that must not change")
+    q.add_argument("--note", type=unicode_text, default=None, help="why it is watched")
     q.set_defaults(func=cmd_add)
 
     q = sub.add_parser("remove", help="stop watching an item", description="Remove an item (a new event; "
                                                                             "the history keeps it).")
     common(q)
     q.add_argument("id", type=entry_id, metavar="ID", help="the item's id (see `watch list`)")
-    q.add_argument("--note", default=None, help="why it is removed")
+    q.add_argument("--note", type=unicode_text, default=None, help="why it is removed")
     q.set_defaults(func=cmd_remove)
 
     q = sub.add_parser("list", help="list the watched items", description="The watched items (or with "
