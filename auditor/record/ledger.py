@@ -356,9 +356,12 @@ class Ledger:
         except sqlite3.DatabaseError as e:
             self.close()
             raise LedgerError(f"{self.path}: not a readable SQLite ledger ({e})") from None
-        except LedgerError:
+        except AuditorError:
             self.close()
             raise
+        except Exception as e:  # noqa: BLE001 - a damaged file (undecodable text, wrong types) is one line
+            self.close()
+            raise LedgerError(f"{self.path}: a damaged ledger ({type(e).__name__}: {e})") from None
 
     def _check_and_migrate(self) -> None:
         db = self.db
