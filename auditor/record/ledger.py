@@ -751,6 +751,8 @@ class Ledger:
         index's integrity check; beyond, the cheap part: the head file against the entries, the
         watchlist and the state digest, and the newest entry's hash and link.
         """
+        if self.readonly:
+            raise LedgerError(f"{self.path}: opened read-only; nothing can be appended")
         conn = self.db.conn
         if conn.in_transaction:
             self._check_locked()
