@@ -86,7 +86,7 @@ MAX_DELTA_BYTES = 16 * 2**30  # a delta file larger than this is refused before 
 FULL_CHECK_ENTRIES = 2000  # appends run a full verify (no delta files) up to this many entries
 # What the head file's ``state`` digest covers: every table that is evidence but not hash-chained
 STATE_TABLES = ("settings", "high_water", "entries_fts_data", "entries_fts_idx", "entries_fts_docsize",
-                "entries_fts_config")
+                "entries_fts_config", "_sqlite_migrations")
 _HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -356,9 +356,12 @@ class Ledger:
         except sqlite3.DatabaseError as e:
             self.close()
             raise LedgerError(f"{self.path}: not a readable SQLite ledger ({e})") from None
-        except LedgerError:
+        except AuditorError:
             self.close()
             raise
+        except Exception as e:  # noqa: BLE001 - a damaged file (undecodable text, wrong types) is one line
+            self.close()
+            raise LedgerError(f"{self.path}: a damaged ledger ({type(e).__name__}: {e})") from None
 
     def _check_and_migrate(self) -> None:
         db = self.db
@@ -376,6 +379,15 @@ class Ledger:
                               "where it can be written (any command that appends) before reading it read-only")
         if pending:
             self._migrate()
+            try:
+                old = read_anchor(self.anchor_path)
+            except AnchorError:
+                old = None
+            # A version-1 head is brought up to the migrated schema (which the state digest covers). A
+            # version-2 head was written with every migration this version knows applied: pending ones
+            # under it mean the migrations table was changed, and re-anchoring would launder that.
+            if old is not None and old.version < 2:
+                self._advance_anchor()
         if not db["genesis"].exists() or db.execute("SELECT count(*) FROM genesis").fetchone()[0] != 1:
             raise LedgerError(f"{self.path}: the ledger has no genesis record; it is not an Edit Auditor ledger")
         if "m002_head_anchor" in pending and not self.anchor_path.exists():
@@ -736,12 +748,13 @@ class Ledger:
 
     def state_digest(self) -> str:
         """sha256 over everything the database holds that is evidence but outside the hash chains:
-        the settings, the high-water mark, the full-text index's tables and their schema and triggers."""
+        the settings, the high-water mark, the full-text index's tables, the migrations applied, and the
+        schema (every table, index and trigger but the append-only triggers, which are a first line of
+        defence that verify does not rely on)."""
         h = hashlib.sha256()
         names = set(self.db.table_names())
-        schema = self.db.execute(
-            "SELECT type, name, sql FROM sqlite_master WHERE name LIKE 'entries_fts%' OR (type = 'trigger' "
-            "AND tbl_name = 'entries' AND name NOT LIKE '%append_only%') ORDER BY name").fetchall()
+        schema = self.db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE "
+                                 "'%append_only%' ORDER BY type, name").fetchall()
         h.update(canonical_json(schema).encode("utf-8"))
         for table in STATE_TABLES:
             h.update(f"\n{table}\n".encode("utf-8"))
@@ -761,6 +774,8 @@ class Ledger:
         index's integrity check; beyond, the cheap part: the head file against the entries, the
         watchlist and the state digest, and the newest entry's hash and link.
         """
+        if self.readonly:
+            raise LedgerError(f"{self.path}: opened read-only; nothing can be appended")
         conn = self.db.conn
         if conn.in_transaction:
             self._check_locked()
