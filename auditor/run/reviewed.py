@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from auditor.engine.deltas import apply_delta
-from auditor.record.ledger import Entry, entry_params
+from auditor.record.ledger import COLUMNS, Entry, entry_params
 
 if TYPE_CHECKING:
     from auditor.run.workspace import Workspace
@@ -32,6 +32,8 @@ REVIEWABLE = ("dry-run", "rejected")
 # added later is carried over without anyone listing it (issue 17: a MEMIT batch lost its ``params``).
 OWN = ("id", "created_at", "operator", "host", "app_version", "kind", "status", "error", "note", "diagnostics",
        "fingerprint_before", "fingerprint_after", "reverts", "prev_hash", "content_hash")
+# the columns copied (kept under its 0.1 name; derived, so it cannot fall behind the ledger's columns)
+COPIED = tuple(c for c in COLUMNS if c not in OWN)
 
 
 def apply_reviewed(ws: "Workspace", entry_id: int, *, note: str | None = None) -> Entry:
