@@ -287,3 +287,17 @@ def test_an_edit_the_engine_refuses_is_recorded_as_failed(ws: Workspace) -> None
     assert [e.id for e in ws.ledger.search("Big Ben Peru")] == [n + 1]
     report = ws.verify()
     assert report["ok"] and report["warnings"] == []  # the whole module's history is continuous
+
+
+def test_a_result_whose_recorded_state_is_not_what_happened_is_refused(ws: Workspace) -> None:
+    """Issue 17: no entry is written whose recorded before/after state is not what happened."""
+    n = len(ws.ledger)
+    stale = synthetic_result(ws, 6, 77, status="dry-run")
+    stale.fingerprint_before = stale.fingerprint_after = "sha256:" + "0" * 64  # computed on other weights
+    with pytest.raises(WorkspaceError, match="not recording this edit: it was computed on the model state"):
+        ws.record(stale)
+    unchanged = synthetic_result(ws, 6, 78, status="dry-run")
+    unchanged.status = "applied"  # claims to be applied, but the weights are as they were
+    with pytest.raises(WorkspaceError, match="recorded as applied but the weights did not change"):
+        ws.record(unchanged)
+    assert len(ws.ledger) == n and ws.verify()["ok"]

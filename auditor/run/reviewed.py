@@ -21,25 +21,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from auditor.engine.deltas import apply_delta
-from auditor.record.ledger import Entry, entry_params
+from auditor.record.ledger import COLUMNS, Entry, entry_params
 
 if TYPE_CHECKING:
     from auditor.run.workspace import Workspace
 
 REVIEWABLE = ("dry-run", "rejected")
-# the columns 0.1 copied from the reviewed entry (kept for callers of the name until 0.3; now every
-# column not in OWN is copied)
-COPIED = ("method", "key_mode", "layer", "param", "hparams", "request", "subject", "prompt", "target_new",
-          "target_true", "denominator", "denominator_raw", "numerator_norm", "update_norm", "weight_norm",
-          "key_cosine", "efficacy", "target_prob", "generalization", "locality", "portability",
-          "prefixed_efficacy", "ppl_before", "ppl_after", "ppl_ratio", "collapse_risk", "collapse_reasons",
-          "metrics", "timings", "device", "dtype", "delta_hash", "delta_file_sha256")
-
 # The columns the new entry sets itself; every other column of the reviewed entry (the request or a
 # batch's requests, the parameters, the measurements, the delta...) is copied unchanged, so a column
 # added later is carried over without anyone listing it (issue 17: a MEMIT batch lost its ``params``).
 OWN = ("id", "created_at", "operator", "host", "app_version", "kind", "status", "error", "note", "diagnostics",
        "fingerprint_before", "fingerprint_after", "reverts", "prev_hash", "content_hash")
+# the columns copied (kept under its 0.1 name; derived, so it cannot fall behind the ledger's columns)
+COPIED = tuple(c for c in COLUMNS if c not in OWN)
 
 
 def apply_reviewed(ws: "Workspace", entry_id: int, *, note: str | None = None) -> Entry:

@@ -330,6 +330,7 @@ class Workspace:
                     self._after_apply(result)  # type: ignore[arg-type]  # the watchlist, hooks
                 fields = batch_fields(result)
                 fields["note"] = note
+                self._check_recorded_state(fields)
                 entry = self.ledger.append(fields, delta=result.delta)
             self._synced_id = entry.id
             self.fingerprint = result.fingerprint_after or fingerprint_model(self.lm.model)
@@ -367,10 +368,28 @@ class Workspace:
     def _append_result(self, result: "EditResult", *, note: str | None) -> Entry:
         fields = result_fields(result)
         fields["note"] = note
+        self._check_recorded_state(fields)
         entry = self.ledger.append(fields, delta=result.delta)
         self._synced_id = entry.id
         self.fingerprint = result.fingerprint_after or fingerprint_model(self.lm.model)
         return entry
+
+    def _check_recorded_state(self, fields: dict[str, Any]) -> None:
+        """Refuse an entry whose recorded model states are not what happened: it must start from the
+        state the workspace is in (``self.fingerprint``, measured), an applied change must change
+        it, anything else must leave it as it was."""
+        before, after = fields.get("fingerprint_before"), fields.get("fingerprint_after")
+        if before is None or after is None:
+            return
+        wrong = None
+        if before != self.fingerprint:
+            wrong = f"it was computed on the model state {before[:19]}..., not the current {self.fingerprint[:19]}..."
+        elif fields.get("status") == "applied" and after == before:
+            wrong = "it is recorded as applied but the weights did not change"
+        elif fields.get("status") != "applied" and after != before:
+            wrong = f"it is recorded as {fields.get('status')} but the weights changed"
+        if wrong:
+            raise WorkspaceError(f"not recording this {fields.get('kind', 'edit')}: {wrong}; nothing was appended")
 
     # ------------------------------------------------------------ revert
 
