@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,21 @@ def add_model_args(parser: argparse.ArgumentParser, *, model: bool = True) -> No
                         help="where the model runs; auto picks CUDA when present (default: auto)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load pickle weights (*.bin, *.pt) with torch.load(weights_only=True)")
+    parser.add_argument("--max-memory", type=_max_memory, default=None, metavar="DEV=SIZE,...",
+                        help="memory budget per device, e.g. 0=20GiB,cpu=8GiB: what does not fit is "
+                             "offloaded by accelerate (device_map=auto); a model that cannot fit is refused")
+    parser.add_argument("--offload-folder", type=Path, default=None, metavar="DIR",
+                        help="folder for weights offloaded to disk (created; must be new, empty or an "
+                             "earlier offload folder)")
+
+
+def _max_memory(text: str) -> dict[int | str, int]:
+    from auditor.model.memory_plan import parse_max_memory
+
+    try:
+        return parse_max_memory(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_json_arg(parser: argparse.ArgumentParser) -> None:
@@ -65,9 +81,28 @@ def add_json_arg(parser: argparse.ArgumentParser) -> None:
 
 def load_from_args(args: argparse.Namespace) -> "LoadedModel":
     """The model named by :func:`add_model_args`'s options."""
-    from auditor.model.checkpoint import load_model
+    import sys
 
-    return load_model(args.model, dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle)
+    from auditor.model.checkpoint import MemoryRefused, load_model
+    from auditor.model.offload import OffloadFolderError, check_offload_folder
+
+    offload = getattr(args, "offload_folder", None)
+    if offload is not None:
+        try:
+            from auditor.model.checkpoint import cache_dir
+
+            named = [Path(p) for p in (getattr(args, "workspace", None), args.model) if p and p != "demo"]
+            check_offload_folder(offload, protected=[*named, cache_dir() / "models"])
+        except OffloadFolderError as e:
+            raise fail(str(e)) from None
+    try:
+        return load_model(args.model, dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
+                          max_memory=getattr(args, "max_memory", None), offload_folder=offload,
+                          method=getattr(args, "method", None))
+    except MemoryRefused as e:
+        print(e.plan.table(), file=sys.stderr)
+        print("options: " + "; ".join(e.options), file=sys.stderr)
+        raise
 
 
 def print_json(obj: Any) -> None:

@@ -353,10 +353,7 @@ class Workspace:
     def _rebuild(self, param: str, *, upto: int, skip: set[int] = frozenset()) -> None:
         """``param`` <- base tensor, then every active delta on it (ids <= upto) in ledger order."""
         active = [e for e in self.ledger.active_at(upto) if param in entry_params(e) and e.id not in skip]
-        weight = self.lm.model.get_parameter(param)
-        base = self.base_tensor(param)
-        with torch.no_grad():
-            weight.copy_(base.to(device=weight.device, dtype=weight.dtype))
+        write_param(self.lm.model, param, self.base_tensor(param))  # offloaded or not (model.offload)
         for e in active:
             apply_delta(self.lm.model, self.ledger.load_delta(e.delta_hash), params=[param])
 

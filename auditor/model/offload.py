@@ -1,0 +1,138 @@
+"""Reading and writing one parameter of a model that accelerate has offloaded to CPU or disk.
+
+A model loaded with ``device_map="auto"`` and a ``max_memory`` budget (accelerate's big-model
+inference, used by ``transformers.from_pretrained``) keeps the parameters of the modules that do
+not fit on the ``meta`` device; an ``AlignDevicesHook`` on each such module loads them from its
+``weights_map`` (CPU tensors, or ``.dat`` memory maps in the offload folder, or the checkpoint's
+own safetensors) for the length of one forward call. Everything that runs the model works
+unchanged; only code that touches a weight directly must go through this module:
+
+* :func:`read_param` gives the weight's values (materialised from the offload store when the
+  module is offloaded; the parameter itself otherwise);
+* :func:`write_param` writes new values where the hook will read them next: in place for a CPU
+  store, a fresh ``.dat`` file in the offload folder for a disk store (never into the checkpoint's
+  safetensors, which the index may point at: the entry is redirected to the new file).
+
+Only the parameter asked for is materialised, so an edit holds one matrix, not the model.
+
+Example::
+
+    W = read_param(model, "model.layers.4.mlp.down_proj.weight")
+    write_param(model, "model.layers.4.mlp.down_proj.weight", W + delta)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from auditor.base import AuditorError
+
+OFFLOAD_DIR_ATTR = "_edit_auditor_offload_folder"  # set on a model loaded with an offload folder
+
+
+def _split(name: str) -> tuple[str, str]:
+    module, _, leaf = name.rpartition(".")
+    return module, leaf
+
+
+def offload_hook(module: torch.nn.Module) -> Any | None:
+    """The module's accelerate hook that holds offloaded weights, or None."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+        if getattr(h, "offload", False) and getattr(h, "weights_map", None) is not None:
+            return h
+    return None
+
+
+def is_offloaded(model: torch.nn.Module, name: str) -> bool:
+    module_name, leaf = _split(name)
+    tensor = model.get_submodule(module_name)._parameters.get(leaf)
+    if tensor is None:
+        tensor = model.get_submodule(module_name)._buffers.get(leaf)
+    return tensor is not None and tensor.device.type == "meta"
+
+
+def _store(model: torch.nn.Module, name: str) -> tuple[Any, str]:
+    """(the offload store, the key in it) of an offloaded tensor."""
+    module_name, leaf = _split(name)
+    module = model.get_submodule(module_name)
+    hook = offload_hook(module)
+    if hook is None:
+        raise RuntimeError(f"{name} is on the meta device but no accelerate hook holds its weights")
+    wm = hook.weights_map  # PrefixedDataset(OffloadedWeightsLoader, prefix="<module>.")
+    return wm.dataset, wm.prefix + leaf
+
+
+def read_param(model: torch.nn.Module, name: str) -> torch.Tensor:
+    """The values of parameter or buffer ``name`` (a fresh tensor when offloaded to disk)."""
+    module_name, leaf = _split(name)
+    module = model.get_submodule(module_name)
+    tensor = module._parameters.get(leaf)
+    if tensor is None:
+        tensor = module._buffers.get(leaf)
+    if tensor is None:
+        raise KeyError(name)
+    if tensor.device.type != "meta":
+        return tensor.detach()
+    loader, key = _store(model, name)
+    return loader[key]
+
+
+@torch.no_grad()
+def write_param(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    """Set parameter ``name`` to ``value`` (cast to its dtype) wherever it lives."""
+    if not is_offloaded(model, name):
+        param = model.get_parameter(name)
+        param.copy_(value.to(device=param.device, dtype=param.dtype))
+        return
+    from accelerate.utils import offload_weight
+
+    loader, key = _store(model, name)
+    dtype = model.get_parameter(name).dtype
+    if key in loader.state_dict:  # CPU offload: the store holds the tensor itself
+        loader.state_dict[key].copy_(value.to(dtype))
+        return
+    folder = loader.save_folder or getattr(model, OFFLOAD_DIR_ATTR, None)
+    if folder is None:
+        raise RuntimeError(f"{name} is offloaded to disk but the offload folder is unknown")
+    # offload_weight replaces the index entry: one that pointed at the checkpoint's own safetensors
+    # now points at the new .dat file in the offload folder (the checkpoint is never written)
+    loader.save_folder = str(folder)
+    offload_weight(value.detach().to("cpu", dtype).contiguous(), key, str(folder), index=loader.index)
+
+
+def offload_folder_of(model: torch.nn.Module) -> Path | None:
+    folder = getattr(model, OFFLOAD_DIR_ATTR, None)
+    return Path(folder) if folder else None
+
+
+class OffloadFolderError(AuditorError, ValueError):
+    """The offload folder would overwrite something; one-line message."""
+
+
+OFFLOAD_FILES = ("index.json",)  # what accelerate writes besides <tensor>.dat files
+
+
+def check_offload_folder(folder: str | Path, *, protected: list[Path] = ()) -> Path:
+    """Refuse an offload folder that would overwrite something: one inside (or holding) a
+    checkpoint or workspace named in ``protected``, a file, or an existing folder that holds
+    anything but an earlier offload (``index.json`` and ``*.dat``). Returns the resolved path.
+
+    (A local check; the product's general output-path policy will take it over.)
+    """
+    path = Path(folder).expanduser().resolve()
+    for p in protected:
+        p = Path(p).expanduser().resolve()
+        if path == p or p in path.parents or path in p.parents:
+            raise OffloadFolderError(f"{folder}: the offload folder may not be inside or around {p}")
+    if path.exists() and not path.is_dir():
+        raise OffloadFolderError(f"{folder}: exists and is not a folder")
+    if path.is_dir():
+        strangers = [c.name for c in path.iterdir() if c.name not in OFFLOAD_FILES and c.suffix != ".dat"]
+        if strangers:
+            raise OffloadFolderError(f"{folder}: not empty and not an offload folder (holds {strangers[0]!r}); "
+                                     "name a new or empty folder")
+    return path
