@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from auditor.cli.common import add_json_arg, add_model_args, fail, load_from_args, print_table
+from auditor.cli.common import add_json_arg, add_model_args, fail, load_from_args, memory_from_args, print_table
 from auditor.engine.hparams import KEY_MODES
 
 TABLE_COLUMNS = ("case_id", "subject", "target_new", "status", "denominator", "ppl_ratio",
@@ -135,7 +135,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
                 raise fail("--independent measures methods on the unedited model and cannot be recorded; drop --workspace")
             from auditor.run.workspace import Workspace
 
-            ws = Workspace.open(args.workspace, device=args.device)
+            ws = Workspace.open(args.workspace, device=args.device, memory=memory_from_args(args))
             for req in requests:
                 result, entry = ws.edit(req, progress=bar, **kwargs)
                 bar.done()

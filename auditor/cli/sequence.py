@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from auditor.cli.common import add_model_args, fail
+from auditor.cli.common import add_model_args, fail, memory_from_args
 
 EXIT_STOPPED = 1
 
@@ -67,10 +67,11 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     overrides = _hparam_overrides(args)
     tmp = None
     if args.workspace:
-        ws = Workspace.open(args.workspace, device=args.device)
+        ws = Workspace.open(args.workspace, device=args.device, memory=memory_from_args(args))
     else:
         tmp = tempfile.TemporaryDirectory(prefix="edit-auditor-sequence-")
-        ws = Workspace.init(args.model, Path(tmp.name) / "workspace", dtype=args.dtype, device=args.device)
+        ws = Workspace.init(args.model, Path(tmp.name) / "workspace", dtype=args.dtype, device=args.device,
+                        memory=memory_from_args(args))
         print(f"{args.model}: running in a temporary workspace (use --workspace DIR to keep the ledger)",
               file=sys.stderr)
     out = open(args.out, "w", encoding="utf-8")

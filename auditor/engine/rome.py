@@ -51,7 +51,7 @@ from auditor.base import AuditorError
 from auditor.engine.deltas import Delta
 from auditor.engine.hparams import RomeHParams
 from auditor.model.checkpoint import LoadedModel
-from auditor.model.offload import read_param
+from auditor.model.offload import read_param, weights_not_saved
 from auditor.model.requests import EditRequest
 
 log = logging.getLogger(__name__)
@@ -512,7 +512,7 @@ def optimise_values(
     active = [True] * n
     step = 0
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), weights_not_saved(lm.model):  # offloaded weights: re-read, not kept
             for step in range(hp.v_num_grad_steps):
                 if cancelled is not None and cancelled():
                     raise Cancelled

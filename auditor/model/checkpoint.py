@@ -154,19 +154,21 @@ def named_unique_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor
     return sorted(out)
 
 
-def fingerprint_tensors(named: Iterable[tuple[str, torch.Tensor]], model: torch.nn.Module | None = None) -> str:
+def fingerprint_tensors(named: Iterable[tuple[str, torch.Tensor]],
+                        model: torch.nn.Module | Callable[[str], torch.Tensor] | None = None) -> str:
     """sha256 over each tensor's name, dtype, shape and bytes, in name order, streamed.
 
     No tensor is copied unless it must be: a contiguous CPU tensor is hashed through a view of
     its own memory, 16 MiB at a time. A tensor of an offloaded module (on ``meta``) is read from
-    ``model``'s offload store one at a time (:func:`auditor.model.offload.read_param`).
+    ``model``'s offload store one at a time (:func:`auditor.model.offload.read_param`), or by
+    ``model(name)`` when ``model`` is a function.
     """
     from auditor.model.offload import read_param
 
     h = hashlib.sha256()
     for name, t in sorted(named, key=lambda kv: kv[0]):
         if t.device.type == "meta" and model is not None:
-            t = read_param(model, name)
+            t = model(name) if callable(model) and not isinstance(model, torch.nn.Module) else read_param(model, name)
         t = t.detach()
         h.update(json.dumps([name, str(t.dtype).replace("torch.", ""), list(t.shape)]).encode())
         if t.numel():

@@ -23,6 +23,8 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,70 @@ def write_param(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
     offload_weight(value.detach().to("cpu", dtype).contiguous(), key, str(folder), index=loader.index)
 
 
+class _Recording(Mapping):
+    """A module's ``weights_map`` that notes which tensor it handed out for which module parameter."""
+
+    def __init__(self, inner: Any, module: torch.nn.Module, seen: dict[int, tuple]):
+        self.inner, self.module, self.seen = inner, module, seen
+        self.dataset, self.prefix = inner.dataset, inner.prefix  # what read_param/write_param use
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        t = self.inner[key]
+        self.seen[t.data_ptr()] = (self.module, key, self.dataset, self.prefix + key)
+        return t
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+@contextmanager
+def weights_not_saved(model: torch.nn.Module) -> Iterator[None]:
+    """Let autograd keep the *name* of an offloaded weight, not the weight, for the backward pass.
+
+    ``F.linear`` saves its weight to compute the input's gradient. Under accelerate's offload each
+    block's weights are materialised for its forward call only, but the saved copy would keep every
+    block above the edited one in memory until ``backward`` (the whole model, during v*). Inside
+    this context (``torch.autograd.graph.saved_tensors_hooks``) a saved tensor that is, at that
+    moment, an offloaded module's materialised parameter is replaced by its key in the offload
+    store and read again when the backward pass needs it. A tensor that merely shares a freed
+    weight's address is never mistaken for it: the module must hold it as its parameter right then.
+    """
+    hooks = [(m, h) for m in model.modules() if (h := offload_hook(m)) is not None]
+    if not hooks:
+        yield
+        return
+    seen: dict[int, tuple] = {}
+    for module, hook in hooks:
+        hook.weights_map = _Recording(hook.weights_map, module, seen)
+
+    def pack(t: torch.Tensor) -> Any:
+        entry = seen.get(t.data_ptr()) if t.numel() and t.device.type != "meta" else None
+        if entry is not None:
+            module, leaf, loader, key = entry
+            held = module._parameters.get(leaf)
+            if held is not None and held.data_ptr() == t.data_ptr() and held.shape == t.shape \
+                    and held.stride() == t.stride() and held.dtype == t.dtype:
+                return ("offloaded", loader, key, t.device, t.dtype)
+        return t
+
+    def unpack(saved: Any) -> torch.Tensor:
+        if isinstance(saved, tuple):
+            _, loader, key, device, dtype = saved
+            return loader[key].to(device=device, dtype=dtype)
+        return saved
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield
+    finally:
+        for _module, hook in hooks:
+            hook.weights_map = hook.weights_map.inner
+        seen.clear()
+
+
 def offload_folder_of(model: torch.nn.Module) -> Path | None:
     folder = getattr(model, OFFLOAD_DIR_ATTR, None)
     return Path(folder) if folder else None
@@ -113,7 +179,7 @@ class OffloadFolderError(AuditorError, ValueError):
     """The offload folder would overwrite something; one-line message."""
 
 
-OFFLOAD_FILES = ("index.json",)  # what accelerate writes besides <tensor>.dat files
+OFFLOAD_FILES = ("index.json", "replay")  # besides <tensor>.dat: accelerate's index, a replay's own folder
 
 
 def check_offload_folder(folder: str | Path, *, protected: list[Path] = ()) -> Path:

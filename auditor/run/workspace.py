@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 LEDGER_FILE = "ledger.db"
 LOCK_FILE = "workspace.lock"
+REPLAY_OFFLOAD = "replay"  # subfolder of an offload folder where a replay's fresh model offloads
 FORMAT = 1
 
 # EditResult.diagnostics / .metrics keys that get their own ledger column
@@ -74,6 +75,7 @@ class Workspace:
     def __init__(self, directory: Path, lm: LoadedModel, ledger: Ledger) -> None:
         self.directory = Path(directory)
         self.lm = lm
+        self.memory: dict[str, Any] = {}  # max_memory / offload_folder the model was loaded with
         self.ledger = ledger
         self.fingerprint = lm.fingerprint  # of self.lm.model as it is now
         self._synced_id = 0  # the last ledger entry reflected in self.lm.model
@@ -86,14 +88,16 @@ class Workspace:
 
     @classmethod
     def init(cls, model: str | Path, directory: str | Path, *, dtype: str = "float32",
-             device: str = "auto", progress: Any = None) -> "Workspace":
-        """A new workspace in ``directory`` (absent or empty) on the checkpoint ``model``."""
+             device: str = "auto", progress: Any = None, memory: dict[str, Any] | None = None) -> "Workspace":
+        """A new workspace in ``directory`` (absent or empty) on the checkpoint ``model``.
+
+        ``memory``: ``max_memory`` / ``offload_folder`` for :func:`load_model` (accelerate's offload)."""
         directory = Path(directory)
         if (directory / LEDGER_FILE).exists():
             raise WorkspaceError(f"{directory}: already a workspace (open it instead)")
         if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
             raise WorkspaceError(f"{directory}: exists and is not an empty folder")
-        lm = load_model(model, dtype=dtype, device=device, progress=progress)  # progress: see load_model
+        lm = load_model(model, dtype=dtype, device=device, progress=progress, **(memory or {}))
         source = "demo" if str(model) == "demo" else str(Path(model).expanduser().resolve())
         genesis = {
             "format": FORMAT,
@@ -106,11 +110,13 @@ class Workspace:
         directory.mkdir(parents=True, exist_ok=True)
         ledger = Ledger.create(directory / LEDGER_FILE, genesis)
         ledger.set_setting("base_path", str(Path(lm.path).resolve()))
-        return cls(directory, lm, ledger)
+        ws = cls(directory, lm, ledger)
+        ws.memory = dict(memory or {})
+        return ws
 
     @classmethod
     def open(cls, directory: str | Path, *, device: str = "auto", base: str | Path | None = None,
-             check: bool = True, progress: Any = None) -> "Workspace":
+             check: bool = True, progress: Any = None, memory: dict[str, Any] | None = None) -> "Workspace":
         """Load the base, check its fingerprint, apply the active deltas in ledger order.
 
         ``base`` points at the checkpoint when it has moved (it must still match).
@@ -123,7 +129,7 @@ class Workspace:
         if base is None and not Path(str(where)).exists() and genesis["base_source"] == "demo":
             where = "demo"
         try:
-            lm = load_model(where, dtype=genesis["dtype"], device=device, progress=progress)
+            lm = load_model(where, dtype=genesis["dtype"], device=device, progress=progress, **(memory or {}))
         except CheckpointError as e:
             raise WorkspaceError(f"{directory}: cannot load the base checkpoint: {e}") from None
         if lm.fingerprint != genesis["base_fingerprint"]:
@@ -135,6 +141,7 @@ class Workspace:
         if base is not None:
             ledger.set_setting("base_path", str(Path(lm.path).resolve()))
         ws = cls(directory, lm, ledger)
+        ws.memory = dict(memory or {})
         ws._sync()
         if check:
             state = ws.state()
@@ -380,6 +387,13 @@ class Workspace:
 
     # ------------------------------------------------------------ replay, verify, export
 
+    def _replay_memory(self) -> dict[str, Any]:
+        """The workspace's memory options for a second, fresh model (its own offload subfolder)."""
+        memory = dict(self.memory)
+        if memory.get("offload_folder") is not None:
+            memory["offload_folder"] = Path(memory["offload_folder"]) / REPLAY_OFFLOAD
+        return memory
+
     def replay(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Rebuild the model from the base checkpoint and the ledger alone; compare fingerprints.
 
@@ -388,7 +402,7 @@ class Workspace:
         head = self.ledger.head()
         upto = head.id if head else 0
         genesis = self.ledger.genesis
-        fresh = load_model(self.lm.path, dtype=genesis["dtype"], device=self.lm.device)
+        fresh = load_model(self.lm.path, dtype=genesis["dtype"], device=self.lm.device, **self._replay_memory())
         if fresh.fingerprint != genesis["base_fingerprint"]:
             raise WorkspaceError(f"{self.lm.path}: the base checkpoint has changed since the workspace was created")
         active = self.ledger.active_at(upto)
