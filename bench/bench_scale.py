@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from model_shapes import SHAPES, llama_config  # noqa: E402
+from model_shapes import llama_config  # noqa: E402
 
 REQUESTS = HERE.parent / "tests" / "data" / "counterfact_100.json"
 TEMPLATES = ["{}", "The following is a fact. {}"]

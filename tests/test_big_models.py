@@ -23,7 +23,13 @@ from auditor.cli.parser import main
 from auditor.engine.deltas import Delta, apply_delta
 from auditor.model.checkpoint import MemoryRefused, load_model
 from auditor.model.memory_plan import parse_max_memory, plan_memory
-from auditor.model.offload import OffloadFolderError, check_offload_folder, is_offloaded, read_param
+from auditor.model.offload import (
+    OffloadFolderError,
+    check_offload_folder,
+    is_offloaded,
+    read_param,
+)
+from auditor.model.requests import EditRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,10 +207,11 @@ def test_an_edit_of_the_demo_with_a_third_of_its_weights_in_memory(demo, demo_di
     ledger replays bit for bit, the export holds the edit, and the anonymous resident memory above
     the interpreter's own stays under the budget + the plan's working memory + a margin, and
     well under the weights' size (the in-memory model alone would exceed it)."""
-    from auditor.model.memory_plan import plan_memory
-    from auditor.run.edit import Editor
-    from auditor.model.requests import EditRequest
     from safetensors import safe_open
+
+    from auditor.model.memory_plan import plan_memory
+    from auditor.model.requests import EditRequest
+    from auditor.run.edit import Editor
 
     plan = plan_memory(demo_dir)
     budget = plan.weights // 3
@@ -213,9 +220,6 @@ def test_an_edit_of_the_demo_with_a_third_of_its_weights_in_memory(demo, demo_di
                      str(tmp_path / "export"), json.dumps(HPARAMS), json.dumps(REQUEST))
     baseline = run_script("baseline")
     assert out["status"] == "applied" and out["replay"]
-    delta = Delta.load(tmp_path / "ws" / "deltas" / f"{out['delta'].split(':')[-1]}.safetensors") \
-        if (tmp_path / "ws" / "deltas").is_dir() else None
-    from auditor.record.ledger import Ledger  # noqa: F401 (the delta is read through the workspace)
     from auditor.run.workspace import open_ledger
 
     ledger = open_ledger(tmp_path / "ws")
@@ -227,5 +231,56 @@ def test_an_edit_of_the_demo_with_a_third_of_its_weights_in_memory(demo, demo_di
         W = f.get_tensor(name)
     torch.testing.assert_close(W, demo.spec.weight(demo.model, 4) + ref.delta.dense(), rtol=0, atol=1e-6)
     used = out["peak"] - baseline["base"]
+    print(f"\noffloaded demo edit: weights {plan.weights >> 20} MiB, budget {budget >> 20} MiB, anonymous memory "
+          f"above the interpreter {used >> 20} MiB (interpreter {baseline['base'] >> 20} MiB); plan working "
+          f"{plan.working >> 20} MiB")
     assert used <= budget + plan.working + plan.largest_block + MARGIN, (used, budget, plan.working)
     assert used < plan.weights * 3 // 4, (used, plan.weights)
+
+
+# ---------------------------------------------------------------- bfloat16 end to end
+
+TINY_BATCH_HP = {"layers": [0, 1], "mom2_n_tokens": 2048, "mom2_seq_len": 64, "v_num_grad_steps": 5,
+                 "context_n": 2, "context_len": 4}
+TWO = [EditRequest(prompt="The capital of {} is", subject="France", target_new="Rome", target_true="Paris"),
+       EditRequest(prompt="{} plays the", subject="Miles Davis", target_new="piano", target_true="trumpet")]
+
+
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_memit_and_alphaedit_on_a_bfloat16_model_solve_in_float64_and_round_once(
+        tiny_checkpoint, isolated_cache: Path, method: str) -> None:
+    from auditor.run.batch import edit_batch
+    from auditor.run.edit import Editor
+
+    lm = load_model(tiny_checkpoint("llama"), device="cpu", dtype="bfloat16")
+    names = [lm.spec.weight_name(i) for i in (0, 1)]
+    before = {n: lm.model.get_parameter(n).detach().clone() for n in names}
+    res = edit_batch(Editor(lm), TWO, method=method, hparams=TINY_BATCH_HP, measure_ppl=False,
+                     allow_collapse=True)
+    assert res.status == "applied", res.error
+    for n in names:
+        part = res.delta.part(n)
+        assert part.left.dtype == part.right.dtype == torch.float64  # the solve's precision, kept
+        after = lm.model.get_parameter(n).detach()
+        assert after.dtype == torch.bfloat16
+        assert torch.equal(after, (before[n].double() + part.dense()).to(torch.bfloat16))  # rounded once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_bfloat16_batch_edits_of_the_demo_are_as_effective_as_float32(demo, demo_dir: Path, method: str) -> None:
+    """Two known facts in one batch: the same efficacy in bfloat16 as in float32 (dry runs)."""
+    from auditor.model.requests import load_requests
+    from auditor.run.batch import edit_batch
+    from auditor.run.edit import Editor
+
+    known = {r.case_id: r for r in load_requests(ROOT / "resources" / "demo" / "known_facts.json")}
+    reqs = [known[c] for c in list(known)[:2]]
+    hp = {"context_templates": ["{}", "The following is a fact. {}"], "mom2_n_tokens": 4096}
+    half = load_model(demo_dir, device="cpu", dtype="bfloat16")
+    results = {}
+    for name, lm in (("float32", demo), ("bfloat16", half)):
+        r = edit_batch(Editor(lm), reqs, method=method, hparams=hp, measure_ppl=False, dry_run=True)
+        assert r.status == "dry-run", r.error
+        results[name] = r.metrics["efficacy"]
+    assert results["bfloat16"] == results["float32"] > 0, results

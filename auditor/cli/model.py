@@ -26,7 +26,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _print_plan(args: argparse.Namespace) -> int:
     """The memory plan from the config alone; with --max-memory, whether it fits (exit 2 if not)."""
     from auditor.cli.common import fail, print_json
-    from auditor.model.checkpoint import physical_memory, resolve_checkpoint, resolve_device
+    from auditor.model.checkpoint import (
+        physical_memory,
+        resolve_checkpoint,
+        resolve_device,
+    )
     from auditor.model.memory_plan import budget_names, human, plan_memory
 
     folder = resolve_checkpoint(args.model)
@@ -94,7 +98,11 @@ def _positive_int_1(text: str) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """The foundation's subcommands: info, ppl, demo."""
-    from auditor.measure.perplexity import DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_TOKENS
+    from auditor.measure.perplexity import (
+        DEFAULT_BATCH,
+        DEFAULT_SEQ_LEN,
+        DEFAULT_TOKENS,
+    )
     from auditor.model.memory_plan import METHODS
 
     p = subparsers.add_parser("info", help="load a model and describe it",

@@ -276,8 +276,8 @@ def plan_config(config: Any, *, dtype: str = "float32", method: str = "rome", re
     w = torch_dtype.itemsize
     shape = dict(parameters=n_params, layers=n_layers, key_dim=spec.key_dim(model, 0),
                  value_dim=spec.value_dim(model, 0), vocab=int(cfg.vocab_size),
-                 hidden=int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")),
-                 heads=int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")))
+                 hidden=int(getattr(cfg, "hidden_size", None) or cfg.n_embd),
+                 heads=int(getattr(cfg, "num_attention_heads", None) or cfg.n_head))
     return assemble(name, method, str(torch_dtype).replace("torch.", ""), shape,
                     edited_layers=_edited_layers(method, spec.family, n_layers), weights=n_params * w,
                     largest_block=block_params * w, requests=requests)

@@ -40,6 +40,7 @@ import torch
 from auditor.base import AuditorError
 from auditor.engine.deltas import apply_delta
 from auditor.model.checkpoint import CheckpointError, LoadedModel, fingerprint_model, load_model, resolve_dtype
+from auditor.model.offload import write_param
 from auditor.record.ledger import Entry, Ledger, LedgerError, entry_facts, entry_params  # noqa: F401 (entry_facts: re-exported)
 
 if TYPE_CHECKING:
