@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,8 @@ GIB = 1 << 30
 # Settings of the passes the plan sizes (the defaults of RomeHParams and stats.collect_second_moment)
 STATS_BATCH = 8  # windows per statistics forward pass
 STATS_SEQ_LEN = 256  # tokens per window
-V_PROMPTS_PER_REQUEST = 7  # the bare prompt, 5 context prefixes, the KL prompt
-V_PROMPT_TOKENS = 32  # tokens per v* prompt (prefix of 10 + a request)
+V_PROMPTS_PER_REQUEST = 7  # the bare prompt, 5 context prefixes (context_n), the KL prompt
+V_PROMPT_TOKENS = 20  # tokens per v* prompt (a prefix of context_len 10 + a request)
 # float64 d_ff x d_ff matrices alive at once while the edited layer is solved (see module docstring)
 SOLVE_SQUARES = {"rome": 2, "memit": 4, "alphaedit": 6}
 
@@ -81,7 +81,8 @@ class MemoryPlan:
     v_star: int
     solve: int
     requests: int = 1
-    notes: list[str] = field(default_factory=list)
+    prompts: int = V_PROMPTS_PER_REQUEST  # v* prompts per request
+    prompt_tokens: int = V_PROMPT_TOKENS  # tokens per v* prompt
 
     @property
     def working(self) -> int:
@@ -250,17 +251,20 @@ def _edited_layers(method: str, family: str, n_layers: int) -> list[int]:
 
 
 def plan_memory(folder: str | Path, *, dtype: str = "float32", method: str = "rome", requests: int = 1,
-                name: str | None = None) -> MemoryPlan:
+                name: str | None = None, **v_prompts: int) -> MemoryPlan:
     """The memory plan of editing the checkpoint ``folder`` (config.json only is read)."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-    return plan_config(config, dtype=dtype, method=method, requests=requests, name=name or str(folder))
+    return plan_config(config, dtype=dtype, method=method, requests=requests, name=name or str(folder), **v_prompts)
 
 
 def plan_config(config: Any, *, dtype: str = "float32", method: str = "rome", requests: int = 1,
-                name: str = "model") -> MemoryPlan:
-    """The memory plan of a transformers config (a model of that shape built on ``meta``)."""
+                name: str = "model", prompts: int = V_PROMPTS_PER_REQUEST,
+                prompt_tokens: int = V_PROMPT_TOKENS) -> MemoryPlan:
+    """The memory plan of a transformers config (a model of that shape built on ``meta``);
+    ``prompts`` v* prompts of ``prompt_tokens`` tokens per request (the defaults: the shipped
+    hyper-parameters' 5 generated prefixes of 10 tokens)."""
     from auditor.model.architectures import spec_for
 
     if method not in METHODS:
@@ -280,11 +284,13 @@ def plan_config(config: Any, *, dtype: str = "float32", method: str = "rome", re
                  heads=int(getattr(cfg, "num_attention_heads", None) or cfg.n_head))
     return assemble(name, method, str(torch_dtype).replace("torch.", ""), shape,
                     edited_layers=_edited_layers(method, spec.family, n_layers), weights=n_params * w,
-                    largest_block=block_params * w, requests=requests)
+                    largest_block=block_params * w, requests=requests, prompts=prompts,
+                    prompt_tokens=prompt_tokens)
 
 
 def assemble(model: str, method: str, dtype: str, shape: dict[str, int], *, edited_layers: list[int],
-             weights: int, largest_block: int, requests: int = 1) -> MemoryPlan:
+             weights: int, largest_block: int, requests: int = 1, prompts: int = V_PROMPTS_PER_REQUEST,
+             prompt_tokens: int = V_PROMPT_TOKENS) -> MemoryPlan:
     """The plan's sums from the model's shape (``parameters``, ``layers``, ``hidden``, ``heads``,
     ``key_dim``, ``value_dim``, ``vocab``), the weights' size and the edited layers."""
     act = getattr(torch, dtype).itemsize  # activations are in the weight dtype
@@ -295,7 +301,7 @@ def assemble(model: str, method: str, dtype: str, shape: dict[str, int], *, edit
     per_token = (6 * hidden + 3 * d) * act
     stats_pass = (2 * 8 * d * d + tokens * d * 8 + tokens * per_token
                   + STATS_BATCH * heads * STATS_SEQ_LEN ** 2 * act)
-    v_tokens = V_PROMPTS_PER_REQUEST * V_PROMPT_TOKENS * requests
+    v_tokens = prompts * prompt_tokens * requests
     above = shape["layers"] - min(edited_layers)
     # saved for backward per block above the edited layer: norms, q/k/v/o, attention, gate/up/act/down;
     # the logits in float32 with their log-softmax and gradient
@@ -305,7 +311,8 @@ def assemble(model: str, method: str, dtype: str, shape: dict[str, int], *, edit
     solve = SOLVE_SQUARES[method] * 8 * d * d + dense
     return MemoryPlan(model=model, method=method, dtype=dtype, **shape, edited_layers=list(edited_layers),
                       weights=weights, largest_block=largest_block, stats_held=len(edited_layers) * 4 * d * d,
-                      stats_pass=stats_pass, v_star=v_star, solve=solve, requests=requests)
+                      stats_pass=stats_pass, v_star=v_star, solve=solve, requests=requests, prompts=prompts,
+                      prompt_tokens=prompt_tokens)
 
 
 def shape_of(plan: MemoryPlan) -> dict[str, int]:
@@ -321,4 +328,4 @@ def replan(plan: MemoryPlan, *, dtype: str | None = None, method: str | None = N
     layers = [max(plan.edited_layers)] if method == "rome" and plan.method != "rome" else plan.edited_layers
     return assemble(plan.model, method, dtype, shape_of(plan), edited_layers=layers,
                     weights=int(plan.weights * scale), largest_block=int(plan.largest_block * scale),
-                    requests=plan.requests)
+                    requests=plan.requests, prompts=plan.prompts, prompt_tokens=plan.prompt_tokens)

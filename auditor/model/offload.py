@@ -170,6 +170,31 @@ def weights_not_saved(model: torch.nn.Module) -> Iterator[None]:
         seen.clear()
 
 
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter (malloc.h)
+
+
+def return_freed_memory(threshold: int = 1 << 20) -> bool:
+    """Make glibc serve allocations of ``threshold`` bytes and more with their own ``mmap``, so
+    that freeing them gives the memory back to the system at once.
+
+    An offloaded forward allocates and frees a block's weights over and over. glibc's default
+    raises its mmap threshold to the largest block freed (up to 32 MiB), after which such tensors
+    come from the heap, whose freed middle is never returned: the resident size then grows like
+    the model, not like one block. Setting the threshold fixes it (and turns the dynamic raise
+    off). Returns False where there is no glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def offload_folder_of(model: torch.nn.Module) -> Path | None:
     folder = getattr(model, OFFLOAD_DIR_ATTR, None)
     return Path(folder) if folder else None
