@@ -33,7 +33,7 @@ import torch
 from auditor.base import AuditorError
 from auditor.model.architectures import ArchSpec, UnsupportedArchitecture, spec_for
 from auditor.model.config_check import ConfigError, check_config, read_config
-from auditor.model.offload import OFFLOAD_DIR_ATTR, return_freed_memory
+from auditor.model.offload import OFFLOAD_DIR_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +412,6 @@ def _big_model_options(folder: Path, config: Any, dtype: torch.dtype, device: to
         max_memory = {(k if k == "cpu" else int(k)): room for k in list(physical)[:1]}
     if device.type == "cpu":  # accelerate would place weights on any GPU it sees: keep to the CPU
         max_memory = {"cpu": max_memory.get("cpu", 0)}
-    return_freed_memory()  # offloaded blocks come and go: give their memory back each time
     options: dict[str, Any] = {"device_map": "auto", "max_memory": dict(max_memory)}
     if offload:
         options["offload_folder"] = str(offload_folder)

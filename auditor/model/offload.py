@@ -114,9 +114,10 @@ class _Recording(Mapping):
         self.dataset, self.prefix = inner.dataset, inner.prefix  # what read_param/write_param use
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        t = self.inner[key]
-        self.seen[t.data_ptr()] = (self.module, key, self.dataset, self.prefix + key)
-        return t
+        # accelerate may cast what it reads (a float32 file into a bfloat16 model): the module's
+        # parameter, not this tensor, is what autograd will see, so the module is what is noted
+        self.seen[(id(self.module), key)] = (self.module, key, self.dataset, self.prefix + key)
+        return self.inner[key]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.inner)
@@ -141,17 +142,19 @@ def weights_not_saved(model: torch.nn.Module) -> Iterator[None]:
     if not hooks:
         yield
         return
-    seen: dict[int, tuple] = {}
+    seen: dict[tuple, tuple] = {}  # the offloaded modules materialised now (normally the one running)
     for module, hook in hooks:
         hook.weights_map = _Recording(hook.weights_map, module, seen)
 
     def pack(t: torch.Tensor) -> Any:
-        entry = seen.get(t.data_ptr()) if t.numel() and t.device.type != "meta" else None
-        if entry is not None:
-            module, leaf, loader, key = entry
+        if not t.numel() or t.device.type == "meta":
+            return t
+        for ident, (module, leaf, loader, key) in list(seen.items()):
             held = module._parameters.get(leaf)
-            if held is not None and held.data_ptr() == t.data_ptr() and held.shape == t.shape \
-                    and held.stride() == t.stride() and held.dtype == t.dtype:
+            if held is None or held.device.type == "meta":  # that module's forward is over
+                del seen[ident]
+            elif held.data_ptr() == t.data_ptr() and held.shape == t.shape and held.stride() == t.stride() \
+                    and held.dtype == t.dtype:
                 return ("offloaded", loader, key, t.device, t.dtype)
         return t
 
@@ -168,31 +171,6 @@ def weights_not_saved(model: torch.nn.Module) -> Iterator[None]:
         for _module, hook in hooks:
             hook.weights_map = hook.weights_map.inner
         seen.clear()
-
-
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter (malloc.h)
-
-
-def return_freed_memory(threshold: int = 1 << 20) -> bool:
-    """Make glibc serve allocations of ``threshold`` bytes and more with their own ``mmap``, so
-    that freeing them gives the memory back to the system at once.
-
-    An offloaded forward allocates and frees a block's weights over and over. glibc's default
-    raises its mmap threshold to the largest block freed (up to 32 MiB), after which such tensors
-    come from the heap, whose freed middle is never returned: the resident size then grows like
-    the model, not like one block. Setting the threshold fixes it (and turns the dynamic raise
-    off). Returns False where there is no glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        return bool(ctypes.CDLL(name).mallopt(M_MMAP_THRESHOLD, threshold))
-    except (OSError, AttributeError):
-        return False
 
 
 def offload_folder_of(model: torch.nn.Module) -> Path | None:
