@@ -239,7 +239,6 @@ def test_an_edit_of_the_demo_with_a_third_of_its_weights_in_memory(demo_dir: Pat
     # script (init, edit, replay with a second model, export): 494 MiB anonymous memory above the
     # interpreter, more than the 256 MiB of weights; the cause is not found yet (docs/notes/
     # session-5/issue-20.md), so no memory bound is asserted: the figure is printed for the record.
-    assert used > 0
 
 
 # ---------------------------------------------------------------- bfloat16 end to end
