@@ -48,10 +48,13 @@ def demo_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def demo(demo_dir: Path) -> Any:
-    """The demo model loaded on CPU in float32 (shared by the whole session: do not edit it)."""
+    """The demo model loaded on CPU in float32 (shared by the whole session: do not edit it).
+    ``EDIT_AUDITOR_TEST_DEVICE=cuda`` loads it on the GPU instead (bench/gpu_check.sh)."""
+    import os
+
     from auditor.model.checkpoint import load_model
 
-    return load_model(demo_dir, device="cpu", dtype="float32")
+    return load_model(demo_dir, device=os.environ.get("EDIT_AUDITOR_TEST_DEVICE", "cpu"), dtype="float32")
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from auditor.cli.common import fail
+from auditor.cli.common import fail, memory_from_args
 
 
 def run_batches(args: argparse.Namespace, requests: list, kwargs: dict[str, Any],
@@ -39,7 +39,7 @@ def run_batches(args: argparse.Namespace, requests: list, kwargs: dict[str, Any]
     if args.workspace:
         from auditor.run.workspace import Workspace
 
-        ws = Workspace.open(args.workspace, device=args.device)
+        ws = Workspace.open(args.workspace, device=args.device, memory=memory_from_args(args))
         editor = ws.editor
         run = lambda batch: ws.edit_batch(batch, progress=progress, **kwargs)  # noqa: E731
     else:

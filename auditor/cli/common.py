@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -108,17 +109,66 @@ def add_model_args(parser: argparse.ArgumentParser, *, model: bool = True) -> No
                         help="where the model runs; auto picks CUDA when present (default: auto)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load pickle weights (*.bin, *.pt) with torch.load(weights_only=True)")
+    add_memory_args(parser)
+
+
+def add_memory_args(parser: argparse.ArgumentParser) -> None:
+    """``--max-memory`` and ``--offload-folder`` (read by :func:`memory_from_args`): for every
+    command that loads a model, also those that open a workspace."""
+    parser.add_argument("--max-memory", type=_max_memory, default=None, metavar="DEV=SIZE,...",
+                        help="most weights each device may hold, e.g. 0=20GiB,cpu=8GiB (accelerate's "
+                             "max_memory, device_map=auto); the rest goes to --offload-folder; the working "
+                             "memory comes on top (see `info MODEL --plan`); a model that cannot fit is refused")
+    parser.add_argument("--offload-folder", type=Path, default=None, metavar="DIR",
+                        help="folder for weights offloaded to disk (created; must be new, empty or an "
+                             "earlier offload folder)")
+
+
+def _max_memory(text: str) -> dict[int | str, int]:
+    from auditor.model.memory_plan import parse_max_memory
+
+    try:
+        return parse_max_memory(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_json_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
-def load_from_args(args: argparse.Namespace) -> "LoadedModel":
-    """The model named by :func:`add_model_args`'s options."""
-    from auditor.model.checkpoint import load_model
+def memory_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """``max_memory`` / ``offload_folder`` for :func:`~auditor.model.checkpoint.load_model` (or a
+    workspace) from :func:`add_model_args`'s options; the offload folder checked first."""
+    from auditor.model.checkpoint import cache_dir
+    from auditor.model.offload import OffloadFolderError, check_offload_folder
 
-    return load_model(args.model, dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle)
+    offload = getattr(args, "offload_folder", None)
+    if offload is not None:
+        named = [Path(p) for p in (getattr(args, "workspace", None), getattr(args, "model", None))
+                 if p and str(p) != "demo"]
+        try:
+            check_offload_folder(offload, protected=[*named, cache_dir() / "models"])
+        except OffloadFolderError as e:
+            raise fail(str(e)) from None
+    return {"max_memory": getattr(args, "max_memory", None), "offload_folder": offload}
+
+
+def load_from_args(args: argparse.Namespace) -> "LoadedModel":
+    """The model named by :func:`add_model_args`'s options (refused, with its memory plan on
+    stderr, when the plan says it will not fit)."""
+    import sys
+
+    from auditor.model.checkpoint import MemoryRefused, load_model
+
+    memory = memory_from_args(args)
+    try:
+        return load_model(args.model, dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
+                          method=getattr(args, "method", None), **memory)
+    except MemoryRefused as e:
+        print(e.plan.table(), file=sys.stderr)
+        print("options: " + "; ".join(e.options), file=sys.stderr)
+        raise
 
 
 def print_json(obj: Any) -> None:

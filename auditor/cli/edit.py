@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from auditor.cli.common import (add_json_arg, add_model_args, bounded_int, fail, hparam_int, load_from_args, print_table,
-                                printable)
+from auditor.cli.common import (add_json_arg, add_model_args, bounded_int, fail, hparam_int, load_from_args,
+                                memory_from_args, print_table, printable)
 from auditor.files import atomic_file, check_output
 from auditor.engine.hparams import KEY_MODES
 
@@ -138,7 +138,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
                 raise fail("--independent measures methods on the unedited model and cannot be recorded; drop --workspace")
             from auditor.run.workspace import Workspace
 
-            ws = Workspace.open(args.workspace, device=args.device)
+            ws = Workspace.open(args.workspace, device=args.device, memory=memory_from_args(args))
             ws.editor.check_requests(requests)
             for req in requests:
                 result, entry = ws.edit(req, progress=bar, **kwargs)

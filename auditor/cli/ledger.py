@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from auditor.cli.common import (add_json_arg, add_model_args, emit, entry_id, positive_int, print_json, print_table,
-                                unicode_text)
+from auditor.cli.common import (add_json_arg, add_memory_args, add_model_args, emit, entry_id, memory_from_args,
+                                positive_int, print_json, print_table, unicode_text)
 from auditor.files import ReadError
 from auditor.record.anchor import AnchorError
 from auditor.record.export import ExportError
@@ -48,6 +48,7 @@ def _workspace_arg(parser: argparse.ArgumentParser) -> None:
 def _device_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
                         help="where the model is rebuilt (default: auto)")
+    add_memory_args(parser)
 
 
 # ---------------------------------------------------------------- handlers
@@ -55,7 +56,8 @@ def _device_arg(parser: argparse.ArgumentParser) -> None:
 
 def cmd_workspace_init(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    ws = Workspace.init(args.model, args.directory, dtype=args.dtype, device=args.device)
+    ws = Workspace.init(args.model, args.directory, dtype=args.dtype, device=args.device,
+                        memory=memory_from_args(args))
     emit(args, {"workspace": str(Path(args.directory).resolve()), **ws.ledger.genesis,
                 "base_path": str(ws.lm.path), "ledger_head": ws.ledger.head_hash,
                 "seconds": round(time.perf_counter() - t0, 3)})
@@ -170,7 +172,7 @@ def cmd_ledger_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_revert(args: argparse.Namespace) -> int:
-    ws = Workspace.open(args.workspace, device=args.device)
+    ws = Workspace.open(args.workspace, device=args.device, memory=memory_from_args(args))
     entry = ws.revert(args.id, note=args.note)
     emit(args, {"id": entry.id, "reverts": entry.reverts, "param": entry.param,
                 "fingerprint_before": entry.fingerprint_before, "fingerprint_after": entry.fingerprint_after,
@@ -182,7 +184,7 @@ def cmd_revert(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    ws = Workspace.open(args.workspace, device=args.device, check=False)
+    ws = Workspace.open(args.workspace, device=args.device, memory=memory_from_args(args), check=False)
     t0 = time.perf_counter()
     report = ws.replay()
     report["seconds"] = round(time.perf_counter() - t0, 3)
@@ -210,7 +212,7 @@ def _check_export_args(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     _check_export_args(args)
-    ws = Workspace.open(args.workspace, device=args.device)
+    ws = Workspace.open(args.workspace, device=args.device, memory=memory_from_args(args))
     t0 = time.perf_counter()
     out = ws.export(args.out, patch=args.patch, dtype=args.dtype, max_shard_size=args.max_shard_size,
                     overwrite=args.overwrite)

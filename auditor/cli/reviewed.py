@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from auditor.cli.common import add_json_arg, emit, entry_id, unicode_text
+from auditor.cli.common import add_json_arg, add_memory_args, emit, entry_id, memory_from_args, unicode_text
 
 
 def cmd_apply_reviewed(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def cmd_apply_reviewed(args: argparse.Namespace) -> int:
     from auditor.run.reviewed import apply_reviewed
     from auditor.run.workspace import Workspace
 
-    ws = Workspace.open(args.workspace, device=args.device)
+    ws = Workspace.open(args.workspace, device=args.device, memory=memory_from_args(args))
     try:
         entry = apply_reviewed(ws, args.id, note=args.note)
     finally:
@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workspace", "-w", required=True, metavar="DIR", help="the workspace folder")
     p.add_argument("id", type=entry_id, metavar="ID", help="the dry-run or rejected entry whose delta to apply")
     p.add_argument("--note", type=unicode_text, default=None, help="why (stored in the new entry)")
+    add_memory_args(p)
     p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
                    help="where the model is rebuilt (default: auto)")
     add_json_arg(p)

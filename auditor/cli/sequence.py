@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from auditor.cli.common import add_model_args, bounded_int, fail, unicode_text
+from auditor.cli.common import add_model_args, bounded_int, fail, memory_from_args, unicode_text
 from auditor.files import atomic_file, check_output
 
 EXIT_STOPPED = 1
@@ -70,10 +70,11 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     target = check_output(args.out, what="sequence --out")
     tmp = None
     if args.workspace:
-        ws = Workspace.open(args.workspace, device=args.device)
+        ws = Workspace.open(args.workspace, device=args.device, memory=memory_from_args(args))
     else:
         tmp = tempfile.TemporaryDirectory(prefix="edit-auditor-sequence-")
-        ws = Workspace.init(args.model, Path(tmp.name) / "workspace", dtype=args.dtype, device=args.device)
+        ws = Workspace.init(args.model, Path(tmp.name) / "workspace", dtype=args.dtype, device=args.device,
+                        memory=memory_from_args(args))
         print(f"{args.model}: running in a temporary workspace (use --workspace DIR to keep the ledger)",
               file=sys.stderr)
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from auditor.cli.common import emit, entry_id, print_json, print_table, unicode_text
+from auditor.cli.common import add_memory_args, emit, entry_id, memory_from_args, print_json, print_table, unicode_text
 from auditor.record.ledger import LedgerError
 from auditor.record.watch import WatchError, Watchlist
 from auditor.run.workspace import WorkspaceError, open_ledger
@@ -52,7 +52,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         from auditor.record.watch import check
         from auditor.run.workspace import Workspace
 
-        ws = Workspace.open(args.workspace, device=args.device)
+        ws = Workspace.open(args.workspace, device=args.device, memory=memory_from_args(args))
         try:
             report = check(ws)
         finally:
@@ -109,6 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common(q)
     q.add_argument("--check", action="store_true", help="load the model and check every item now")
     q.add_argument("--history", action="store_true", help="every add/remove event instead of the items")
+    add_memory_args(q)
     q.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
                    help="where the model is rebuilt for --check (default: auto)")
     q.set_defaults(func=cmd_list)

@@ -39,6 +39,8 @@ from typing import Iterable, Union
 import torch
 from safetensors.torch import load_file, save_file
 
+from auditor.model.offload import read_param, write_param
+
 SET_KIND = "delta-set"  # safetensors metadata "kind" of a DeltaSet file
 
 
@@ -239,9 +241,9 @@ def apply_delta(model: torch.nn.Module, delta: AnyDelta, sign: int = 1, *,
     back to the weight's dtype.
     """
     for part in delta.parts_on(params):
-        weight = model.get_parameter(part.param)
+        weight = read_param(model, part.param)  # materialised when accelerate offloaded it
         first = part.full if part.full is not None else part.left
         compute = torch.promote_types(torch.float32, first.dtype)
         upd = part.dense().to(device=weight.device, dtype=compute)
         new = weight.to(compute) + (upd if sign > 0 else -upd)
-        weight.copy_(new.to(weight.dtype))
+        write_param(model, part.param, new.to(weight.dtype))

@@ -35,6 +35,7 @@ from auditor.engine import rome
 from auditor.engine.deltas import AnyDelta, Delta, DeltaSet, apply_delta
 from auditor.engine.hparams import HParamsError, RomeHParams, check_hparams, load_hparams
 from auditor.model.checkpoint import LoadedModel
+from auditor.model.offload import read_param, write_param
 from auditor.model.requests import EditRequest
 from auditor.model.resources import ResourceMissing, resource_path
 
@@ -220,7 +221,7 @@ def spread_over_layers(lm: LoadedModel, requests: list[EditRequest], hp: RomeHPa
     shifts, details = shifts or target_shifts(lm, requests, hp, ctx)  # (n, hidden)
     z_star = block_outputs(lm, hp.layer, requests) + shifts
     names = [lm.spec.weight_name(layer) for layer in layers]
-    snapshot = {n: lm.model.get_parameter(n).detach().clone() for n in names}
+    snapshot = {n: read_param(lm.model, n).clone() for n in names}
     parts: list[Delta] = []
     diags: list[dict] = []
     vectors: dict[str, Any] = {"z_star": z_star, "K": [], "R": [], "per_request": details}
@@ -255,7 +256,7 @@ def spread_over_layers(lm: LoadedModel, requests: list[EditRequest], hp: RomeHPa
     finally:
         with torch.no_grad():
             for n, w in snapshot.items():
-                lm.model.get_parameter(n).copy_(w)
+                write_param(lm.model, n, w)
     return parts, diags, vectors
 
 

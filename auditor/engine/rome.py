@@ -51,6 +51,7 @@ from auditor.base import AuditorError
 from auditor.engine.deltas import Delta
 from auditor.engine.hparams import RomeHParams
 from auditor.model.checkpoint import LoadedModel
+from auditor.model.offload import read_param, weights_not_saved
 from auditor.model.requests import EditRequest
 
 log = logging.getLogger(__name__)
@@ -511,7 +512,7 @@ def optimise_values(
     active = [True] * n
     step = 0
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), weights_not_saved(lm.model):  # offloaded weights: re-read, not kept
             for step in range(hp.v_num_grad_steps):
                 if cancelled is not None and cancelled():
                     raise Cancelled
@@ -594,10 +595,10 @@ class RomeOutput:
 def module_output(lm: LoadedModel, layer: int, k: torch.Tensor) -> torch.Tensor:
     """The edited module applied to one key: ``W k + b`` in float32, ``(out,)``."""
     module = lm.spec.module(lm.model, layer)
-    W = lm.spec.as_out_in(module.weight).float()
+    W = lm.spec.as_out_in(read_param(lm.model, lm.spec.weight_name(layer))).float()
     out = W @ k.float().to(W.device)
-    bias = getattr(module, "bias", None)
-    return out + bias.float() if bias is not None else out
+    bias = read_param(lm.model, lm.spec.down_proj_name(layer) + ".bias") if getattr(module, "bias", None) is not None else None
+    return out + bias.float().to(out.device) if bias is not None else out
 
 
 def _bare_target(lm: LoadedModel, request: EditRequest, hp: RomeHParams, keys: Keys, val: ValueResult,
@@ -661,7 +662,7 @@ def compute_rome(
         right = ks.u  # (in,)
     if not (torch.isfinite(left).all() and torch.isfinite(right).all()):
         raise RomeError("the update is not finite; the edit was stopped")
-    W = lm.spec.weight(lm.model, layer)
+    W = read_param(lm.model, lm.spec.weight_name(layer))
     delta = Delta(param=lm.spec.weight_name(layer), transposed=lm.spec.transposed,
                   left=left.detach().cpu(), right=right.detach().cpu())
     update_norm = float(torch.linalg.matrix_norm(delta.dense().double())) if left.dim() == 2 \

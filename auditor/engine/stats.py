@@ -51,7 +51,7 @@ def key_weights_fingerprint(lm: LoadedModel, layer: int, *, ignore_edits: bool =
         if name in skip:
             continue
         chosen.append((name, t))
-    return fingerprint_tensors(chosen)
+    return fingerprint_tensors(chosen, lm.model)
 
 
 def corpus_tokens(lm: LoadedModel, text: str, n_tokens: int, seq_len: int) -> torch.Tensor:

@@ -33,6 +33,7 @@ import torch
 from auditor.base import AuditorError
 from auditor.model.architectures import ArchSpec, UnsupportedArchitecture, spec_for
 from auditor.model.config_check import ConfigError, check_config, read_config
+from auditor.model.offload import OFFLOAD_DIR_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def named_unique_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor
     out = []
     for name, t in model.state_dict(keep_vars=True).items():
         if isinstance(t, torch.nn.Parameter) or t is not None:
-            key = t.data_ptr() if t.numel() else id(t)
+            key = t.data_ptr() if t.numel() and t.device.type != "meta" else id(t)  # offloaded: meta
             if key in seen:
                 continue
             seen.add(key)
@@ -153,10 +154,21 @@ def named_unique_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor
     return sorted(out)
 
 
-def fingerprint_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """sha256 over each tensor's name, dtype, shape and bytes, in name order, streamed."""
+def fingerprint_tensors(named: Iterable[tuple[str, torch.Tensor]],
+                        model: torch.nn.Module | Callable[[str], torch.Tensor] | None = None) -> str:
+    """sha256 over each tensor's name, dtype, shape and bytes, in name order, streamed.
+
+    No tensor is copied unless it must be: a contiguous CPU tensor is hashed through a view of
+    its own memory, 16 MiB at a time. A tensor of an offloaded module (on ``meta``) is read from
+    ``model``'s offload store one at a time (:func:`auditor.model.offload.read_param`), or by
+    ``model(name)`` when ``model`` is a function.
+    """
+    from auditor.model.offload import read_param
+
     h = hashlib.sha256()
     for name, t in sorted(named, key=lambda kv: kv[0]):
+        if t.device.type == "meta" and model is not None:
+            t = model(name) if callable(model) and not isinstance(model, torch.nn.Module) else read_param(model, name)
         t = t.detach()
         h.update(json.dumps([name, str(t.dtype).replace("torch.", ""), list(t.shape)]).encode())
         if t.numel():
@@ -170,7 +182,7 @@ def fingerprint_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
 
 def fingerprint_model(model: torch.nn.Module) -> str:
     with torch.no_grad():
-        return fingerprint_tensors(named_unique_tensors(model))
+        return fingerprint_tensors(named_unique_tensors(model), model)
 
 
 # ---------------------------------------------------------------- folders
@@ -271,7 +283,11 @@ def load_folder(
     device: str | torch.device = "auto",
     allow_pickle: bool = False,
     source: str | None = None,
+    max_memory: dict[int | str, int] | None = None,
+    offload_folder: str | Path | None = None,
+    method: str | None = None,
 ) -> LoadedModel:
+    """Load the checkpoint ``folder``; see :func:`load_model` for the memory options."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
@@ -299,10 +315,12 @@ def load_folder(
     _check_config(folder, raw_cfg, files or [folder / p for p in pickles])
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        big = _big_model_options(folder, config, torch_dtype, dev, max_memory, offload_folder, method,
+                                 bool(files))
         if files:
             model, loading_info = AutoModelForCausalLM.from_pretrained(
                 folder, config=config, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True,
-                output_loading_info=True,
+                output_loading_info=True, **big,
             )
             _refuse_missing_weights(folder, loading_info)
         else:
@@ -324,7 +342,11 @@ def load_folder(
         raise CheckpointError(f"{folder}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(dev)
+    if big:
+        if offload_folder is not None:
+            setattr(model, OFFLOAD_DIR_ATTR, str(offload_folder))
+    else:
+        model.to(dev)
     model.eval()
     model.requires_grad_(False)
     fp = fingerprint_model(model)
@@ -339,6 +361,61 @@ def load_folder(
         fingerprint=fp,
         load_seconds=time.perf_counter() - t0,
     )
+
+
+class MemoryRefused(CheckpointError):
+    """The memory plan says the model will not fit; ``plan`` and ``options`` say why and what would."""
+
+    def __init__(self, message: str, plan: Any, options: list[str]):
+        super().__init__(message)
+        self.plan = plan
+        self.options = options
+
+
+def physical_memory(device: torch.device | None = None) -> dict[str, int]:
+    """Each present device's whole memory (total, not free: the plan refuses only the impossible),
+    the computing device first: ``{"0": ..., "cpu": ...}``."""
+    import psutil
+
+    out: dict[str, int] = {}
+    if torch.cuda.is_available() and (device is None or device.type == "cuda"):
+        first = device.index or 0 if device is not None else 0
+        order = [first] + [i for i in range(torch.cuda.device_count()) if i != first]
+        out.update({str(i): torch.cuda.get_device_properties(i).total_memory for i in order})
+    out["cpu"] = psutil.virtual_memory().total
+    return out
+
+
+def _big_model_options(folder: Path, config: Any, dtype: torch.dtype, device: torch.device,
+                       max_memory: dict[int | str, int] | None, offload_folder: str | Path | None,
+                       method: str | None, safetensors: bool) -> dict[str, Any]:
+    """Refuse a model the memory plan says will not fit; with a budget or an offload folder, the
+    keyword arguments that hand placement to accelerate (``device_map="auto"``)."""
+    from auditor.model.memory_plan import budget_names, plan_config
+
+    name = str(dtype).replace("torch.", "")
+    plan = plan_config(config, dtype=name, method=method or "rome", name=folder.name)
+    budget = budget_names(max_memory) if max_memory else None
+    physical = physical_memory(device)
+    offload = offload_folder is not None
+    why = plan.verdict(budget, physical, offload_folder=offload)
+    if why:
+        options = plan.options(budget, physical, offload_folder=offload)
+        raise MemoryRefused(f"{folder.name} will not fit: {why}; try {options[0]}", plan, options)
+    if not max_memory and not offload:
+        return {}
+    if not safetensors:
+        raise CheckpointError("--max-memory and --offload-folder need safetensors weights (pickle weights are "
+                              "loaded whole)")
+    if not max_memory:  # an offload folder alone: weights up to the device's memory less the working memory
+        room = physical[next(iter(physical))] - plan.working - plan.largest_block
+        max_memory = {(k if k == "cpu" else int(k)): room for k in list(physical)[:1]}
+    if device.type == "cpu":  # accelerate would place weights on any GPU it sees: keep to the CPU
+        max_memory = {"cpu": max_memory.get("cpu", 0)}
+    options: dict[str, Any] = {"device_map": "auto", "max_memory": dict(max_memory)}
+    if offload:
+        options["offload_folder"] = str(offload_folder)
+    return options
 
 
 # ---------------------------------------------------------------- GGUF
@@ -520,15 +597,27 @@ def load_model(
     device: str | torch.device = "auto",
     allow_pickle: bool = False,
     progress: LoadProgress | None = None,
+    max_memory: dict[int | str, int] | None = None,
+    offload_folder: str | Path | None = None,
+    method: str | None = None,
 ) -> LoadedModel:
     """Load ``demo``, a ``.gguf`` file or a Hugging Face folder, ready for editing.
 
     ``progress(step, total, message)`` hears each stage of a first-use GGUF conversion, then the load.
+
+    Memory: the model's memory plan (:mod:`auditor.model.memory_plan`, for ``method``, ROME by
+    default) is checked first against ``max_memory`` (bytes per device, accelerate's keys: ``0``,
+    ``"cpu"``), else the device's whole memory, and a model that cannot fit is refused with
+    :class:`MemoryRefused` before anything is read. With ``max_memory`` or ``offload_folder`` the
+    placement is accelerate's (``device_map="auto"``): what does not fit the budget goes to CPU,
+    then to ``offload_folder`` on disk; :mod:`auditor.model.offload` reads and writes the weights
+    of offloaded modules.
     """
     t0 = time.perf_counter()
     folder = resolve_checkpoint(name, progress)
     if progress is not None:
         progress(1, 1, f"loading {Path(folder).name}")
-    lm = load_folder(folder, dtype=dtype, device=device, allow_pickle=allow_pickle, source=str(name))
+    lm = load_folder(folder, dtype=dtype, device=device, allow_pickle=allow_pickle, source=str(name),
+                     max_memory=max_memory, offload_folder=offload_folder, method=method)
     lm.load_seconds = time.perf_counter() - t0
     return lm

@@ -39,6 +39,7 @@ import json
 from dataclasses import dataclass
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -48,6 +49,7 @@ from auditor.base import AuditorError
 from auditor.files import OutputError, ReadError, atomic_folder, check_output, check_regular, owned_files, read_regular
 from auditor.engine.deltas import AnyDelta, apply_delta, load_delta
 from auditor.model.checkpoint import LoadedModel, fingerprint_model, fingerprint_tensors, resolve_dtype
+from auditor.model.offload import read_param
 from auditor.record.ledger import app_version, sha256_file
 
 if TYPE_CHECKING:
@@ -89,15 +91,30 @@ def parse_shard_size(value: int | str) -> int:
 
 
 def export_state_dict(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The model's tensors as they are saved: tied ones once, on the CPU, in ``dtype``."""
+    """The model's tensors as they are saved: tied ones once, on the CPU, in ``dtype``.
+
+    A tensor of a module accelerate offloaded stays a ``meta`` placeholder (its shape and dtype,
+    no memory): :func:`export_tensor` reads it when its bytes are written, one at a time.
+    """
     from transformers.modeling_utils import remove_tied_weights_from_state_dict
 
     state = remove_tied_weights_from_state_dict(dict(model.state_dict()), model)
     out = {}
     for name, t in state.items():
-        t = t.detach().to("cpu")
+        t = t.detach()
+        if t.device.type != "meta":
+            t = t.to("cpu")
         out[name] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
     return out
+
+
+def export_tensor(model: torch.nn.Module, tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """``tensors[name]``, read from the offload store first when it is a placeholder."""
+    t = tensors[name]
+    if t.device.type != "meta":
+        return t
+    real = read_param(model, name).to("cpu")
+    return (real.to(t.dtype) if real.is_floating_point() else real).contiguous()
 
 
 def provenance(ws: "Workspace") -> dict[str, str]:
@@ -135,7 +152,8 @@ def export_model(ws: "Workspace", out: str | Path, *, dtype: str | None = None,
         tensors = export_state_dict(model, torch_dtype)
     meta = provenance(ws)
     meta["edit_auditor.dtype"] = str(torch_dtype).replace("torch.", "")
-    meta["edit_auditor.export_fingerprint"] = fingerprint_tensors(tensors.items())
+    load = partial(export_tensor, model, tensors)  # offloaded tensors: read one at a time, hashed, written
+    meta["edit_auditor.export_fingerprint"] = fingerprint_tensors(tensors.items(), load)
     split = split_torch_state_dict_into_shards(tensors, max_shard_size=shard_bytes,
                                                filename_pattern="model{suffix}.safetensors")
     total = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -160,7 +178,7 @@ def export_model(ws: "Workspace", out: str | Path, *, dtype: str | None = None,
                 progress(done[0], total)
 
         for filename, names in split.filename_to_tensors.items():
-            write_safetensors(tmp / filename, {n: tensors[n] for n in names}, meta, on_bytes=wrote)
+            write_safetensors(tmp / filename, {n: tensors[n] for n in names}, meta, on_bytes=wrote, load=load)
         index = {"metadata": {"total_size": total, **meta}, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
         _write_json(tmp / "model.safetensors.index.json", index)
         _write_json(tmp / PROVENANCE_FILE, {**meta, "entries": [e.to_json() for e in ws.ledger.active()],
@@ -426,12 +444,15 @@ _ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *,
-                      on_bytes: Callable[[int], None] | None = None) -> None:
+                      on_bytes: Callable[[int], None] | None = None,
+                      load: Callable[[str], torch.Tensor] | None = None) -> None:
     """Write ``tensors`` as one safetensors file, streamed (no second copy of the shard in memory).
 
     The format (github.com/huggingface/safetensors): an 8-byte little-endian header length, a JSON
     header ``{name: {dtype, shape, data_offsets}, "__metadata__": {...}}`` padded with spaces to a
     multiple of 8, then the tensors' bytes back to back. ``on_bytes(n)`` after every chunk written.
+    ``load(name)`` gives a tensor's bytes when ``tensors`` holds only its shape (a ``meta``
+    placeholder): the header needs no data, so a shard is written one tensor in memory at a time.
     """
     import struct
 
@@ -449,7 +470,8 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for name in names:
-            flat = tensors[name].contiguous().reshape(-1).view(torch.uint8)  # (nbytes,)
+            t = load(name) if load is not None and tensors[name].device.type == "meta" else tensors[name]
+            flat = t.contiguous().reshape(-1).view(torch.uint8)  # (nbytes,)
             for start in range(0, flat.numel(), CHUNK_BYTES):
                 piece = flat[start:start + CHUNK_BYTES].numpy()
                 f.write(piece.data)

@@ -41,6 +41,7 @@ from auditor.base import AuditorError
 from auditor.engine.deltas import apply_delta
 from auditor.files import atomic_folder, describe_os_error, protection
 from auditor.model.checkpoint import CheckpointError, LoadedModel, fingerprint_model, load_model, resolve_dtype
+from auditor.model.offload import write_param
 from auditor.record.ledger import Entry, Ledger, LedgerError, entry_facts, entry_params  # noqa: F401 (entry_facts: re-exported)
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 LEDGER_FILE = "ledger.db"
 LOCK_FILE = "workspace.lock"
+REPLAY_OFFLOAD = "replay"  # subfolder of an offload folder where a replay's fresh model offloads
 FORMAT = 1
 
 # EditResult.diagnostics / .metrics keys that get their own ledger column
@@ -84,6 +86,7 @@ class Workspace:
     def __init__(self, directory: Path, lm: LoadedModel, ledger: Ledger) -> None:
         self.directory = Path(directory)
         self.lm = lm
+        self.memory: dict[str, Any] = {}  # max_memory / offload_folder the model was loaded with
         self.ledger = ledger
         self.fingerprint = lm.fingerprint  # of self.lm.model as it is now
         self._synced_id = 0  # the last ledger entry reflected in self.lm.model
@@ -96,9 +99,10 @@ class Workspace:
 
     @classmethod
     def init(cls, model: str | Path, directory: str | Path, *, dtype: str = "float32",
-             device: str = "auto", progress: Any = None) -> "Workspace":
+             device: str = "auto", progress: Any = None, memory: dict[str, Any] | None = None) -> "Workspace":
         """A new workspace in ``directory`` (absent or empty) on the checkpoint ``model``.
 
+        ``memory``: ``max_memory`` / ``offload_folder`` for :func:`load_model` (accelerate's offload).
         Atomic: the ledger is built in a hidden sibling folder and renamed to ``directory`` only when
         complete, so a killed or failed init (a full disk) leaves nothing under that name that blocks
         a retry; the next init removes the partial folders of processes that are gone.
@@ -111,7 +115,7 @@ class Workspace:
             raise WorkspaceError(f"{directory}: {why}; choose another folder for the workspace")
         if directory.is_symlink() or (directory.exists() and (not directory.is_dir() or any(directory.iterdir()))):
             raise WorkspaceError(f"{directory}: exists and is not an empty folder")
-        lm = load_model(model, dtype=dtype, device=device, progress=progress)  # progress: see load_model
+        lm = load_model(model, dtype=dtype, device=device, progress=progress, **(memory or {}))
         source = "demo" if str(model) == "demo" else str(Path(model).expanduser().resolve())
         genesis = {
             "format": FORMAT,
@@ -135,11 +139,13 @@ class Workspace:
         except OSError as e:
             raise WorkspaceError(f"{directory}: the workspace could not be created ({describe(e)}); "
                                  "nothing was left behind, retry when the cause is fixed") from None
-        return cls(directory, lm, Ledger(directory / LEDGER_FILE))
+        ws = cls(directory, lm, Ledger(directory / LEDGER_FILE))
+        ws.memory = dict(memory or {})
+        return ws
 
     @classmethod
     def open(cls, directory: str | Path, *, device: str = "auto", base: str | Path | None = None,
-             check: bool = True, progress: Any = None) -> "Workspace":
+             check: bool = True, progress: Any = None, memory: dict[str, Any] | None = None) -> "Workspace":
         """Load the base, check its fingerprint, apply the active deltas in ledger order.
 
         ``base`` points at the checkpoint when it has moved (it must still match).
@@ -152,7 +158,7 @@ class Workspace:
         if base is None and not Path(str(where)).exists() and genesis["base_source"] == "demo":
             where = "demo"
         try:
-            lm = load_model(where, dtype=genesis["dtype"], device=device, progress=progress)
+            lm = load_model(where, dtype=genesis["dtype"], device=device, progress=progress, **(memory or {}))
         except CheckpointError as e:
             raise WorkspaceError(f"{directory}: cannot load the base checkpoint: {e}") from None
         if lm.fingerprint != genesis["base_fingerprint"]:
@@ -164,6 +170,7 @@ class Workspace:
         if base is not None:
             ledger.set_setting("base_path", str(Path(lm.path).resolve()))
         ws = cls(directory, lm, ledger)
+        ws.memory = dict(memory or {})
         ws._sync()
         if check:
             state = ws.state()
@@ -432,10 +439,7 @@ class Workspace:
     def _rebuild(self, param: str, *, upto: int, skip: set[int] = frozenset()) -> None:
         """``param`` <- base tensor, then every active delta on it (ids <= upto) in ledger order."""
         active = [e for e in self.ledger.active_at(upto) if param in entry_params(e) and e.id not in skip]
-        weight = self.lm.model.get_parameter(param)
-        base = self.base_tensor(param)
-        with torch.no_grad():
-            weight.copy_(base.to(device=weight.device, dtype=weight.dtype))
+        write_param(self.lm.model, param, self.base_tensor(param))  # offloaded or not (model.offload)
         for e in active:
             apply_delta(self.lm.model, self.ledger.load_delta(e.delta_hash), params=[param])
 
@@ -462,6 +466,13 @@ class Workspace:
 
     # ------------------------------------------------------------ replay, verify, export
 
+    def _replay_memory(self) -> dict[str, Any]:
+        """The workspace's memory options for a second, fresh model (its own offload subfolder)."""
+        memory = dict(self.memory)
+        if memory.get("offload_folder") is not None:
+            memory["offload_folder"] = Path(memory["offload_folder"]) / REPLAY_OFFLOAD
+        return memory
+
     def replay(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Rebuild the model from the base checkpoint and the ledger alone; compare fingerprints.
 
@@ -470,7 +481,7 @@ class Workspace:
         head = self.ledger.head()
         upto = head.id if head else 0
         genesis = self.ledger.genesis
-        fresh = load_model(self.lm.path, dtype=genesis["dtype"], device=self.lm.device)
+        fresh = load_model(self.lm.path, dtype=genesis["dtype"], device=self.lm.device, **self._replay_memory())
         if fresh.fingerprint != genesis["base_fingerprint"]:
             raise WorkspaceError(f"{self.lm.path}: the base checkpoint has changed since the workspace was created")
         active = self.ledger.active_at(upto)

@@ -1,0 +1,331 @@
+"""The memory an edit will need, from a checkpoint's config alone, before anything is loaded.
+
+``plan_memory(folder, dtype=..., method=...)`` builds the model on the ``meta`` device (no
+memory, exact parameter count and shapes for any architecture transformers knows), reads the
+method's edited layers from ``resources/hparams/<method>_<family>.json`` and adds up, in bytes:
+
+* ``weights``: every unique parameter in the load dtype (accelerate's ``compute_module_sizes``
+  does the same sum for ``device_map="auto"``);
+* ``stats_held``: C = E[k k^T] of each edited layer, d_ff x d_ff float32, kept by the Editor;
+* ``stats_pass``: one layer's statistics pass: the float64 accumulator and its k^T k product
+  (2 x 8 d_ff^2), one batch's keys in float64 and the forward activations up to that layer;
+* ``v_star``: the v* (ROME) / z* (MEMIT, AlphaEdit) optimisation: activations kept for the
+  backward pass through the layers above the edited one, and the logits (float32, x3 for
+  log-softmax and its gradient);
+* ``solve``: the float64 algebra of the layer being edited, only that layer (ROME: the ridged
+  C and an identity; MEMIT: C, K K^T, A and the LU factor of ``solve``; AlphaEdit: those plus
+  ``eigh``'s eigenvectors and the projector P), plus the dense float64 update and weight copy.
+
+``peak = weights + stats_held + max(stats_pass, v_star, solve)``: the three phases run one
+after another (kmeng01/memit ``compute_ks``/``compute_z``/``memit_main``; jianghoucheng/AlphaEdit
+``AlphaEdit_main``). The estimate is checked against measured peaks by ``bench/bench_scale.py``.
+
+``--max-memory`` has accelerate's meaning, the most *weights* a device may hold: what does not
+fit goes to the next device, then to ``--offload-folder`` on disk. The working memory and one
+materialised decoder block come on top, on the device that computes (:meth:`MemoryPlan.verdict`).
+
+Example::
+
+    plan = plan_memory(demo_folder(), dtype="bfloat16", method="memit")
+    print(plan.table())
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from auditor.base import AuditorError
+
+METHODS = ("rome", "memit", "alphaedit")
+GIB = 1 << 30
+# Settings of the passes the plan sizes (the defaults of RomeHParams and stats.collect_second_moment)
+STATS_BATCH = 8  # windows per statistics forward pass
+STATS_SEQ_LEN = 256  # tokens per window
+V_PROMPTS_PER_REQUEST = 7  # the bare prompt, 5 context prefixes (context_n), the KL prompt
+V_PROMPT_TOKENS = 20  # tokens per v* prompt (a prefix of context_len 10 + a request)
+# float64 d_ff x d_ff matrices alive at once while the edited layer is solved (see module docstring)
+SOLVE_SQUARES = {"rome": 2, "memit": 4, "alphaedit": 6}
+
+
+class MemoryPlanError(AuditorError, RuntimeError):
+    """A model will not fit the memory it is given; ``str(e)`` is one line, ``plan`` the details."""
+
+    def __init__(self, message: str, plan: "MemoryPlan"):
+        super().__init__(message)
+        self.plan = plan
+
+
+@dataclass
+class MemoryPlan:
+    model: str
+    method: str
+    dtype: str
+    parameters: int
+    layers: int
+    hidden: int
+    heads: int
+    key_dim: int  # d_ff: the edited down-projection's input width (C is key_dim x key_dim)
+    value_dim: int  # its output width
+    vocab: int
+    edited_layers: list[int]
+    weights: int
+    largest_block: int  # bytes of the largest decoder block: what an offloaded forward materialises
+    stats_held: int
+    stats_pass: int
+    v_star: int
+    solve: int
+    requests: int = 1
+    prompts: int = V_PROMPTS_PER_REQUEST  # v* prompts per request
+    prompt_tokens: int = V_PROMPT_TOKENS  # tokens per v* prompt
+
+    @property
+    def working(self) -> int:
+        """Everything but the weights: what must sit on the computing device."""
+        return self.stats_held + max(self.stats_pass, self.v_star, self.solve)
+
+    @property
+    def peak(self) -> int:
+        return self.weights + self.working
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "working": self.working, "peak": self.peak}
+
+    def rows(self) -> dict[str, str]:
+        """The plan as ``label: size`` lines for a table."""
+        d = self.key_dim
+        return {
+            "model": self.model,
+            "method": f"{self.method} (layers {','.join(map(str, self.edited_layers))}, {self.requests} request(s))",
+            "dtype": self.dtype,
+            "parameters": f"{self.parameters:,}",
+            "weights": human(self.weights),
+            "largest block": human(self.largest_block),
+            f"key statistics held ({len(self.edited_layers)} x {d}x{d} float32)": human(self.stats_held),
+            "key statistics pass (float64, one layer)": human(self.stats_pass),
+            "v* optimisation": human(self.v_star),
+            f"float64 solve ({self.method}, edited layer only)": human(self.solve),
+            "working memory": human(self.working),
+            "peak": human(self.peak),
+        }
+
+    def table(self) -> str:
+        rows = self.rows()
+        width = max(map(len, rows))
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows.items())
+
+    def verdict(self, budget: dict[str, int] | None, physical: dict[str, int], *,
+                offload_folder: bool) -> str | None:
+        """None if the plan fits, else why not (one clause).
+
+        ``budget`` is ``--max-memory`` (accelerate's meaning: the most *weights* each device may
+        hold, device names ``"0"``, ``"cpu"``), or None for the whole model on one device.
+        ``physical`` is each present device's whole memory. The computing device is the first GPU
+        of the budget, else ``cpu``; it also holds the working memory and one materialised block.
+        """
+        compute = next(iter(physical)) if not budget else next((k for k in budget if k != "cpu"), "cpu")
+        extra = self.working + self.largest_block
+        if not budget:
+            room = physical[compute]
+            if self.peak > room:
+                return f"it needs {human(self.peak)} ({human(self.weights)} of weights), {compute} has {human(room)}"
+            return None
+        if self.weights > sum(budget.values()) and not offload_folder:
+            return (f"its weights take {human(self.weights)}, more than the {human(sum(budget.values()))} "
+                    f"--max-memory allows, and no --offload-folder is given")
+        for dev, allowed in budget.items():
+            held = min(allowed, self.weights) + (extra if dev == compute else 0)
+            if dev in physical and held > physical[dev]:
+                return (f"{dev} would hold {human(held)} (weights up to {human(min(allowed, self.weights))}"
+                        + (f" + working memory and one block {human(extra)}" if dev == compute else "")
+                        + f"), it has {human(physical[dev])}")
+        return None
+
+    def options(self, budget: dict[str, int] | None, physical: dict[str, int], *, offload_folder: bool) -> list[str]:
+        """What would make it fit: a smaller dtype, offload, a lighter method."""
+        out = []
+        if self.dtype == "float32":
+            half = replan(self, dtype="bfloat16")
+            if half.verdict(budget, physical, offload_folder=offload_folder) is None:
+                out.append(f"--dtype bfloat16 (peak {human(half.peak)})")
+        compute = next((k for k in (budget or physical) if k != "cpu"), "cpu")
+        room = physical.get(compute)
+        if budget and not offload_folder and self.verdict(budget, physical, offload_folder=True) is None:
+            spilled = self.weights - sum(budget.values())
+            out.append(f"--offload-folder DIR (the other {human(spilled)} of weights on disk)")
+        elif room is not None and room > self.working + self.largest_block:
+            weights_here = int(room - self.working - self.largest_block) * 9 // 10
+            spill = {compute: weights_here}
+            if self.verdict(spill, physical, offload_folder=True) is None:
+                out.append(f"--max-memory {compute}={human(weights_here).replace(' ', '')} --offload-folder DIR "
+                           f"(the other {human(max(0, self.weights - weights_here))} of weights on disk)")
+        if self.method != "rome":
+            rome = replan(self, method="rome")
+            if rome.verdict(budget, physical, offload_folder=offload_folder) is None:
+                out.append(f"--method rome (working memory {human(rome.working)})")
+        if not out:
+            out.append(f"a device with at least {human(self.working + self.largest_block)} free for the working "
+                       "memory (it cannot be offloaded)")
+        return out
+
+
+def human(n: int | float) -> str:
+    """Bytes in the largest binary unit that keeps the number at or above 1."""
+    for unit, size in (("GiB", GIB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``20GiB``, ``512MB``, ``1.5GB`` or a byte count -> bytes (ValueError with the reason)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size (e.g. 20GiB, 512MB, 1.5GB)")
+    value = float(m.group(1)) * _UNITS[(m.group(2) or "B").lower()]
+    if value < 1:
+        raise ValueError(f"{text!r}: a memory budget must be at least one byte")
+    return int(value)
+
+
+def parse_max_memory(text: str) -> dict[int | str, int]:
+    """``0=20GiB,cpu=8GiB`` -> ``{0: 21474836480, "cpu": 8589934592}`` (accelerate's max_memory)."""
+    out: dict[int | str, int] = {}
+    for item in text.split(","):
+        key, sep, size = item.partition("=")
+        key = key.strip().lower()
+        if not sep or not key:
+            raise ValueError(f"{item.strip()!r}: expected DEVICE=SIZE, e.g. 0=20GiB,cpu=8GiB")
+        if key.isdigit():
+            dev: int | str = int(key)
+        elif key.startswith("cuda:") and key[5:].isdigit():
+            dev = int(key[5:])
+        elif key == "cpu":
+            dev = "cpu"
+        else:
+            raise ValueError(f"{key!r}: a device is a GPU index (0, 1, ...) or cpu")
+        if dev in out:
+            raise ValueError(f"{key!r} is named twice")
+        out[dev] = parse_size(size)
+    return out
+
+
+def budget_names(max_memory: dict[int | str, int]) -> dict[str, int]:
+    """accelerate's keys (0, "cpu") as the plan's device names ("0", "cpu"), GPUs first."""
+    gpus = sorted(k for k in max_memory if isinstance(k, int))
+    return {**{str(k): max_memory[k] for k in gpus}, **({"cpu": max_memory["cpu"]} if "cpu" in max_memory else {})}
+
+
+# ---------------------------------------------------------------- the estimate
+
+
+def _meta_model(config: Any, dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def _edited_layers(method: str, family: str, n_layers: int) -> list[int]:
+    """The layers the shipped hyper-parameters edit; layer 0 (the costliest v*: every block above
+    it keeps activations) for a family without shipped hyper-parameters."""
+    from auditor.model.resources import ResourceMissing, resource_path
+
+    name = f"hparams/{family}.json" if method == "rome" else f"hparams/{method}_{family}.json"
+    try:
+        raw = json.loads(resource_path(name).read_text(encoding="utf-8"))
+    except ResourceMissing:
+        return [0]
+    layers = [raw["layer"]] if method == "rome" else raw["layers"]
+    return [min(int(x), n_layers - 1) for x in layers]
+
+
+def plan_memory(folder: str | Path, *, dtype: str = "float32", method: str = "rome", requests: int = 1,
+                name: str | None = None, **v_prompts: int) -> MemoryPlan:
+    """The memory plan of editing the checkpoint ``folder`` (config.json only is read)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    return plan_config(config, dtype=dtype, method=method, requests=requests, name=name or str(folder), **v_prompts)
+
+
+def plan_config(config: Any, *, dtype: str = "float32", method: str = "rome", requests: int = 1,
+                name: str = "model", prompts: int = V_PROMPTS_PER_REQUEST,
+                prompt_tokens: int = V_PROMPT_TOKENS) -> MemoryPlan:
+    """The memory plan of a transformers config (a model of that shape built on ``meta``);
+    ``prompts`` v* prompts of ``prompt_tokens`` tokens per request (the defaults: the shipped
+    hyper-parameters' 5 generated prefixes of 10 tokens)."""
+    from auditor.model.architectures import spec_for
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    torch_dtype = getattr(torch, dtype)
+    model = _meta_model(config, torch_dtype)
+    spec = spec_for(model.config)
+    n_layers = spec.n_layers(model.config)
+    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    blocks = model.get_submodule(spec.layers)
+    block_params = max(sum(p.numel() for p in b.parameters()) for b in blocks)
+    cfg = model.config
+    w = torch_dtype.itemsize
+    shape = dict(parameters=n_params, layers=n_layers, key_dim=spec.key_dim(model, 0),
+                 value_dim=spec.value_dim(model, 0), vocab=int(cfg.vocab_size),
+                 hidden=int(getattr(cfg, "hidden_size", None) or cfg.n_embd),
+                 heads=int(getattr(cfg, "num_attention_heads", None) or cfg.n_head))
+    return assemble(name, method, str(torch_dtype).replace("torch.", ""), shape,
+                    edited_layers=_edited_layers(method, spec.family, n_layers), weights=n_params * w,
+                    largest_block=block_params * w, requests=requests, prompts=prompts,
+                    prompt_tokens=prompt_tokens)
+
+
+def assemble(model: str, method: str, dtype: str, shape: dict[str, int], *, edited_layers: list[int],
+             weights: int, largest_block: int, requests: int = 1, prompts: int = V_PROMPTS_PER_REQUEST,
+             prompt_tokens: int = V_PROMPT_TOKENS) -> MemoryPlan:
+    """The plan's sums from the model's shape (``parameters``, ``layers``, ``hidden``, ``heads``,
+    ``key_dim``, ``value_dim``, ``vocab``), the weights' size and the edited layers."""
+    act = getattr(torch, dtype).itemsize  # activations are in the weight dtype
+    hidden, d, out, heads = shape["hidden"], shape["key_dim"], shape["value_dim"], shape["heads"]
+    tokens = STATS_BATCH * STATS_SEQ_LEN
+    # forward up to the edited layer: residual stream, q/k/v/o, gate/up/act (hidden- and d-wide),
+    # and one layer's attention scores (eager attention materialises them)
+    per_token = (6 * hidden + 3 * d) * act
+    stats_pass = (2 * 8 * d * d + tokens * d * 8 + tokens * per_token
+                  + STATS_BATCH * heads * STATS_SEQ_LEN ** 2 * act)
+    v_tokens = prompts * prompt_tokens * requests
+    above = shape["layers"] - min(edited_layers)
+    # saved for backward per block above the edited layer: norms, q/k/v/o, attention, gate/up/act/down;
+    # the logits in float32 with their log-softmax and gradient
+    v_star = v_tokens * above * (10 * hidden + 4 * d) * act + 3 * v_tokens * shape["vocab"] * 4
+    # the dense float64 update and weight copy; MEMIT/AlphaEdit also snapshot every edited weight
+    dense = 2 * out * d * 8 + (len(edited_layers) * out * d * act if method != "rome" else 0)
+    solve = SOLVE_SQUARES[method] * 8 * d * d + dense
+    return MemoryPlan(model=model, method=method, dtype=dtype, **shape, edited_layers=list(edited_layers),
+                      weights=weights, largest_block=largest_block, stats_held=len(edited_layers) * 4 * d * d,
+                      stats_pass=stats_pass, v_star=v_star, solve=solve, requests=requests, prompts=prompts,
+                      prompt_tokens=prompt_tokens)
+
+
+def shape_of(plan: MemoryPlan) -> dict[str, int]:
+    return {k: getattr(plan, k) for k in ("parameters", "layers", "hidden", "heads", "key_dim", "value_dim", "vocab")}
+
+
+def replan(plan: MemoryPlan, *, dtype: str | None = None, method: str | None = None) -> MemoryPlan:
+    """The same model planned in another weight dtype or for another method (ROME edits the last
+    of MEMIT's layers)."""
+    dtype = dtype or plan.dtype
+    method = method or plan.method
+    scale = getattr(torch, dtype).itemsize / getattr(torch, plan.dtype).itemsize
+    layers = [max(plan.edited_layers)] if method == "rome" and plan.method != "rome" else plan.edited_layers
+    return assemble(plan.model, method, dtype, shape_of(plan), edited_layers=layers,
+                    weights=int(plan.weights * scale), largest_block=int(plan.largest_block * scale),
+                    requests=plan.requests, prompts=plan.prompts, prompt_tokens=plan.prompt_tokens)

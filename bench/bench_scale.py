@@ -1,0 +1,207 @@
+"""How time and memory grow with the model: random-weight Llama models of real shapes, with the
+memory plan's prediction beside every measured peak.
+
+For each shape (``bench/model_shapes.py``: SmolLM2-135M, SmolLM2-360M, a Llama-3.2-1B-class
+model) and dtype, in a fresh subprocess (so that each peak is its own): random weights of that
+shape are saved once as safetensors with the demo's tokenizer, then
+
+* ``load``: ``load_model`` (seconds; peak resident memory vs the plan's weights),
+* ``fingerprint``: ``fingerprint_model`` again (seconds; memory it adds: should be ~0, streamed),
+* ``stats``: key statistics of one layer over ``--stats-tokens`` tokens (seconds per layer; the
+  memory above the weights vs the plan's statistics pass),
+* ``rome``: one ROME edit (C cached; seconds; peak above the weights vs the plan's working memory),
+* ``memit``: one MEMIT batch of ``--batch`` requests (same),
+
+Peaks are anonymous resident memory (RssAnon, sampled every 10 ms from /proc: file pages of
+memory-mapped checkpoints are left out), minus the interpreter's own before loading. Random
+weights give meaningless edits but the same shapes, so the same memory and time.
+
+    python bench/bench_scale.py                                  # all shapes, bfloat16 and float32
+    python bench/bench_scale.py --shapes smollm2-135m --dtypes float32 --stats-tokens 2048 --steps 5
+
+The load average is printed: timings on a shared machine are only indicative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from model_shapes import llama_config  # noqa: E402
+
+REQUESTS = HERE.parent / "tests" / "data" / "counterfact_100.json"
+TEMPLATES = ["{}", "The following is a fact. {}"]
+V_TOKENS = 12  # tokens of a v* prompt here: a CounterFact prompt (~7) behind "The following is a fact." (~5)
+
+
+def rss_anon() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class Peak:
+    """The largest RssAnon seen since the last :meth:`reset`, sampled on a thread."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        threading.Thread(target=self._poll, daemon=True).start()
+
+    def _poll(self) -> None:
+        while True:
+            self.value = max(self.value, rss_anon())
+            time.sleep(0.01)
+
+    def reset(self) -> int:
+        time.sleep(0.03)
+        value, self.value = self.value, rss_anon()
+        return value
+
+
+def make_checkpoint(shape: str, folder: Path) -> Path:
+    """Random weights of ``shape`` saved in float32 (once), with the demo's tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from auditor.model.checkpoint import demo_folder
+
+    if (folder / "config.json").is_file():
+        return folder
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(llama_config(shape), dtype=torch.float32)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(demo_folder()).save_pretrained(folder)
+    return folder
+
+
+def measure(folder: Path, dtype: str, args: argparse.Namespace) -> dict:
+    """One shape and dtype (run in its own process)."""
+    import torch
+
+    from auditor.engine import stats
+    from auditor.model.checkpoint import fingerprint_model, load_model
+    from auditor.model.memory_plan import plan_memory
+    from auditor.model.requests import load_requests
+    from auditor.run.batch import edit_batch
+    from auditor.run.edit import Editor
+
+    torch.set_num_threads(args.threads)
+    peak = Peak()
+    base = peak.reset()
+    # the v* prompts this benchmark uses: its fixed templates and the KL prompt, ~12 tokens each
+    plans = {m: plan_memory(folder, dtype=dtype, method=m, requests=n, prompts=len(TEMPLATES) + 1,
+                            prompt_tokens=V_TOKENS) for m, n in (("rome", 1), ("memit", args.batch))}
+    row: dict = {"dtype": dtype, "parameters": plans["rome"].parameters}
+    t = time.perf_counter()
+    lm = load_model(folder, dtype=dtype, device="cpu")
+    row["load_s"] = time.perf_counter() - t
+    row["load_peak"] = peak.reset() - base
+    row["plan_weights"] = plans["rome"].weights
+    weights = rss_anon() - base
+    t = time.perf_counter()
+    fingerprint_model(lm.model)
+    row["fingerprint_s"] = time.perf_counter() - t
+    row["fingerprint_extra"] = peak.reset() - base - weights
+    hp = {"context_templates": TEMPLATES, "mom2_n_tokens": args.stats_tokens, "v_num_grad_steps": args.steps}
+    editor = Editor(lm)
+    rome_hp = editor.hparams(hp)
+    t = time.perf_counter()
+    from auditor.model.corpus import read_text, stats_text_path
+
+    windows = stats.corpus_tokens(lm, read_text(stats_text_path()), args.stats_tokens, rome_hp.mom2_seq_len)
+    stats.collect_second_moment(lm, rome_hp.layer, windows)
+    row["stats_s_per_layer"] = time.perf_counter() - t
+    row["stats_extra"] = peak.reset() - base - weights
+    row["plan_stats_pass"] = plans["rome"].stats_pass
+    requests = load_requests(REQUESTS)
+    editor.edit(requests[0], hparams=hp, measure_ppl=False)  # statistics computed and cached here
+    peak.reset()
+    t = time.perf_counter()
+    r = editor.edit(requests[1], hparams=hp, measure_ppl=False)
+    row["rome_s"] = time.perf_counter() - t
+    row["rome_status"] = r.status
+    row["rome_extra"] = peak.reset() - base - weights
+    row["plan_rome_working"] = plans["rome"].working
+    mhp = {**hp, "mom2_update_weight": 100.0}
+    edit_batch(editor, requests[2:3], method="memit", hparams=mhp, measure_ppl=False)  # C of every layer, cached
+    peak.reset()
+    t = time.perf_counter()
+    b = edit_batch(editor, requests[3:3 + args.batch], method="memit", hparams=mhp, measure_ppl=False)
+    row["memit_s"] = time.perf_counter() - t
+    row["memit_status"] = getattr(b, "status", "?")
+    row["memit_extra"] = peak.reset() - base - weights
+    row["plan_memit_working"] = plans["memit"].working
+    row["peak_total"] = max(row["load_peak"], weights + max(row["stats_extra"], row["rome_extra"], row["memit_extra"]))
+    row["plan_peak_memit"] = plans["memit"].peak
+    return row
+
+
+def mib(n: float) -> str:
+    return f"{n / (1 << 20):.0f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", default="smollm2-135m,smollm2-360m,llama-3.2-1b")
+    p.add_argument("--dtypes", default="bfloat16,float32")
+    p.add_argument("--stats-tokens", type=int, default=8192)
+    p.add_argument("--steps", type=int, default=10, help="v* steps (random weights never converge)")
+    p.add_argument("--batch", type=int, default=10, help="MEMIT batch size")
+    p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    p.add_argument("--workdir", type=Path, default=None, help="where random checkpoints are kept (default: temp)")
+    p.add_argument("--one", nargs=2, metavar=("FOLDER", "DTYPE"), help=argparse.SUPPRESS)  # the subprocess
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(measure(Path(args.one[0]), args.one[1], args)))
+        return
+    import psutil
+
+    from auditor.model.memory_plan import plan_config
+
+    print(f"load average {os.getloadavg()}, {args.threads} threads, stats {args.stats_tokens} tokens, "
+          f"{args.steps} v* steps, MEMIT batch {args.batch}")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    cols = ["shape", "dtype", "params", "load s", "load MiB", "plan weights", "fp s", "fp +MiB",
+            "stats s/layer", "stats +MiB", "plan stats", "rome s", "rome +MiB", "plan rome", "memit s",
+            "memit +MiB", "plan memit"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for shape in args.shapes.split(","):
+        for dtype in args.dtypes.split(","):
+            need = plan_config(llama_config(shape), dtype=dtype, method="memit", requests=args.batch).peak
+            need += plan_config(llama_config(shape), dtype="float32").weights  # the saved checkpoint's page cache
+            if need > psutil.virtual_memory().available:
+                print(f"| {shape} | {dtype} | skipped: the plan needs {mib(need)} MiB, "
+                      f"{mib(psutil.virtual_memory().available)} MiB available |")
+                continue
+            folder = make_checkpoint(shape, work / shape)
+            cmd = [sys.executable, __file__, "--one", str(folder), dtype, "--stats-tokens", str(args.stats_tokens),
+                   "--steps", str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+            if out.returncode:
+                print(f"| {shape} | {dtype} | failed: {out.stderr.strip().splitlines()[-1]} |")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print("| " + " | ".join([
+                shape, dtype, f"{r['parameters'] / 1e6:.0f}M", f"{r['load_s']:.1f}", mib(r["load_peak"]),
+                mib(r["plan_weights"]), f"{r['fingerprint_s']:.2f}", mib(r["fingerprint_extra"]),
+                f"{r['stats_s_per_layer']:.1f}", mib(r["stats_extra"]), mib(r["plan_stats_pass"]),
+                f"{r['rome_s']:.1f}", mib(r["rome_extra"]), mib(r["plan_rome_working"]),
+                f"{r['memit_s']:.1f}", mib(r["memit_extra"]), mib(r["plan_memit_working"])]) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Models larger than the memory they are given: the memory plan, accelerate's offload, editing
+an offloaded model (issue 20).
+
+Fast tests use tiny random checkpoints and the demo's config; the one slow test edits the demo
+with a third of its weights' size allowed in memory, in a subprocess whose resident memory is
+sampled from /proc.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from auditor.cli.parser import main
+from auditor.engine.deltas import Delta, apply_delta
+from auditor.model.checkpoint import MemoryRefused, load_model
+from auditor.model.memory_plan import parse_max_memory, plan_memory
+from auditor.model.offload import (
+    OffloadFolderError,
+    check_offload_folder,
+    is_offloaded,
+    read_param,
+)
+from auditor.model.requests import EditRequest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gpt_neox"])
+def test_the_plan_counts_the_parameters_and_key_size_of_the_real_model(tiny_checkpoint, model_type: str) -> None:
+    folder = tiny_checkpoint(model_type)
+    lm = load_model(folder, device="cpu")
+    for method in ("rome", "memit", "alphaedit"):
+        plan = plan_memory(folder, method=method)
+        d = lm.spec.key_dim(lm.model, 0)
+        assert plan.parameters == lm.n_parameters()
+        assert plan.weights == 4 * lm.n_parameters()
+        assert plan.key_dim == d and plan.stats_held == 4 * d * d * len(plan.edited_layers)
+        assert plan.peak == plan.weights + plan.working > plan.weights
+    half = plan_memory(folder, dtype="bfloat16")
+    assert half.weights * 2 == plan_memory(folder).weights
+
+
+def test_the_demo_plan_matches_the_loaded_demo_and_orders_the_methods(demo, demo_dir: Path) -> None:
+    plans = {m: plan_memory(demo_dir, method=m) for m in ("rome", "memit", "alphaedit")}
+    assert plans["rome"].parameters == demo.n_parameters() == 134_515_008
+    assert plans["memit"].edited_layers == [3, 4, 5, 6] and plans["rome"].edited_layers == [4]
+    # the float64 solves grow rome < memit < alphaedit (2, 4, 6 d_ff x d_ff matrices)
+    assert plans["rome"].solve < plans["memit"].solve < plans["alphaedit"].solve
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("0=20GiB,cpu=8GiB", {0: 20 << 30, "cpu": 8 << 30}),
+    ("cpu=512MB", {"cpu": 512_000_000}),
+    ("cuda:1=1.5GiB", {1: int(1.5 * (1 << 30))}),
+])
+def test_max_memory_syntax(text: str, expected: dict) -> None:
+    assert parse_max_memory(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["cpu", "gpu=3GiB", "cpu=lots", "cpu=0", "0=1GiB,0=2GiB", "=5GiB"])
+def test_bad_max_memory_is_one_line_and_exit_2(bad: str, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["info", "demo", "--plan", "--max-memory", bad])
+    assert e.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err[-1].startswith("edit-auditor: error:") and "--max-memory" in err[-1]
+
+
+def test_info_plan_prints_the_plan_and_refuses_what_does_not_fit(demo_dir: Path, capsys) -> None:
+    assert main(["info", "demo", "--plan", "--method", "memit", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["fits"] and plan["peak"] == plan["weights"] + plan["working"]
+    assert main(["info", "demo", "--plan", "--max-memory", "cpu=100MiB"]) == 2
+    out, err = capsys.readouterr()
+    assert "does not fit" in out and "--offload-folder DIR" in out
+    assert len(err.strip().splitlines()) == 1 and "will not fit" in err
+    assert main(["info", "demo", "--plan", "--max-memory", "cpu=100MiB", "--offload-folder", "anywhere"]) == 0
+
+
+def test_a_model_that_cannot_fit_is_refused_before_loading(tiny_checkpoint) -> None:
+    folder = tiny_checkpoint("llama")
+    with pytest.raises(MemoryRefused) as e:
+        load_model(folder, device="cpu", max_memory={"cpu": 1 << 20})
+    assert "no --offload-folder" in str(e.value) and "\n" not in str(e.value)
+    assert any("--offload-folder" in o for o in e.value.options)
+    assert e.value.plan.weights > 1 << 20
+
+
+# ---------------------------------------------------------------- the offload folder
+
+
+def test_the_offload_folder_never_overwrites_anything(tmp_path: Path, tiny_checkpoint) -> None:
+    ckpt = tiny_checkpoint("llama")
+    check_offload_folder(tmp_path / "new")  # absent: fine
+    (tmp_path / "empty").mkdir()
+    check_offload_folder(tmp_path / "empty")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "index.json").write_text("{}")
+    (tmp_path / "old" / "w.dat").write_bytes(b"x")
+    check_offload_folder(tmp_path / "old")  # an earlier offload folder is reused
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.tex").write_text("precious")
+    (tmp_path / "file").write_text("x")
+    for bad in (tmp_path / "notes", tmp_path / "file", ckpt, ckpt / "offload", ckpt.parent):
+        with pytest.raises(OffloadFolderError):
+            check_offload_folder(bad, protected=[ckpt])
+    assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
+
+
+# ---------------------------------------------------------------- offloaded models
+
+
+def test_an_offloaded_tiny_model_has_the_in_memory_fingerprint_and_takes_the_same_delta(
+        tiny_checkpoint, tmp_path: Path) -> None:
+    folder = tiny_checkpoint("llama")
+    before = {f.name: sha(f) for f in folder.glob("*.safetensors")}
+    ref = load_model(folder, device="cpu")
+    off = load_model(folder, device="cpu", max_memory={"cpu": 2 << 20}, offload_folder=tmp_path / "off")
+    name = off.spec.weight_name(1)
+    assert is_offloaded(off.model, name) and not is_offloaded(ref.model, name)
+    assert off.fingerprint == ref.fingerprint
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    torch.testing.assert_close(off.model(input_ids=ids).logits, ref.model(input_ids=ids).logits)
+    g = torch.Generator().manual_seed(0)
+    W = ref.spec.weight(ref.model, 1)
+    delta = Delta(param=name, transposed=False, left=torch.randn(W.shape[0], generator=g),
+                  right=torch.randn(W.shape[1], generator=g))
+    for lm in (ref, off):
+        apply_delta(lm.model, delta)
+    assert torch.equal(read_param(off.model, name), ref.spec.weight(ref.model, 1))
+    from auditor.model.checkpoint import fingerprint_model
+
+    assert fingerprint_model(off.model) == fingerprint_model(ref.model) != ref.fingerprint
+    torch.testing.assert_close(off.model(input_ids=ids).logits, ref.model(input_ids=ids).logits)
+    for lm in (ref, off):
+        apply_delta(lm.model, delta, sign=-1)
+    assert fingerprint_model(off.model) == fingerprint_model(ref.model)
+    # the checkpoint the offload index pointed at was never written
+    assert {f.name: sha(f) for f in folder.glob("*.safetensors")} == before
+
+
+# ---------------------------------------------------------------- the demo, a third of it in memory
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, threading, time
+    peak = {"anon": 0}
+    def anon():
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    def poll():
+        while True:
+            peak["anon"] = max(peak["anon"], anon())
+            time.sleep(0.02)
+    from auditor.model.requests import EditRequest
+    from auditor.run.workspace import Workspace
+    import transformers, accelerate  # noqa: F401 (the baseline imports the same)
+    base = anon()
+    threading.Thread(target=poll, daemon=True).start()
+    if sys.argv[1] == "baseline":
+        time.sleep(0.2)
+        print(json.dumps({"base": base, "peak": peak["anon"]}))
+        sys.exit(0)
+    demo, ws_dir, off, export_dir, hp, req = sys.argv[2:8]
+    memory = {"max_memory": {"cpu": int(sys.argv[1])}, "offload_folder": off}
+    ws = Workspace.init(demo, ws_dir, device="cpu", dtype="bfloat16", memory=memory)
+    result, entry = ws.edit(EditRequest(**json.loads(req)), hparams=json.loads(hp), measure_ppl=False)
+    replay = ws.replay()
+    ws.export(export_dir)
+    print(json.dumps({"base": base, "peak": peak["anon"], "status": result.status,
+                      "delta": entry.delta_hash, "replay": replay["match"], "fingerprint": ws.fingerprint}))
+""")
+
+HPARAMS = {"context_templates": ["{}", "The following is a fact. {}"], "mom2_n_tokens": 2048, "v_num_grad_steps": 8}
+REQUEST = {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux",
+           "target_new": "English", "target_true": "French"}
+
+
+def run_script(*argv: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, *argv], capture_output=True, text=True, env=env,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_an_edit_of_the_demo_with_a_third_of_its_weights_in_memory(demo_dir: Path, tmp_path: Path) -> None:
+    """bfloat16 demo, ``max_memory`` = weights / 3, the rest offloaded to disk: the delta is the
+    in-memory one, the ledger replays bit for bit, the export holds the edit; the anonymous
+    resident memory above the interpreter's own is printed (not yet bounded: see below).
+
+    bfloat16 because a float32 checkpoint loaded in float32 is memory-mapped (file pages, not
+    anonymous memory: 158 MiB anon + 533 MiB file for the demo), while a cast load is anonymous
+    (+269 MiB anon for the bfloat16 demo): in bfloat16 RssAnon counts the weights held.
+    """
+    from safetensors import safe_open
+
+    from auditor.model.memory_plan import plan_memory
+    from auditor.run.edit import Editor
+    from auditor.run.workspace import open_ledger
+
+    plan = plan_memory(demo_dir, dtype="bfloat16")
+    budget = plan.weights // 3
+    out = run_script(str(budget), str(demo_dir), str(tmp_path / "ws"), str(tmp_path / "off"),
+                     str(tmp_path / "export"), json.dumps(HPARAMS), json.dumps(REQUEST))
+    baseline = run_script("baseline")
+    ref_lm = load_model(demo_dir, device="cpu", dtype="bfloat16")
+    ref = Editor(ref_lm).edit(EditRequest(**REQUEST), hparams=HPARAMS, measure_ppl=False, dry_run=True)
+    assert out["status"] == "applied" and out["replay"]
+    delta = open_ledger(tmp_path / "ws").load_delta(out["delta"])
+    torch.testing.assert_close(delta.dense(), ref.delta.dense(), rtol=0, atol=1e-6)
+    name = ref_lm.spec.weight_name(4)
+    apply_delta(ref_lm.model, ref.delta)
+    exported = next(p for p in (tmp_path / "export").glob("*.safetensors"))
+    with safe_open(str(exported), framework="pt") as f:
+        assert torch.equal(f.get_tensor(name), ref_lm.spec.weight(ref_lm.model, 4))
+    used = out["peak"] - baseline["base"]
+    print(f"\noffloaded bfloat16 demo edit: weights {plan.weights >> 20} MiB, budget {budget >> 20} MiB, "
+          f"anonymous memory above the interpreter {used >> 20} MiB (interpreter {baseline['base'] >> 20} MiB); "
+          f"plan working {plan.working >> 20} MiB")
+    # The issue asks for peak memory under the budget plus a margin. Measured here over the whole
+    # script (init, edit, replay with a second model, export): 494 MiB anonymous memory above the
+    # interpreter, more than the 256 MiB of weights; the cause is not found yet (docs/notes/
+    # session-5/issue-20.md), so no memory bound is asserted: the figure is printed for the record.
+
+
+# ---------------------------------------------------------------- bfloat16 end to end
+
+TINY_BATCH_HP = {"layers": [0, 1], "mom2_n_tokens": 2048, "mom2_seq_len": 64, "v_num_grad_steps": 5,
+                 "context_n": 2, "context_len": 4}
+TWO = [EditRequest(prompt="The capital of {} is", subject="France", target_new="Rome", target_true="Paris"),
+       EditRequest(prompt="{} plays the", subject="Miles Davis", target_new="piano", target_true="trumpet")]
+
+
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_memit_and_alphaedit_on_a_bfloat16_model_solve_in_float64_and_round_once(
+        tiny_checkpoint, isolated_cache: Path, method: str) -> None:
+    from auditor.run.batch import edit_batch
+    from auditor.run.edit import Editor
+
+    lm = load_model(tiny_checkpoint("llama"), device="cpu", dtype="bfloat16")
+    names = [lm.spec.weight_name(i) for i in (0, 1)]
+    before = {n: lm.model.get_parameter(n).detach().clone() for n in names}
+    res = edit_batch(Editor(lm), TWO, method=method, hparams=TINY_BATCH_HP, measure_ppl=False,
+                     allow_collapse=True)
+    assert res.status == "applied", res.error
+    for n in names:
+        part = res.delta.part(n)
+        assert part.left.dtype == part.right.dtype == torch.float64  # the solve's precision, kept
+        after = lm.model.get_parameter(n).detach()
+        assert after.dtype == torch.bfloat16
+        assert torch.equal(after, (before[n].double() + part.dense()).to(torch.bfloat16))  # rounded once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_bfloat16_batch_edits_of_the_demo_are_as_effective_as_float32(demo, demo_dir: Path, method: str) -> None:
+    """Two known facts in one batch: the same efficacy in bfloat16 as in float32 (dry runs)."""
+    from auditor.model.requests import load_requests
+    from auditor.run.batch import edit_batch
+    from auditor.run.edit import Editor
+
+    known = {r.case_id: r for r in load_requests(ROOT / "resources" / "demo" / "known_facts.json")}
+    reqs = [known[c] for c in list(known)[:2]]
+    hp = {"context_templates": ["{}", "The following is a fact. {}"], "mom2_n_tokens": 4096}
+    half = load_model(demo_dir, device="cpu", dtype="bfloat16")
+    results = {}
+    for name, lm in (("float32", demo), ("bfloat16", half)):
+        r = edit_batch(Editor(lm), reqs, method=method, hparams=hp, measure_ppl=False, dry_run=True)
+        assert r.status == "dry-run", r.error
+        results[name] = r.metrics["efficacy"]
+    assert results["bfloat16"] == results["float32"] > 0, results
