@@ -48,6 +48,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "auditor.cli.reviewed",
     "auditor.cli.sequence",
     "auditor.cli.trace",
+    "auditor.cli.audit",
 )
 ENTRY_POINT_GROUP = "edit_auditor.commands"
 
