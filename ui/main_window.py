@@ -52,6 +52,7 @@ from . import settings, trace_view
 from .audit import AuditTrail
 from .batch_panel import BatchPanel
 from .charts import DenominatorChart, EditPoint, LiveEditChart, PerplexityChart
+from .collateral_view import CollateralView
 from .dialogs import ExportDialog, SettingsDialog
 from .edit_panel import EditPanel
 from .entries import fmt, number, revertible, rows_of
@@ -308,6 +309,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.sequence_view, "Sequence")
         self.trace_view = trace_view.install(self)  # the "Trace" tab: causal tracing (ui/trace_view.py)
         self.tabs.addTab(self.batch_panel, "Batch")
+        self.collateral_view = CollateralView()  # "who else changed" (ui/collateral_view.py, issue 18)
+        self.tabs.addTab(self.collateral_view, "Who else changed")
         self.stack = QStackedWidget()
         self.stack.addWidget(self._build_welcome())
         self.stack.addWidget(self.tabs)
@@ -753,6 +756,7 @@ class MainWindow(QMainWindow):
         self.refresh_entries()
         self.live_chart.flush()
         self.panel.show_before_after(out.prompt, out.answer_before, out.answer_after, res.status == "applied")
+        self.collateral_view.show_report(res.metrics.get("collateral"))
         self.panel.set_idle_text(res.status)
         entry_id = getattr(out.entry, "id", None)
         if entry_id is not None:

@@ -218,7 +218,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--key-mode", default="consistent", choices=KEY_MODES,
                    help="consistent: prefixed keys everywhere (r-ROME, Gupta et al. 2024; default); "
                         "original: the reference implementation's unprefixed current key; "
-                        "joint: a rank-two update mapping both the bare and the prefixed key to v*")
+                        "joint: a rank-two update mapping both the bare and the prefixed key to v* (with a first-token "
+                        "subject it keys on the template's last token and moves other subjects: the collateral "
+                        "audit flags it)")
     p.add_argument("--layer", type=int, default=None, help="layer to edit (default: the family's)")
     p.add_argument("--steps", dest="v_num_grad_steps", type=int, default=None, metavar="N",
                    help="maximum v* optimisation steps")
