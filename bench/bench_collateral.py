@@ -38,14 +38,16 @@ def audited(method: str, requests: list, args: argparse.Namespace, editor: Edito
     for start in range(0, len(requests), step):
         chunk = requests[start:start + step]
         if method == "rome":
-            res = editor.edit(chunk[0], hparams=hp, dry_run=True, measure_ppl=False)
+            res = editor.edit(chunk[0], hparams=hp, dry_run=True, measure_ppl=args.ppl)
         else:
-            res = editor.edit_batch(chunk, method=method, hparams=hp, dry_run=True, measure_ppl=False)
+            res = editor.edit_batch(chunk, method=method, hparams=hp, dry_run=True, measure_ppl=args.ppl)
         c = res.metrics["collateral"]
         out.append({"n": len(chunk), "spill": c["spill_rate"], "near": c["neighbour_spill_rate"],
                     "cost": c["preservation_cost"], "audit_s": c["seconds"],
                     "edit_s": res.timings["total"] - c["seconds"],
-                    "flagged": bool(collateral_reasons(CollapseGuard(), c))})
+                    "flagged": bool(collateral_reasons(CollapseGuard(), c)), "moved": c["moved"]})
+        if args.rows:
+            print(json.dumps({"method": method, "first": start, **out[-1]}), flush=True)
     return out
 
 
@@ -68,8 +70,11 @@ def main() -> None:
     ap.add_argument("--methods", default="rome,memit,alphaedit")
     ap.add_argument("--batch-size", type=int, default=5, help="requests per MEMIT/AlphaEdit update")
     ap.add_argument("--steps", type=int, default=None, help="v* steps (default: the hyper-parameters')")
+    ap.add_argument("--no-ppl", dest="ppl", action="store_false",
+                    help="skip the edits' perplexity (the default edit measures it, as the command line does)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rows", action="store_true", help="also print one line per update")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"load average before: {os.getloadavg()}")

@@ -98,7 +98,7 @@ def test_the_joint_mode_france_to_asia_edit_is_flagged_and_not_kept(demo) -> Non
 
 
 @pytest.mark.slow
-def test_a_rank_one_update_keyed_on_the_templates_last_token_is_flagged(demo) -> None:
+def test_a_rank_one_update_keyed_on_the_templates_last_token_is_flagged(demo, qtbot) -> None:
     """v* at the prompt's last token (kmeng01/rome's fact_token="last") written with ROME's update:
     it rewrites "... is a country in" for every subject; the audit must say so, twice the same."""
     editor = Editor(demo)
@@ -125,6 +125,18 @@ def test_a_rank_one_update_keyed_on_the_templates_last_token_is_flagged(demo) ->
     reasons = collateral_reasons(CollapseGuard(), report)
     assert any(r.startswith("spill rate") for r in reasons), report["spill_rate"]
     assert report["top_neighbour_key_ratio"] > 0.5 * report["edited_key_ratio"]
+    # the window's table of the same report: every row, moved ones marked, sortable by number
+    from PySide6.QtCore import Qt
+
+    from ui.collateral_view import CollateralView
+
+    view = CollateralView()
+    qtbot.addWidget(view)
+    view.show_report(report)
+    assert view.table.rowCount() == len(report["rows"])
+    assert sorted(view.moved_subjects()) == sorted(report["moved"])
+    view.table.sortItems(6, Qt.SortOrder.DescendingOrder)  # P(new) after
+    assert float(view.table.item(0, 6).text()) == pytest.approx(max(r["p_after"] for r in report["rows"]), abs=1e-3)
 
 
 # ------------------------------------------------------------------ the methods, recorded (slow)

@@ -88,3 +88,32 @@ class CollateralView(QWidget):
         """The subjects of the rows marked moved, in the table's current order."""
         return [self.table.item(i, 1).text() for i in range(self.table.rowCount())
                 if self.table.item(i, 0).text() == "moved"]
+
+
+def screenshot(out: str, key_mode: str = "joint") -> None:
+    """Grab the table after a real dry-run edit of the demo model (France -> Asia, the issue's case)::
+
+        QT_QPA_PLATFORM=offscreen python -m ui.collateral_view docs/screenshots/who-else-changed.png
+    """
+    from PySide6.QtWidgets import QApplication
+
+    from auditor.model.checkpoint import load_model
+    from auditor.model.requests import EditRequest
+    from auditor.run.edit import Editor
+
+    app = QApplication.instance() or QApplication([])
+    result = Editor(load_model("demo", device="cpu")).edit(
+        EditRequest(prompt="{} is a country in", subject="France", target_new="Asia", target_true="Europe"),
+        key_mode=key_mode, dry_run=True, measure_ppl=False)
+    view = CollateralView()
+    view.resize(1200, 700)
+    view.show_report(result.metrics.get("collateral"))
+    view.show()
+    app.processEvents()
+    view.grab().save(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    screenshot(*sys.argv[1:])

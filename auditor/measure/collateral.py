@@ -51,12 +51,13 @@ MAX_KEY_PROMPTS = 4  # distinct edited prompts whose bank keys are ranked (a bat
 
 @dataclass
 class CollateralConfig:
-    swaps: int = 20  # same-type subjects swapped into each edit's prompt (per edit; a batch shares max_rows)
-    neighbours: int = 8  # key-space neighbours checked per edit
+    swaps: int = 20  # same-type swaps per edit (a batch: spread over its requests, at least min_swaps each)
+    min_swaps: int = 4  # swaps per request of a batch at least
+    neighbours: int = 6  # key-space neighbours checked per edit
     seed: int = 0  # the swap sample's seed: same seed, same list
     moved_prob_rise: float = 0.25  # a row moved when P(target_new) rose by more than this ...
     answer_change: bool = True  # ... or when its greedy first answer token changed
-    max_rows: int = 240  # swaps of a batch at most (at least 2 per request)
+    max_rows: int = 240  # swaps of a batch at most
     rank_pool: int = 96  # bank subjects whose keys are ranked per edited prompt: its type's first, then others
     bank: str | None = None  # a user's bank file (None: resources/subject_bank.json)
 
@@ -110,7 +111,8 @@ class CollateralAudit:
         t0 = time.perf_counter()
         cfg, edited = self.config, {r.subject.strip().lower() for r in requests}
         parts = {self._layer_of[p.param]: p for p in delta.parts_on(None)}
-        per_request = max(2, min(cfg.swaps, cfg.max_rows // max(len(requests), 1)))
+        n = len(requests)
+        per_request = max(1, min(max(cfg.min_swaps, -(-cfg.swaps // n)), cfg.max_rows // n))
         rows = [Row("swap", i, s, req.prompt.replace("{}", s), req.target_new)
                 for i, req in enumerate(requests)
                 for s in self.bank.peers(req, per_request, cfg.seed + i, exclude=edited)]
