@@ -39,7 +39,14 @@ from typing import Any
 import torch
 
 from auditor.engine.deltas import AnyDelta, Delta
-from auditor.engine.rome import StopForward, encode, encode_target, pad_batch, pad_id, subject_index
+from auditor.engine.rome import (
+    StopForward,
+    encode,
+    encode_target,
+    pad_batch,
+    pad_id,
+    subject_index,
+)
 from auditor.model.checkpoint import LoadedModel
 from auditor.model.requests import EditRequest
 from auditor.model.subject_bank import SubjectBank
@@ -190,7 +197,7 @@ class CollateralAudit:
                        or (cfg.answer_change and r.answer_after != r.answer_before))
         swaps = [r for r in pending.rows if r.kind == "swap"]
         near = [r for r in pending.rows if r.kind == "neighbour"]
-        rate = lambda rs: sum(r.moved for r in rs) / len(rs) if rs else None  # noqa: E731
+        rate = lambda rs: sum(r.moved for r in rs) / len(rs) if rs else None
         seconds = pending.seconds + time.perf_counter() - t0
         return {
             "spill_rate": rate(swaps),
