@@ -30,6 +30,7 @@ from auditor.run.edit import Editor
 from auditor.run.workspace import Workspace
 
 DATA = Path(__file__).parent / "data" / "counterfact_sample.json"
+FAST = {"v_num_grad_steps": 15, "context_templates": ["{}", "The following is a fact. {}", "I read that. {}"]}
 FRANCE = EditRequest(prompt="{} is a country in", subject="France", target_new="Asia", target_true="Europe")
 
 
@@ -83,7 +84,7 @@ def test_a_users_bank_and_a_bad_one(tmp_path: Path) -> None:
 def test_the_joint_mode_france_to_asia_edit_is_flagged_and_not_kept(demo) -> None:
     editor = Editor(demo)
     weight = demo.model.get_parameter(demo.spec.weight_name(editor.hparams().layer)).detach().clone()
-    result = editor.edit(FRANCE, key_mode="joint", measure_ppl=False)
+    result = editor.edit(FRANCE, key_mode="joint", hparams={"v_num_grad_steps": 15}, measure_ppl=False)
     report = result.metrics["collateral"]
     assert result.status == "rejected" and result.collapse_risk
     assert any(r.startswith("spill rate") for r in result.collapse_reasons), result.collapse_reasons
@@ -165,7 +166,7 @@ def test_rome_memit_alphaedit_record_spill_and_preservation_within_thresholds(
     assert entry["metrics"]["collateral"]["spill_rate"] == result.record()["spill_rate"]
     rome_id, rome_cost = entry.id, entry["metrics"]["collateral"]["preservation_cost"]
     for method in ("memit", "alphaedit"):
-        batch, entry = ws.edit_batch(counterfact, method=method, measure_ppl=False)
+        batch, entry = ws.edit_batch(counterfact, method=method, hparams=FAST, measure_ppl=False)
         assert batch.status == "applied", batch.error
         report = entry["metrics"]["collateral"]
         _within(report)
