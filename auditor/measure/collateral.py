@@ -6,8 +6,13 @@ or batch, before it is kept, three measurements over the subject bank (model/sub
 
 * same-template swaps: each edited prompt with ``swaps`` other subjects of the same type (seeded
   sample), P(target_new) and the greedy answer before and after; a swap *moved* when P(target_new)
-  rose by more than ``moved_prob_rise`` or its greedy answer changed. ``spill_rate``: the share of
-  swaps that moved (an estimate of the share of same-type subjects the edit drags along);
+  rose by more than ``moved_prob_rise`` or its greedy answer changed (``moved``, the table's mark;
+  ``changed_rate``: the share of swaps that moved). ``spill_rate`` (what the guard reads): the share
+  of swaps that moved *to the target*, P(target_new) up by more than ``moved_prob_rise`` or the
+  answer now the target's first token, over the swaps that did not already answer it: an estimate
+  of the share of same-type subjects the edit drags along. (An answer that changes elsewhere, " the"
+  -> " Car" for "The capital of Venezuela is" after France -> Rome, is shown but not counted: the
+  demo's bfloat16 copy does that on a specific edit.)
 * key-space neighbours: at each edited layer, every bank subject's keys in the edited prompt (the
   module's input at the subject's last token, as ROME and MEMIT read keys, and at the prompt's last
   token, where a template-keyed update acts) ranked by ``|Delta k| / |W k|``; the top
@@ -84,7 +89,9 @@ class Row:
     p_after: float = 0.0
     answer_before: str = ""
     answer_after: str = ""
-    moved: bool = False
+    target_first: str = ""  # target_new's first token, decoded
+    moved: bool = False  # P(target_new) rose by more than moved_prob_rise or the answer changed
+    toward: bool = False  # moved *to the target*: P rose so, or the answer became its first token
 
 
 @dataclass
@@ -179,6 +186,7 @@ class CollateralAudit:
         tok = self.lm.tokenizer
         for r, (prob, first) in zip(rows, scores):
             answer = tok.decode([first])
+            r.target_first = tok.decode(encode_target(self.lm, r.target_new)[:1])
             if after:
                 r.p_after, r.answer_after = prob, answer
             else:
@@ -193,15 +201,19 @@ class CollateralAudit:
         cfg = self.config
         self._score(pending.rows, after=True)
         for r in pending.rows:
-            r.moved = (r.p_after - r.p_before > cfg.moved_prob_rise
-                       or (cfg.answer_change and r.answer_after != r.answer_before))
-        swaps = [r for r in pending.rows if r.kind == "swap"]
-        near = [r for r in pending.rows if r.kind == "neighbour"]
-        rate = lambda rs: sum(r.moved for r in rs) / len(rs) if rs else None
+            rose = r.p_after - r.p_before > cfg.moved_prob_rise
+            r.moved = rose or (cfg.answer_change and r.answer_after != r.answer_before)
+            r.toward = rose or (r.answer_after == r.target_first != r.answer_before)
+        # a subject whose answer already was the new target (Italy for "capital ... -> Rome") cannot spill
+        judged = [r for r in pending.rows if r.answer_before != r.target_first]
+        swaps = [r for r in judged if r.kind == "swap"]
+        near = [r for r in judged if r.kind == "neighbour"]
+        rate = lambda rs: sum(r.toward for r in rs) / len(rs) if rs else None  # noqa: E731
         seconds = pending.seconds + time.perf_counter() - t0
         return {
             "spill_rate": rate(swaps),
             "neighbour_spill_rate": rate(near),
+            "changed_rate": sum(r.moved for r in swaps) / len(swaps) if swaps else None,
             "moved": [r.subject for r in pending.rows if r.moved],
             "n_swaps": len(swaps),
             "n_neighbours": len(near),
@@ -221,7 +233,7 @@ def row_record(r: Row) -> dict[str, Any]:
     return {"kind": r.kind, "request": r.request, "subject": r.subject, "prompt": r.prompt,
             "target_new": r.target_new, "p_before": r.p_before, "p_after": r.p_after,
             "answer_before": r.answer_before, "answer_after": r.answer_after, "moved": r.moved,
-            "key_ratio": r.key_ratio}
+            "toward_target": r.toward, "key_ratio": r.key_ratio}
 
 
 # ------------------------------------------------------------------ forward passes

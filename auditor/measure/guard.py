@@ -76,7 +76,7 @@ def collateral_reasons(guard: Any, report: dict | None) -> list[str]:
     out = []
     spill = report.get("spill_rate")
     if spill is not None and spill > guard.max_spill_rate:
-        moved = [r["subject"] for r in report.get("rows", []) if r["moved"] and r["kind"] == "swap"]
+        moved = [r["subject"] for r in report.get("rows", []) if r.get("toward_target") and r["kind"] == "swap"]
         out.append(f"spill rate {spill:.3g} > {guard.max_spill_rate:g} (moved: {', '.join(moved[:5])}"
                    f"{', ...' if len(moved) > 5 else ''})")
     cost = report.get("preservation_cost")
