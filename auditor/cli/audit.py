@@ -48,12 +48,12 @@ def reaudit(ws: Any, entry_id: int, config: Any) -> dict[str, Any]:
     if entry.kind != "edit" or not entry.delta_hash:
         raise fail(f"entry {entry_id} is a {entry.kind} without a recorded update; only edits can be audited")
     row = entry.row
-    raw = row.get("requests") or ([row["request"]] if row.get("request") else [])
+    raw = entry["requests"] or ([entry["request"]] if entry["request"] else [])
     requests = [EditRequest.from_json(r) for r in raw]
     if not requests:
         raise fail(f"entry {entry_id} records no request")
     delta = ws.ledger.load_delta(entry.delta_hash)
-    hp = row.get("hparams") or {}
+    hp = entry["hparams"] or {}
     layer_of = {ws.lm.spec.weight_name(i): i for i in range(ws.lm.n_layers)}
     C = {}
     if hp.get("mom2_adjustment", True):
