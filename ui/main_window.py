@@ -55,6 +55,7 @@ from .ask_view import AskView
 from .audit import AuditTrail
 from .batch_panel import BatchPanel
 from .charts import DenominatorChart, EditPoint, LiveEditChart, PerplexityChart, chart_page
+from .collateral_view import CollateralView
 from .dialogs import ExportDialog, SettingsDialog
 from .edit_panel import EditPanel
 from .entries import did_not_take, fmt, number, revertible, rows_of
@@ -347,6 +348,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.sequence_view, "Sequence")
         self.trace_view = trace_view.install(self)  # the "Trace" tab: causal tracing (ui/trace_view.py)
         self.tabs.addTab(self.batch_panel, "Batch")
+        self.collateral_view = CollateralView()  # "who else changed" (ui/collateral_view.py, issue 18)
+        self.tabs.addTab(self.collateral_view, "Who else changed")
         self.stack = QStackedWidget()
         self.stack.addWidget(self._build_welcome())
         self.stack.addWidget(self.tabs)
@@ -880,6 +883,7 @@ class MainWindow(QMainWindow):
         self.panel.show_before_after(out.prompt, out.answer_before, out.answer_after, res.status == "applied")
         self.answer_fresh_for = (out.prompt, self.workspace.fingerprint)  # the panel shows the answer now
         self.state_changed()
+        self.collateral_view.show_report(res.metrics.get("collateral"))
         self.panel.set_idle_text(res.status)
         entry_id = getattr(out.entry, "id", None)
         if entry_id is not None:

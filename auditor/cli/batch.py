@@ -41,11 +41,13 @@ def run_batches(args: argparse.Namespace, requests: list, kwargs: dict[str, Any]
 
         ws = Workspace.open(args.workspace, device=args.device, memory=memory_from_args(args))
         editor = ws.editor
+        ws.editor.collateral = getattr(args, "audit_config", ws.editor.collateral)
         run = lambda batch: ws.edit_batch(batch, progress=progress, **kwargs)  # noqa: E731
     else:
         if not args.model:
             raise fail("name a MODEL (a folder, a .gguf file or 'demo') or a --workspace")
         editor = Editor(load_from_args(args))
+        editor.collateral = getattr(args, "audit_config", editor.collateral)
         run = lambda batch: (editor.edit_batch(batch, progress=progress, **kwargs), None)  # noqa: E731
     editor.check_requests(requests)  # every request fits the model's context before the first batch runs
     for b, batch in enumerate(batches, start=1):

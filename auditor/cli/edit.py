@@ -31,9 +31,10 @@ def _errors() -> tuple[type[BaseException], ...]:
     from auditor.engine.hparams import HParamsError
     from auditor.run.batch import BatchFailed
     from auditor.run.edit import EditCancelled, EditFailed
+    from auditor.model.subject_bank import BankError
     from auditor.run.workspace import WorkspaceError
 
-    return (EditFailed, EditCancelled, HParamsError, BatchFailed, WorkspaceError)
+    return (EditFailed, EditCancelled, HParamsError, BatchFailed, WorkspaceError, BankError)
 
 
 def __getattr__(name: str) -> Any:  # ERRORS is resolved lazily so `--help` stays fast
@@ -81,6 +82,19 @@ def _hparam_overrides(args: argparse.Namespace) -> dict[str, Any]:
         raise fail(f"hyper-parameters: {e}") from None
 
 
+def audit_config(args: argparse.Namespace) -> Any:
+    """The collateral audit's settings from ``--subject-bank``, ``--audit-sample``, ``--no-audit``
+    (None: no audit); a bad bank file fails here, before any model is loaded."""
+    from auditor.measure.collateral import CollateralConfig
+    from auditor.model.subject_bank import load_bank
+
+    if args.no_audit:
+        return None
+    config = CollateralConfig(swaps=args.audit_sample, bank=args.subject_bank)
+    load_bank(config.bank)
+    return config
+
+
 class _ProgressLine:
     """A one-line progress display on stderr (only when it is a terminal or --progress)."""
 
@@ -111,6 +125,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     overrides = _hparam_overrides(args)
     requests = load_requests(args.requests)
+    args.audit_config = audit_config(args)
     kwargs = dict(method=args.method, key_mode=args.key_mode, hparams=overrides, dry_run=args.dry_run,
                   allow_collapse=args.allow_collapse)
     show = args.progress or (sys.stderr.isatty() and not args.json)
@@ -140,6 +155,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
             ws = Workspace.open(args.workspace, device=args.device, memory=memory_from_args(args))
             ws.editor.check_requests(requests)
+            ws.editor.collateral = args.audit_config
             for req in requests:
                 result, entry = ws.edit(req, progress=bar, **kwargs)
                 bar.done()
@@ -152,6 +168,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
             if not args.model:
                 raise fail("name a MODEL (a folder, a .gguf file or 'demo') or a --workspace")
             editor = Editor(load_from_args(args))
+            editor.collateral = args.audit_config
 
             def on_result(_i: int, result: Any) -> None:
                 bar.done()
@@ -196,7 +213,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--key-mode", default="consistent", choices=KEY_MODES,
                    help="consistent: prefixed keys everywhere (r-ROME, Gupta et al. 2024; default); "
                         "original: the reference implementation's unprefixed current key; "
-                        "joint: a rank-two update mapping both the bare and the prefixed key to v*")
+                        "joint: a rank-two update mapping both the bare and the prefixed key to v* (with a first-token "
+                        "subject it keys on the template's last token and moves other subjects: the collateral "
+                        "audit flags it)")
     p.add_argument("--layer", type=hparam_int, default=None, help="layer to edit (default: the family's)")
     p.add_argument("--steps", dest="v_num_grad_steps", type=hparam_int, default=None, metavar="N",
                    help="maximum v* optimisation steps")
@@ -211,6 +230,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="apply edits the collapse guard flags (explicit override)")
     p.add_argument("--workspace", type=Path, default=None, metavar="DIR",
                    help="record every attempt in this workspace's ledger")
+    p.add_argument("--subject-bank", default=None, metavar="FILE",
+                   help="the collateral audit's subject bank (default: the shipped resources/subject_bank.json)")
+    p.add_argument("--audit-sample", type=_positive, default=20, metavar="N",
+                   help="same-type subjects swapped into each edited prompt by the collateral audit (default 20)")
+    p.add_argument("--no-audit", action="store_true",
+                   help="skip the collateral audit (who else changed); the guard then cannot check spill")
     p.add_argument("--out", type=Path, default=None, metavar="FILE.jsonl", help="append one JSON line per edit")
     p.add_argument("--progress", action="store_true", help="show progress on stderr even when not a terminal")
     add_json_arg(p)

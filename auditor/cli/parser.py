@@ -49,6 +49,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "auditor.cli.patch",
     "auditor.cli.sequence",
     "auditor.cli.trace",
+    "auditor.cli.audit",
 )
 ENTRY_POINT_GROUP = "edit_auditor.commands"
 

@@ -24,7 +24,11 @@ then collapses and the update explodes.
 
 ``joint`` mode maps both the bare key and k_bar to v* with a rank-two least-squares update
 (MEMIT's normal equations, :func:`joint_update`), so that an edit of a prompt that begins with
-its subject also holds on the bare prompt.
+its subject also holds on the bare prompt. When the subject is the prompt's first token, the bare
+key is read at the prompt's *last* token, which belongs to the template, not to the subject: the
+update then rewrites the relation for every subject ("France is a country in" -> Asia moved
+Spain, Poland, Russia, ... on the demo; issue 18). The collateral audit
+(measure/collateral.py) measures this on every edit and the guard rejects it (spill rate).
 
 Fidelity to kmeng01/rome (``original`` mode, tests/test_rome_parity.py): the KL term's
 direction (``kl_direction``), early stop on the total loss (``early_stop_on``) and its 20

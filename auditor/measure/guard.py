@@ -34,6 +34,14 @@ class CollapseGuard:
     # perplexity unchanged, because their W is small, not because the edit collapses.
     min_denominator_ratio: float = 0.2
 
+    # The collateral audit (collateral.py), both free of the model's scale: the share of same-type
+    # swaps an edit moved, and tr(Delta C Delta^T) / tr(W C W^T) at its worst layer.
+    # Demo (docs/notes/session-5/issue-18.md): healthy ROME, MEMIT and AlphaEdit edits spill 0.00
+    # and cost 0.0008-0.013; the joint-mode France -> Asia edit spills 0.95, the original-mode
+    # first-token collapse 0.40 at a cost of 0.59.
+    max_spill_rate: float = 0.2
+    max_preservation_cost: float = 0.05
+
     def reasons(self, denominator: float | None, ppl_ratio: float | None, *,
                 denominator_ratio: float | None = None) -> list[str]:
         out = []
@@ -68,4 +76,21 @@ def batch_guard_reasons(guard: Any, diagnostics: dict, ppl_ratio: float | None) 
         out.append(f"update norm / weight norm {r:.4g} > {limit:g} at layer {layer}")
     if ppl_ratio is not None and above(ppl_ratio, guard.max_ppl_ratio):
         out.append(f"perplexity ratio {ppl_ratio:.4g} > {guard.max_ppl_ratio:g}")
+    return out
+
+
+def collateral_reasons(guard: Any, report: dict | None) -> list[str]:
+    """The collateral audit's reasons: too many other subjects moved, or the layer output on ordinary
+    text keys changed too much (``report``: ``CollateralAudit.finish``'s record; None: no audit)."""
+    if not report:
+        return []
+    out = []
+    spill = report.get("spill_rate")
+    if spill is not None and spill > guard.max_spill_rate:
+        moved = [r["subject"] for r in report.get("rows", []) if r.get("toward_target") and r["kind"] == "swap"]
+        out.append(f"spill rate {spill:.3g} > {guard.max_spill_rate:g} (moved: {', '.join(moved[:5])}"
+                   f"{', ...' if len(moved) > 5 else ''})")
+    cost = report.get("preservation_cost")
+    if cost is not None and cost > guard.max_preservation_cost:
+        out.append(f"preservation cost {cost:.3g} > {guard.max_preservation_cost:g}")
     return out

@@ -35,7 +35,7 @@ from auditor.engine.registry import get_method
 from auditor.measure.guard import batch_guard_reasons
 from auditor.measure.perplexity import max_positions
 from auditor.model.requests import EditRequest, check_context
-from auditor.run.outcome import EditResult, settle
+from auditor.run.outcome import EditResult, collateral_fields, settle
 
 if TYPE_CHECKING:
     from auditor.run.edit import Editor
@@ -85,7 +85,8 @@ class BatchResult:
             one = EditResult(
                 request=req, method=self.method, key_mode="consistent", layer=self.layers[-1] if self.layers else None,
                 hparams=self.hparams, delta=None, diagnostics={**self.summary_diagnostics(), **per},
-                metrics={**{k: self.metrics.get(k) for k in ("ppl_before", "ppl_after", "ppl_ratio")}, **per},
+                metrics={**{k: self.metrics.get(k) for k in ("ppl_before", "ppl_after", "ppl_ratio", "collateral")},
+                         **per},
                 timings=self.timings, collapse_risk=self.collapse_risk, collapse_reasons=self.collapse_reasons,
                 status=self.status, error=self.error, device=self.device, dtype=self.dtype,
                 fingerprint_before=self.fingerprint_before, fingerprint_after=self.fingerprint_after,
@@ -111,6 +112,7 @@ class BatchResult:
             "update_ratio_max": max((d["update_ratio"] for d in layers), default=None),
             "condition_max": max((d.get("condition", 0.0) for d in layers), default=None),
             "layer_diagnostics": layers,
+            **collateral_fields(self.metrics.get("collateral")),
             "collapse_risk": self.collapse_risk, "collapse_reasons": self.collapse_reasons,
             "seconds": self.timings.get("total"), "timings": self.timings,
             "device": self.device, "dtype": self.dtype,
@@ -209,6 +211,7 @@ def edit_batch(
         result.delta, result.diagnostics, result.vectors = out.delta, out.diagnostics, out.vectors
         emit(Progress("update", message=f"applying the update to {len(out.delta.params)} matri(x/ces)"))
         _check_finite(out.delta)
+        pending = editor.audit_prepare(requests, out.delta, {layer: C.get(layer) for layer in layers}, emit)
         apply_delta(lm.model, out.delta)
         applied = True
         editor.invalidate()
@@ -232,6 +235,7 @@ def edit_batch(
         timings["eval"] = time.perf_counter() - t
         result.collapse_reasons = batch_guard_reasons(editor.guard, result.diagnostics,
                                                       result.metrics.get("ppl_ratio"))
+        result.collapse_reasons += editor.audit_finish(pending, result, emit)
         if cancelled():
             raise rome.Cancelled
         settle(result, dry_run=dry_run, allow_collapse=allow_collapse)

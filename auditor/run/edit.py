@@ -28,7 +28,8 @@ from auditor.engine import rome
 from auditor.engine.deltas import apply_delta
 from auditor.engine.hparams import KEY_MODES, HParamsError, RomeHParams
 from auditor.measure import metrics
-from auditor.measure.guard import CollapseGuard
+from auditor.measure.collateral import CollateralAudit, CollateralConfig
+from auditor.measure.guard import CollapseGuard, collateral_reasons
 from auditor.model.checkpoint import LoadedModel, fingerprint_model
 from auditor.model.requests import EditRequest
 from auditor.run.outcome import EditFailed, EditResult, settle
@@ -59,6 +60,9 @@ class Editor:
         self.key_memory: dict[str, torch.Tensor] = {}
         self.hparams_file: Any = None  # the family's hyper-parameter file (None: resources/hparams/<family>.json)
         self.layer_suggestion: Any = None  # the causal-trace suggestion used when that file is missing
+        # the collateral audit of every edit and batch (measure/collateral.py); None: not audited
+        self.collateral: CollateralConfig | None = CollateralConfig()
+        self._audit: CollateralAudit | None = None
 
     # -------------------------------------------------------------- shared pieces
 
@@ -158,6 +162,37 @@ class Editor:
 
         check_context(requests, self.lm.tokenizer, max_positions(self.lm.model.config))
 
+    def collateral_audit(self) -> CollateralAudit | None:
+        """The audit for ``self.collateral`` (its bank loaded once), or None when switched off."""
+        if self.collateral is None:
+            return None
+        if self._audit is None or self._audit.config is not self.collateral:
+            from auditor.model.subject_bank import load_bank
+
+            bank = self._audit.bank if self._audit and self._audit.bank_file == self.collateral.bank else None
+            self._audit = CollateralAudit(self.lm, bank or load_bank(self.collateral.bank), self.collateral)
+        return self._audit
+
+    def audit_prepare(self, requests: list[EditRequest], delta: Any, second_moments: dict,
+                      emit: ProgressFn) -> Any:
+        """The collateral audit's measurements on the unedited model (None when switched off)."""
+        audit = self.collateral_audit()
+        if audit is None:
+            return None
+        emit(Progress("audit", message="who else changed: before"))
+        return audit, audit.prepare(requests, delta, second_moments)
+
+    def audit_finish(self, pending: Any, result: Any, emit: ProgressFn) -> list[str]:
+        """Score the audit on the edited model into ``result.metrics["collateral"]``; its guard reasons."""
+        if pending is None:
+            return []
+        emit(Progress("audit", message="who else changed: after"))
+        audit, before = pending
+        report = audit.finish(before)
+        result.metrics["collateral"] = report
+        result.timings["audit"] = report["seconds"]
+        return collateral_reasons(self.guard, report)
+
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = fingerprint_model(self.lm.model)
@@ -234,6 +269,7 @@ class Editor:
             result.delta = out.delta
             result.vectors = {"v_star": out.v_star, "k_cur": out.k_cur, "u": out.delta.right}
             result.diagnostics.update(out.diagnostics)
+            pending = self.audit_prepare([request], out.delta, {hp.layer: C}, emit)
             emit(Progress("update", message="applying the rank-one update"))
             apply_delta(self.lm.model, out.delta)
             applied = True
@@ -248,6 +284,7 @@ class Editor:
             result.collapse_reasons = self.guard.reasons(
                 result.diagnostics["denominator"], result.metrics.get("ppl_ratio"),
                 denominator_ratio=result.diagnostics.get("denominator_ratio"))
+            result.collapse_reasons += self.audit_finish(pending, result, emit)
             if cancelled():
                 raise rome.Cancelled
             settle(result, dry_run=dry_run, allow_collapse=allow_collapse)

@@ -74,6 +74,7 @@ class EditResult:
             "portability": m.get("portability"),
             "prefixed_efficacy": m.get("prefixed_efficacy"),
             "efficacy_before": m.get("efficacy_before"),
+            **collateral_fields(m.get("collateral")),
             "collapse_risk": self.collapse_risk,
             "collapse_reasons": self.collapse_reasons,
             "v_steps": d.get("v_steps"),
@@ -85,6 +86,13 @@ class EditResult:
             "fingerprint_after": self.fingerprint_after,
             "delta_hash": self.delta.content_hash() if self.delta is not None else None,
         }
+
+
+def collateral_fields(report: dict | None) -> dict[str, Any]:
+    """The collateral audit's figures in a JSON line (measure/collateral.py; None when not audited)."""
+    report = report or {}
+    return {"spill_rate": report.get("spill_rate"), "moved": report.get("moved"),
+            "preservation_cost": report.get("preservation_cost")}
 
 
 def settle(result: Any, *, dry_run: bool, allow_collapse: bool) -> None:
