@@ -52,6 +52,7 @@ class Editor:
         self._templates: dict[tuple, list[str]] = {}
         self._C: dict[tuple, torch.Tensor] = {}
         self._C_conditioning: dict[tuple, dict] = {}  # (stats file, ridge) -> stats.conditioning(...)
+        self._held_out: dict[tuple, torch.Tensor] = {}  # (layer, weights fingerprint) -> held-out keys
         self._fingerprint: str | None = None
         self._ppl_by_fp: dict[str, float] = {}  # perplexity of each weight state seen
         # AlphaEdit's running sum of earlier batches' K K^T per parameter (in, in) float64; a
@@ -143,6 +144,18 @@ class Editor:
                 dtype=hp.mom2_dtype, progress=on_tokens, cancel=(cancel.is_set if cancel else None),
                 ignore_edits=True)[0]
         return self._C[key]
+
+    def held_out_keys(self, layer: int) -> torch.Tensor:
+        """Held-out text keys of ``layer`` on the current weights (stats.held_out_keys), once per
+        weight state: each batch's ``held_out_change`` is measured on them."""
+        from auditor.engine.stats import held_out_keys
+
+        key = (layer, self.fingerprint())
+        if key not in self._held_out:
+            if len(self._held_out) > 64:
+                self._held_out.clear()
+            self._held_out[key] = held_out_keys(self.lm, layer)
+        return self._held_out[key]
 
     def edit_batch(self, requests: list[EditRequest], **kwargs: Any) -> Any:
         """Many requests in one update (MEMIT, AlphaEdit): see :func:`auditor.run.batch.edit_batch`."""
