@@ -180,7 +180,6 @@ CHOICES.update({
     "key_average": ("groups", "flat"),
     "z_norm": ("residual", "mlp_output"),
     "nullspace_rule": ("energy", "threshold"),
-    "trace_noise": ("subject", "corpus"),
 })
 RANGES.update({
     "nullspace_energy": (0.0, 1.0, False),  # AlphaEdit: share of tr(C) the null space may hold

@@ -77,13 +77,14 @@ class MemitMethod:
         return list(hp.layers)
 
     def compute(self, lm: LoadedModel, requests: list[EditRequest], hp: MemitHParams,
-                ctx: MethodContext) -> MethodOutput:
+                ctx: MethodContext, shifts: tuple | None = None) -> MethodOutput:
+        """``shifts``: ``methods.target_shifts``'s result when already computed (a lambda sweep)."""
         def solve(layer: int, _name: str, K: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, dict]:
             C = ctx.second_moment(layer).to(K.device, torch.float64)  # (in, in)
             A = hp.mom2_update_weight * C + K @ K.T  # (in, in)
             right = torch.linalg.solve(A, K)  # (in, n): Delta = R right^T = R K^T A^-1 (A symmetric)
             return right, {"condition": symmetric_condition(A)}
 
-        parts, diags, vectors = spread_over_layers(lm, requests, hp, ctx, solve)
+        parts, diags, vectors = spread_over_layers(lm, requests, hp, ctx, solve, shifts)
         return MethodOutput(DeltaSet(parts), list(hp.layers), {"layers": diags}, vectors.pop("per_request"),
                             {}, vectors)

@@ -61,6 +61,8 @@ class MethodContext:
     # layer -> held-out text keys (in, N) float64 of the model before the batch (stats.held_out_keys), or
     # None: each layer's relative output change on them is recorded as "held_out_change"
     held_out_keys: Callable[[int], torch.Tensor | None] = lambda layer: None
+    # layer -> how C was obtained ({"tokens", "condition", ...}), recorded per layer as "stats_<key>"
+    stats_info: Callable[[int], dict] = lambda layer: {}
 
 
 @dataclass
@@ -294,7 +296,8 @@ def spread_over_layers(lm: LoadedModel, requests: list[EditRequest], hp: RomeHPa
             after = (z_star - block_outputs(lm, hp.layer, requests)).T.double()
             upd = R @ right.T  # (out, in)
             W = lm.spec.as_out_in(snapshot[name]).double()
-            diag = {**diag, **held_out_change(upd, W, held_out[layer])}
+            diag = {**diag, **held_out_change(upd, W, held_out[layer]),
+                    **{f"stats_{k}": v for k, v in ctx.stats_info(layer).items()}}
             diags.append({
                 "layer": layer, "param": name, "rank": part.rank,
                 "update_norm": float(upd.norm()), "weight_norm": float(W.norm()),

@@ -41,6 +41,7 @@ from auditor.base import AuditorError
 from auditor.engine.deltas import apply_delta
 from auditor.model.checkpoint import CheckpointError, LoadedModel, fingerprint_model, load_model, resolve_dtype
 from auditor.record.ledger import Entry, Ledger, LedgerError, entry_facts, entry_params  # noqa: F401 (entry_facts: re-exported)
+from auditor.run.recheck import recheck_later
 
 if TYPE_CHECKING:
     from auditor.model.requests import EditRequest
@@ -338,6 +339,7 @@ class Workspace:
             for param in entry_params(target):
                 self._rebuild(param, upto=head, skip={entry_id})
             self._weights_changed()
+            recheck = recheck_later(self.lm, self.ledger, entry_id, upto=head)
             entry = self.ledger.append({
                 **{k: target.row[k] for k in ("method", "key_mode", "layer", "param", "request", "subject",
                                               "prompt", "target_new", "target_true", "delta_hash",
@@ -346,6 +348,7 @@ class Workspace:
                 "kind": "revert", "status": "applied", "reverts": entry_id, "note": note,
                 "device": str(self.lm.device), "dtype": dtype_name(self.lm.dtype),
                 "fingerprint_before": before, "fingerprint_after": self.fingerprint,
+                "diagnostics": {"recheck": recheck},
             })
             self._synced_id = entry.id
             return entry
