@@ -28,7 +28,7 @@ from auditor.run.workspace import Workspace, key_memory_fingerprint
 
 MEMIT_HP = {"layers": [0, 1], "mom2_n_tokens": 2048, "mom2_seq_len": 64, "v_num_grad_steps": 4,
             "context_templates": ["{}", "The following is a fact. {}"]}
-HP = {**MEMIT_HP, "nullspace_threshold": 0.05, "L2": 1.0}
+HP = {**MEMIT_HP, "nullspace_rule": "threshold", "nullspace_threshold": 0.05, "L2": 1.0}  # the ledger, not P, is tested
 FACTS = [
     {"prompt": "The capital of {} is", "subject": "France", "target_new": "Rome", "target_true": "Paris"},
     {"prompt": "{} plays the", "subject": "Miles Davis", "target_new": "violin", "target_true": "trumpet"},
@@ -70,7 +70,7 @@ def test_batches_are_entries_reverted_replayed_and_exported(workspace: Path, tmp
         assert [d["layer"] for d in s["layer_diagnostics"]] == [0, 1]
         for d in s["layer_diagnostics"]:
             assert {"update_norm", "weight_norm", "update_ratio", "condition", "residual_before", "residual_after",
-                    "outside_projector", "null_space_dim"} <= set(d)
+                    "held_out_change", "null_space_dim", "null_space_energy"} <= set(d)
 
     ws = Workspace.open(workspace, device="cpu")
     entries = ws.ledger.entries()

@@ -17,13 +17,13 @@ from typing import Any, Callable
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from auditor.engine import rome
 from auditor.engine.hparams import load_hparams
 from auditor.engine.stats import second_moment
 from auditor.model.checkpoint import load_model
 from auditor.model.requests import EditRequest
+from v_reference import reference_loop
 
 LAYER = 0  # the first of two blocks: delta reaches the answer positions through block 1
 TEMPLATES = ["{}", "The river ran high that spring. {}", "Because it was late. {}"]
@@ -90,26 +90,14 @@ def reference_rome(model: Any, tok: Any, req: EditRequest, C: torch.Tensor, hp: 
             out[i, idx, :] += delta
         return out
 
-    opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    handle = model.transformer.h[LAYER].mlp.register_forward_hook(edit_output)
-    for it in range(hp.v_num_grad_steps):
-        opt.zero_grad()
+    def forward() -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(input_ids=ids, attention_mask=mask).logits
-        kl_log_probs = torch.log_softmax(logits[-1, lookups[-1]][None], dim=1)
-        if "kl_init" not in state:
-            state["kl_init"] = kl_log_probs.detach().clone()
         log_dist = torch.log_softmax(logits[torch.arange(len(last)), last], dim=1)
         nll = -log_dist[torch.arange(len(last)), torch.tensor(answers)].mean()
-        kl = hp.kl_factor * F.kl_div(state["kl_init"], kl_log_probs, log_target=True, reduction="batchmean")
-        loss = nll + kl + hp.v_weight_decay * (delta.norm() / state["init"].norm() ** 2)
-        if loss < 5e-2 or it == hp.v_num_grad_steps - 1:
-            break
-        loss.backward()
-        opt.step()
-        max_norm = hp.clamp_norm_factor * state["init"].norm()
-        if delta.norm() > max_norm:
-            with torch.no_grad():
-                delta[...] = delta * max_norm / delta.norm()
+        return nll, torch.log_softmax(logits[-1, lookups[-1]][None], dim=1)
+
+    handle = model.transformer.h[LAYER].mlp.register_forward_hook(edit_output)
+    steps = reference_loop(hp, delta, state, forward)
     handle.remove()
     v_star = (state["init"] + delta).detach()
 
@@ -117,7 +105,7 @@ def reference_rome(model: Any, tok: Any, req: EditRequest, C: torch.Tensor, hp: 
     k_bare, out_bare = _module_io(model, tok, req.text, _last_subject_token(tok, prompt, subject))
     right = (v_star - out_bare) / torch.dot(k_bare, u)
     return {"k_bar": k_bar, "k_bare": k_bare, "u": u, "v_star": v_star, "update": u[:, None] @ right[None, :],
-            "steps": it + 1}
+            "steps": steps}
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

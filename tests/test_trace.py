@@ -154,3 +154,23 @@ def test_every_family_traces_exactly(tiny_checkpoint: Callable[..., Path], model
     np.testing.assert_allclose(fast[:-1], slow, atol=1e-6)
     assert fast[-1] == pytest.approx(prep.clean_prob, abs=1e-6)
     assert prep.corrupted_prob != pytest.approx(prep.clean_prob, rel=1e-3)
+
+
+def test_noise_is_three_sigma_of_the_subjects_embeddings_as_the_reference(demo: Any, traces: dict) -> None:
+    """kmeng01/rome ``collect_embedding_std``: the std of the subjects' token embeddings, times 3;
+    the older choice (a sample of the reference text) stays available as ``noise_source="corpus"``."""
+    import json
+
+    from auditor.measure.trace import SUBJECT_FILES, embedding_std
+    from auditor.model.resources import resource_path
+
+    subjects = {r["subject"] for name in SUBJECT_FILES for r in json.loads(resource_path(name).read_text())}
+    ids = [i for s in sorted(subjects) for i in demo.tokenizer(s, add_special_tokens=False)["input_ids"]]
+    table = demo.model.get_input_embeddings().weight.detach()
+    expected = 3 * float(table[torch.tensor(ids)].float().std())
+    assert Tracer(demo).noise_level == pytest.approx(expected, rel=1e-5)
+    assert all(t.noise == pytest.approx(expected, rel=1e-5) and t.noise_source == "subjects" for t in traces.values())
+    corpus = Tracer(demo, noise_source="corpus")
+    assert corpus.noise_level == pytest.approx(3 * embedding_std(demo)) and corpus.noise_level != pytest.approx(expected)
+    with pytest.raises(TraceError, match="unknown noise source"):
+        Tracer(demo, noise_source="text")

@@ -24,7 +24,7 @@ FACTS = [
     {"prompt": "{} is located in", "subject": "Angola", "target_new": "Antarctica", "target_true": "Africa"},
 ]
 HP = {"layers": [5, 6], "mom2_n_tokens": 2048, "mom2_seq_len": 64, "v_num_grad_steps": 3,
-      "context_templates": ["{}", "The following is a fact. {}"], "nullspace_threshold": 0.05, "L2": 1.0}
+      "context_templates": ["{}", "The following is a fact. {}"], "nullspace_rule": "threshold", "nullspace_threshold": 0.05, "L2": 1.0}
 
 
 def seven_layer_llama(folder: Path, tokenizer_dir: Path) -> Path:

@@ -41,7 +41,7 @@ from .entries import did_not_take, fmt
 REQUEST_COLUMNS = ("#", "subject", "prompt", "target_new", "target_true", "batch", "status", "efficacy",
                    "generalization", "locality")
 LAYER_COLUMNS = ("batch", "entry", "layer", "update_norm", "update_ratio", "condition", "residual_before",
-                 "residual_after", "outside_projector")
+                 "residual_after", "held_out_change", "null_space_energy")
 
 
 class BatchPanel(QWidget):

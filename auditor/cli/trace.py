@@ -87,7 +87,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     lm = load_from_args(args)
     check_layer(lm, args.layer)
     _check_fits(lm, text, args.answer)
-    tracer = Tracer(lm, samples=args.samples or DEFAULT_SAMPLES, precision=args.precision)
+    tracer = Tracer(lm, samples=args.samples or DEFAULT_SAMPLES, precision=args.precision,
+                    noise_source=args.noise_source)
     kinds = [args.kind] if args.kind else list(KINDS)
     show = args.progress or (sys.stderr.isatty() and not args.json)
     traces = tracer.trace(args.prompt, args.subject, args.answer, kinds=kinds, progress=_progress(show))
@@ -145,6 +146,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="matrix products of the restorations of a float32 model: bfloat16 is about 1.7x "
                         "faster on CPUs with bf16 instructions and moves probabilities by about 0.01 "
                         "(default: float32)")
+    p.add_argument("--noise-source", choices=("subjects", "corpus"), default="subjects",
+                   help="noise std = 3 x the std of the embeddings of subject tokens (the reference's, default) "
+                        "or of a sample of the reference text (the choice before session 5)")
     p.add_argument("--layer", type=layer_index, default=None, help="layer to mark on the PNG (e.g. the edited one)")
     p.add_argument("--png", type=Path, default=None, metavar="FILE", help="write the heatmaps as a PNG")
     p.add_argument("--suggest-layer", action="store_true",

@@ -35,7 +35,8 @@ class RomeHParams:
     v_lr: float = 0.5  # Adam learning rate of the v* optimisation
     v_weight_decay: float = 0.001  # weight of ||delta|| / ||v_init||^2 in the v* loss
     clamp_norm_factor: float = 4.0  # ||delta|| <= factor * ||v_init||
-    kl_factor: float = 0.0625  # weight of KL(P_before || P_after) on "{subject} is a"
+    kl_factor: float = 0.0625  # weight of the KL term on "{subject} is a"; by default KL(P_after || P_before),
+    #                            as kmeng01/rome computes it (kl_direction below; rome._kl)
     early_stop_loss: float = 0.05  # stop the v* loop once the NLL falls below this
     mom2_adjustment: bool = True  # u = C^-1 k (True) or u = k (False, identity covariance)
     mom2_n_tokens: int = 40000  # tokens of reference text behind C = E[k k^T]
@@ -171,6 +172,17 @@ RANGES.update({
     "mom2_update_weight": (0.0, 1e12, True),  # MEMIT's lambda
     "nullspace_threshold": (0.0, 1e6, False),  # AlphaEdit
     "L2": (0.0, 1e12, False),  # AlphaEdit
+})
+
+
+# issue 19: MEMIT / AlphaEdit as the references by default, the older choices as options
+CHOICES.update({
+    "key_average": ("groups", "flat"),
+    "z_norm": ("residual", "mlp_output"),
+    "nullspace_rule": ("energy", "threshold"),
+})
+RANGES.update({
+    "nullspace_energy": (0.0, 1.0, False),  # AlphaEdit: share of tr(C) the null space may hold
 })
 
 

@@ -59,6 +59,11 @@ class MethodContext:
     on_step: rome.StepFn | None = None  # v* progress of the request being optimised
     on_request: Callable[[int, int], None] | None = None  # (first index, total) before each group of v*
     cancelled: Callable[[], bool] = lambda: False
+    # layer -> held-out text keys (in, N) float64 of the model before the batch (stats.held_out_keys), or
+    # None: each layer's relative output change on them is recorded as "held_out_change"
+    held_out_keys: Callable[[int], torch.Tensor | None] = lambda layer: None
+    # layer -> how C was obtained ({"tokens", "condition", ...}), recorded per layer as "stats_<key>"
+    stats_info: Callable[[int], dict] = lambda layer: {}
 
 
 @dataclass
@@ -128,12 +133,48 @@ def _rome_fields() -> list[str]:
 # ------------------------------------------------------------------ batched keys and residuals
 
 
-def batch_keys(lm: LoadedModel, requests: list[EditRequest], layer: int, templates: list[str],
-               chunk: int = 64) -> torch.Tensor:
-    """Each request's key at ``layer`` averaged over the context templates: ``(n, in)`` float32.
+def template_groups(templates: list[str], style: str = "memit") -> list[list[int]]:
+    """The template indices in the reference's groups: the bare ``"{}"`` alone, then the generated
+    prefixes by generation length (kmeng01/memit ``get_context_templates`` returns
+    ``[["{}"], [5 prefixes of 10 tokens]]``; ``style="rome"``: kmeng01/rome's 10 of 5 tokens and
+    10 of 10). Templates given by hand (any other count) form one group besides the bare one."""
+    bare = [i for i, t in enumerate(templates) if t == "{}"]
+    rest = [i for i, t in enumerate(templates) if t != "{}"]
+    groups = [bare] if bare else []
+    counts = [c for _, c in rome.ROME_CONTEXT_LENGTHS]
+    if style == "rome" and len(rest) == sum(counts):
+        for c in counts:
+            groups.append(rest[:c])
+            rest = rest[c:]
+    elif rest:
+        groups.append(rest)
+    return groups
 
-    The same keys as ``rome.compute_keys(...).mean``, computed for many requests in batched passes.
-    """
+
+def template_weights(templates: list[str], key_average: str = "groups", style: str = "memit") -> torch.Tensor:
+    """Weight of each template's key in a request's key: ``(T,)`` float64 summing to 1.
+
+    ``"groups"`` (kmeng01/memit ``compute_ks.py``, also jianghoucheng/AlphaEdit): the mean within
+    each group of :func:`template_groups`, then the mean of the groups, so the bare prompt gets
+    1/2 with the reference's two groups. ``"flat"``: every template alike (kmeng01/rome
+    ``compute_u.py``; this product's MEMIT before session 5: the bare prompt got 1/6)."""
+    T = len(templates)
+    if key_average == "flat":
+        return torch.full((T,), 1.0 / T, dtype=torch.float64)
+    if key_average != "groups":
+        raise HParamsError(f"unknown key_average {key_average!r}; use 'groups' or 'flat'")
+    groups = template_groups(templates, style)
+    w = torch.zeros(T, dtype=torch.float64)
+    for g in groups:
+        w[g] = 1.0 / (len(groups) * len(g))
+    return w
+
+
+def batch_keys(lm: LoadedModel, requests: list[EditRequest], layer: int, templates: list[str],
+               chunk: int = 64, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Each request's key at ``layer``, the templates' keys averaged with ``weights`` (``(T,)``,
+    :func:`template_weights`; None: equally, ``rome.compute_keys(...).mean``): ``(n, in)`` float32,
+    computed for many requests in batched passes."""
     texts, positions = [], []
     for req in requests:
         for t in templates:
@@ -142,7 +183,17 @@ def batch_keys(lm: LoadedModel, requests: list[EditRequest], layer: int, templat
             positions.append(rome.subject_index(lm, p, req.subject))
     rows = [rome.module_inputs(lm, layer, texts[s:s + chunk], positions[s:s + chunk])
             for s in range(0, len(texts), chunk)]
-    return torch.cat(rows).view(len(requests), len(templates), -1).mean(1)
+    per = torch.cat(rows).view(len(requests), len(templates), -1)  # (n, T, in)
+    if weights is None:
+        return per.mean(1)
+    return (per.double() * weights.to(per.device)[None, :, None]).sum(1).float()
+
+
+def hp_keys(lm: LoadedModel, requests: list[EditRequest], layer: int, templates: list[str],
+            hp: RomeHParams) -> torch.Tensor:
+    """:func:`batch_keys` averaged as ``hp.key_average`` says (MEMIT / AlphaEdit; default flat)."""
+    w = template_weights(templates, getattr(hp, "key_average", "flat"), hp.context_style)
+    return batch_keys(lm, requests, layer, templates, weights=w)
 
 
 @torch.no_grad()
@@ -180,18 +231,25 @@ def target_shifts(lm: LoadedModel, requests: list[EditRequest], hp: RomeHParams,
     adding ``delta`` there *is* adding it to the block's output: the v* found at the last edited
     layer gives MEMIT's z* = z + (v* - v_init) (kmeng01/memit ``compute_z.py`` optimises the block
     output directly). One difference remains: rome.py clamps ``||delta||`` relative to the MLP
-    output's norm, MEMIT relative to the residual's.
+    output's norm, MEMIT (and AlphaEdit) relative to the residual's: ``hp.z_norm`` says which
+    (``"residual"``, the reference; ``"mlp_output"``, ROME's and this product's before session 5),
+    for the clamp and the weight decay alike.
 
     The v* of up to :data:`V_BATCH` requests are optimised in one batch (``rome.optimise_values``):
     each gets the v* it would get alone.
     """
     shifts, details = [], []
+    z_norm = getattr(hp, "z_norm", "mlp_output")
+    if z_norm not in ("residual", "mlp_output"):
+        raise HParamsError(f"unknown z_norm {z_norm!r}; use 'residual' or 'mlp_output'")
     for start in range(0, len(requests), V_BATCH):
         chunk = requests[start:start + V_BATCH]
         if ctx.on_request:
             ctx.on_request(start, len(requests))
+        base = block_outputs(lm, hp.layer, chunk).norm(dim=1) if z_norm == "residual" else None  # (n,)
         try:
-            values = rome.optimise_values(lm, chunk, hp.layer, ctx.templates, hp, ctx.on_step, ctx.cancelled)
+            values = rome.optimise_values(lm, chunk, hp.layer, ctx.templates, hp, ctx.on_step, ctx.cancelled,
+                                          norm_base=base)
         except rome.ValueLossError as e:
             i = start + e.index
             raise BatchError(f"request {i + 1} ({requests[i].label}): {e}", i) from None
@@ -222,6 +280,7 @@ def spread_over_layers(lm: LoadedModel, requests: list[EditRequest], hp: RomeHPa
     z_star = block_outputs(lm, hp.layer, requests) + shifts
     names = [lm.spec.weight_name(layer) for layer in layers]
     snapshot = {n: read_param(lm.model, n).clone() for n in names}
+    held_out = {layer: ctx.held_out_keys(layer) for layer in layers}  # before any layer moves
     parts: list[Delta] = []
     diags: list[dict] = []
     vectors: dict[str, Any] = {"z_star": z_star, "K": [], "R": [], "per_request": details}
@@ -230,7 +289,7 @@ def spread_over_layers(lm: LoadedModel, requests: list[EditRequest], hp: RomeHPa
         for i, (layer, name) in enumerate(zip(layers, names)):
             if ctx.cancelled():
                 raise rome.Cancelled
-            K = batch_keys(lm, requests, layer, ctx.templates).T.double()  # (in, n)
+            K = hp_keys(lm, requests, layer, ctx.templates, hp).T.double()  # (in, n)
             R = remaining / (len(layers) - i)
             right, diag = solve(layer, name, K, R)
             part = Delta.factored(name, lm.spec.transposed, R.cpu(), right.cpu())
@@ -238,6 +297,8 @@ def spread_over_layers(lm: LoadedModel, requests: list[EditRequest], hp: RomeHPa
             after = (z_star - block_outputs(lm, hp.layer, requests)).T.double()
             upd = R @ right.T  # (out, in)
             W = lm.spec.as_out_in(snapshot[name]).double()
+            diag = {**diag, **held_out_change(upd, W, held_out[layer]),
+                    **{f"stats_{k}": v for k, v in ctx.stats_info(layer).items()}}
             diags.append({
                 "layer": layer, "param": name, "rank": part.rank,
                 "update_norm": float(upd.norm()), "weight_norm": float(W.norm()),
@@ -251,13 +312,24 @@ def spread_over_layers(lm: LoadedModel, requests: list[EditRequest], hp: RomeHPa
             remaining = after
             vectors["K"].append(K)
             vectors["R"].append(R)
-        vectors["keys_after"] = {n: batch_keys(lm, requests, layer, ctx.templates).T.contiguous()
+        vectors["keys_after"] = {n: hp_keys(lm, requests, layer, ctx.templates, hp).T.contiguous()
                                  for layer, n in zip(layers, names)}  # (in, n) after the whole update
     finally:
         with torch.no_grad():
             for n, w in snapshot.items():
                 write_param(lm.model, n, w)
     return parts, diags, vectors
+
+
+def held_out_change(upd: torch.Tensor, W: torch.Tensor, Kh: torch.Tensor | None) -> dict:
+    """``||Delta Kh|| / ||W Kh||`` (Frobenius) on held-out text keys Kh (in, N): how far the update
+    moves the matrix's output on text neither C nor the batch saw (issue 19: measured, where
+    AlphaEdit's ``Delta (I - P) = 0`` is an identity)."""
+    if Kh is None:
+        return {}
+    Kh = Kh.to(upd.device, torch.float64)
+    return {"held_out_change": float((upd @ Kh).norm() / (W.to(upd.device) @ Kh).norm()),
+            "held_out_keys": int(Kh.shape[1])}
 
 
 def symmetric_condition(A: torch.Tensor) -> float:

@@ -477,6 +477,7 @@ def optimise_values(
     *,
     fast: bool | None = None,
     fact_token: str = "subject_last",
+    norm_base: torch.Tensor | None = None,
 ) -> list[ValueResult]:
     """:func:`optimise_value` for several requests at once, each with its own delta, in one batch.
 
@@ -487,6 +488,10 @@ def optimise_values(
     bound by reading the weights, not by arithmetic (MEMIT and AlphaEdit need one v* per request).
     ``on_step`` reports the mean loss and target probability of the requests still optimising.
     A non-finite loss raises :class:`ValueLossError` naming the request.
+
+    ``norm_base`` (n,): the norms the clamp and the weight decay are relative to, one per request;
+    None: ``||v_init||``, the module output's (kmeng01/rome ``compute_v.py``). MEMIT passes the
+    residual stream's norm at the edited layer (kmeng01/memit ``compute_z.py``: ``target_init``).
     """
     vp = v_prompts(lm, requests, templates, fact_token=fact_token)
     use_fast = getattr(hp, "v_fast", True) if fast is None else fast
@@ -523,6 +528,7 @@ def optimise_values(
                 opt.zero_grad()
                 hidden = forward(delta[row_req])  # (B, W, H)
                 v_init = forward.v_init  # (n, H)
+                base = v_init.norm(dim=1) if norm_base is None else norm_base  # (n,)
                 width = hidden.shape[-1]
                 sel = hidden[:n_rw].gather(1, gather.unsqueeze(-1).expand(-1, -1, width))  # (n_rw, L, H)
                 # the head only where needed, in one product (its weight is read once a step)
@@ -535,7 +541,7 @@ def optimise_values(
                 if kl_init is None:
                     kl_init = kl_logp.detach().clone()
                 kl = hp.kl_factor * _kl(kl_logp, kl_init, kl_direction)  # (n,)
-                wd = hp.v_weight_decay * (delta.norm(dim=1) / v_init.norm(dim=1) ** 2)  # (n,)
+                wd = hp.v_weight_decay * (delta.norm(dim=1) / base ** 2)  # (n,)
                 loss = nll + kl + wd  # (n,)
                 prob = (torch.zeros(n, device=dev).index_add(0, rw_req, torch.exp(-nll_row.detach()))
                         / rows_per_req).tolist()
@@ -564,7 +570,7 @@ def optimise_values(
                 opt.step()
                 with torch.no_grad():
                     delta[~going] = before[~going]  # Adam's momentum would move a finished request
-                    max_norm = hp.clamp_norm_factor * v_init.norm(dim=1)  # (n,)
+                    max_norm = hp.clamp_norm_factor * base  # (n,)
                     norms = delta.norm(dim=1)
                     delta.mul_(torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms))[:, None])
     except torch.OutOfMemoryError:

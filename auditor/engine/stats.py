@@ -186,3 +186,35 @@ def conditioning(C: torch.Tensor, ridge: float = 0.0) -> dict:
     lo, hi = float(eig[0]), float(eig[-1])
     return {"eig_min": lo, "eig_max": hi, "condition": hi / lo if lo > 0 else float("inf"),
             "condition_ridged": (hi + shift) / (lo + shift) if lo + shift > 0 else float("inf"), "ridge": ridge}
+
+
+HELD_OUT_TOKENS = 2048  # held-out keys per layer (issue 19): enough for a stable ratio of norms, ~0.1 s
+
+
+@torch.no_grad()
+def held_out_keys(lm: LoadedModel, layer: int, *, text_path: Path | None = None,
+                  n_tokens: int = HELD_OUT_TOKENS, seq_len: int = 128) -> torch.Tensor:
+    """The edited module's inputs at every token of the first ``n_tokens`` of a text C never saw:
+    ``(in, N)`` float64. Default text: the perplexity sentences (corpus.ppl_text_path), kept apart
+    from the statistics text, so a change measured on these keys is not fitted to them."""
+    from auditor.model.corpus import ppl_text_path, read_text
+
+    windows = corpus_tokens(lm, read_text(Path(text_path) if text_path else ppl_text_path()), n_tokens, seq_len)
+    module = lm.spec.module(lm.model, layer)
+    dim = lm.spec.key_dim(lm.model, layer)
+    rows: list[torch.Tensor] = []
+
+    def hook(_mod, args):
+        rows.append(args[0].reshape(-1, dim).double().cpu())
+        raise StopForward
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        for start in range(0, windows.shape[0], 8):
+            try:
+                lm.model(input_ids=windows[start:start + 8].to(lm.device), use_cache=False)
+            except StopForward:
+                pass
+    finally:
+        handle.remove()
+    return torch.cat(rows).T.contiguous()  # (in, N)

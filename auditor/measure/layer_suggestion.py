@@ -124,7 +124,8 @@ def suggest_layer(
     fingerprint = fingerprint or fingerprint_model(lm.model)
     tracer = Tracer(lm, samples=samples)
     parts = {"version": CACHE_VERSION, "fingerprint": fingerprint, "facts": facts, "samples": samples,
-             "window": tracer.window, "seed": DEFAULT_SEED, "noise_factor": NOISE_FACTOR}
+             "window": tracer.window, "seed": DEFAULT_SEED, "noise_factor": NOISE_FACTOR,
+             "noise_source": tracer.noise_source}  # issue 19: the noise's std comes from the subjects
     file = _cache_file(parts)
     if use_cache and file.is_file():
         try:

@@ -6,8 +6,10 @@ Reference: Meng et al. 2022, "Locating and Editing Factual Associations in GPT",
 * the *clean* run gives P(answer), the model's probability of the answer's first token after the
   prompt (the answer is the model's own top prediction when none is given);
 * the *corrupted* run adds Gaussian noise to the subject's token embeddings (standard deviation
-  ``NOISE_FACTOR`` = 3 times the standard deviation of token embeddings over a sample of the
-  reference text, as the paper's 3 sigma), which lowers P(answer);
+  ``NOISE_FACTOR`` = 3 times the standard deviation of the embeddings of subject tokens, as the
+  reference does: ``collect_embedding_std`` over the known facts' subjects; here the subjects of
+  the shipped requests. ``noise_source="corpus"``, the choice before session 5: the embeddings of
+  a sample of the reference text), which lowers P(answer);
 * each *restoration* run is the corrupted run in which one state is set back to its clean value;
   the probability that comes back measures how much that state carries the fact.
 
@@ -65,7 +67,9 @@ NOISE_FACTOR = 3.0  # noise std = NOISE_FACTOR x std of token embeddings (the pa
 DEFAULT_SAMPLES = 5  # noise draws per probability; kmeng01/rome uses 10 (samples=10): 5 keeps a full
 # trace of a 10-token prompt of the demo near half a minute of CPU (bench/bench_trace.py)
 DEFAULT_SEED = 1  # seed of the noise draws (kmeng01/rome seeds its RandomState with 1)
-EMBEDDING_SAMPLE_TOKENS = 4000  # tokens of the reference text behind the embedding std
+EMBEDDING_SAMPLE_TOKENS = 4000  # tokens of the reference text behind the embedding std ("corpus")
+NOISE_SOURCES = ("subjects", "corpus")  # whose embeddings' std sets the noise (Tracer ``noise_source``)
+SUBJECT_FILES = ("demo/known_facts.json", "demo/first_token_subjects.json", "hard/roundedit_hard_40.json")
 ATTN_NAMES = ("self_attn", "attn", "attention")  # attention submodule of a block, per family
 BATCH_TOKENS = 2048  # token positions per restoration forward pass (batch rows x positions run)
 PRECISIONS = ("float32", "bfloat16")  # the restorations' products (Tracer ``precision``)
@@ -111,6 +115,7 @@ class Trace:
     effects: np.ndarray  # (tokens, layers) P(answer) after restoring that state
     seconds: float = 0.0
     precision: str = "float32"  # the restorations' matrix products (Tracer ``precision``)
+    noise_source: str = "corpus"  # whose embeddings' std set ``noise`` (traces stored before issue 19: corpus)
 
     @property
     def subject_last(self) -> int:
@@ -127,6 +132,7 @@ class Trace:
             "window": self.window, "samples": self.samples, "noise": self.noise,
             "clean_prob": self.clean_prob, "corrupted_prob": self.corrupted_prob,
             "effects": self.effects.tolist(), "seconds": self.seconds, "precision": self.precision,
+            "noise_source": self.noise_source,
         }
 
     @classmethod
@@ -215,7 +221,8 @@ class Tracer:
 
     def __init__(self, lm: LoadedModel, *, samples: int = DEFAULT_SAMPLES, window: int | None = None,
                  noise: float | None = None, seed: int = DEFAULT_SEED, batch_tokens: int = BATCH_TOKENS,
-                 skip_blocks: bool = True, skip_tokens: bool = True, precision: str = "float32"):
+                 skip_blocks: bool = True, skip_tokens: bool = True, precision: str = "float32",
+                 noise_source: str = "subjects"):
         if samples < 1:
             raise TraceError("samples must be at least 1")
         if precision not in PRECISIONS:
@@ -224,6 +231,9 @@ class Tracer:
         # the residual stream, the stored clean and corrupted states and the answer's softmax stay
         # float32. A model loaded in half precision computes in its own dtype either way.
         self.precision = precision
+        if noise_source not in NOISE_SOURCES:
+            raise TraceError(f"unknown noise source {noise_source!r}; use {' or '.join(NOISE_SOURCES)}")
+        self.noise_source = noise_source if noise is None else "given"
         self.lm = lm
         self.samples = samples  # noise draws per probability
         self.window = window or default_window(lm.n_layers)  # layers restored together (mlp, attn)
@@ -238,7 +248,8 @@ class Tracer:
     @property
     def noise_level(self) -> float:
         if self._noise is None:
-            self._noise = NOISE_FACTOR * embedding_std(self.lm)
+            std = subject_embedding_std(self.lm) if self.noise_source == "subjects" else embedding_std(self.lm)
+            self._noise = NOISE_FACTOR * std
         return self._noise
 
     def prepare(self, prompt: str, subject: str, answer: str | None = None) -> Prepared:
@@ -467,7 +478,7 @@ class Tracer:
                 kind=kind, prompt=prep.text, subject=subject, answer=prep.answer, answer_id=prep.answer_id,
                 tokens=prep.tokens, subject_span=prep.subject_span, window=1 if kind == "hidden" else self.window,
                 samples=self.samples, noise=self.noise_level, clean_prob=prep.clean_prob,
-                corrupted_prob=prep.corrupted_prob, effects=effects, seconds=seconds,
+                corrupted_prob=prep.corrupted_prob, effects=effects, seconds=seconds, noise_source=self.noise_source,
                 precision=self.precision if self.lm.dtype == torch.float32 else str(self.lm.dtype).replace("torch.", ""),
             )
         for (kind, token, layer), p in zip(cells, probs):
@@ -552,3 +563,31 @@ def embedding_std(lm: LoadedModel, n_tokens: int = EMBEDDING_SAMPLE_TOKENS) -> f
     ids = first_tokens(lm.tokenizer, read_text(stats_text_path()), n_tokens)
     emb = lm.model.get_input_embeddings()(torch.tensor(ids, device=lm.device))  # (n, H)
     return float(emb.float().std())
+
+
+@torch.no_grad()
+def subject_embedding_std(lm: LoadedModel, subjects: list[str] | None = None) -> float:
+    """Standard deviation of the input embeddings of the subjects' tokens (kmeng01/rome
+    ``causal_trace.collect_embedding_std`` over the known facts' subjects); default subjects: those
+    of the shipped requests (:data:`SUBJECT_FILES`), each tokenised alone without special tokens."""
+    if subjects is None:
+        subjects = shipped_subjects()
+    ids = [i for s in subjects for i in lm.tokenizer(s, add_special_tokens=False)["input_ids"]]
+    if len(ids) < 2:
+        raise TraceError("too few subject tokens to estimate the embeddings' spread")
+    emb = lm.model.get_input_embeddings()(torch.tensor(ids, device=lm.device))  # (n, H)
+    return float(emb.float().std())
+
+
+def shipped_subjects() -> list[str]:
+    """The distinct subjects of the shipped request files, in file order."""
+    import json
+
+    from auditor.model.resources import resource_path
+
+    seen: dict[str, None] = {}
+    for name in SUBJECT_FILES:
+        for rec in json.loads(resource_path(name).read_text(encoding="utf-8")):
+            if isinstance(rec, dict) and isinstance(rec.get("subject"), str) and rec["subject"].strip():
+                seen.setdefault(rec["subject"], None)
+    return list(seen)

@@ -204,7 +204,8 @@ def edit_batch(
 
         ctx = MethodContext(templates=templates, second_moment=lambda layer: C.get(layer),
                             key_memory=editor.key_memory, key_mode=key_mode, on_step=on_step,
-                            on_request=on_request, cancelled=cancelled)
+                            on_request=on_request, cancelled=cancelled, held_out_keys=editor.held_out_keys,
+                            stats_info=editor.method_stats_info)
         t = time.perf_counter()
         out = impl.compute(lm, requests, hp, ctx)
         timings["compute"] = time.perf_counter() - t

@@ -53,6 +53,8 @@ class Editor:
         self._templates: dict[tuple, list[str]] = {}
         self._C: dict[tuple, torch.Tensor] = {}
         self._C_conditioning: dict[tuple, dict] = {}  # (stats file, ridge) -> stats.conditioning(...)
+        self._held_out: dict[tuple, torch.Tensor] = {}  # (layer, weights fingerprint) -> held-out keys
+        self._C_info: dict = {}  # C's key, and layer (the C last used) -> tokens and spectrum (issue 19)
         self._fingerprint: str | None = None
         self._ppl_by_fp: dict[str, float] = {}  # perplexity of each weight state seen
         # AlphaEdit's running sum of earlier batches' K K^T per parameter (in, in) float64; a
@@ -142,11 +144,32 @@ class Editor:
                 if progress:
                     progress(Progress("stats", done, total, message=f"key statistics, layer {layer}"))
 
-            self._C[key] = second_moment(
+            self._C[key], info = second_moment(
                 self.lm, layer, text_path=self._stats_text, n_tokens=hp.mom2_n_tokens, seq_len=hp.mom2_seq_len,
                 dtype=hp.mom2_dtype, progress=on_tokens, cancel=(cancel.is_set if cancel else None),
-                ignore_edits=True)[0]
+                ignore_edits=True)
+            cond = self._conditioning(self._C[key], info, 0.0)
+            self._C_info[key] = {"tokens": info.get("tokens"), "tokens_per_dim": cond["tokens_per_dim"],
+                                 "condition": cond["condition"], "eig_min": cond["eig_min"], "eig_max": cond["eig_max"]}
+        self._C_info[layer] = self._C_info[key]  # the C this layer uses now
         return self._C[key]
+
+    def method_stats_info(self, layer: int) -> dict:
+        """Token count and spectrum (condition, extreme eigenvalues) of the C last loaded for ``layer``
+        by :meth:`method_second_moment`; recorded in every MEMIT / AlphaEdit layer's diagnostics."""
+        return dict(self._C_info.get(layer, {}))
+
+    def held_out_keys(self, layer: int) -> torch.Tensor:
+        """Held-out text keys of ``layer`` on the current weights (stats.held_out_keys), once per
+        weight state: each batch's ``held_out_change`` is measured on them."""
+        from auditor.engine.stats import held_out_keys
+
+        key = (layer, self.fingerprint())
+        if key not in self._held_out:
+            if len(self._held_out) > 64:
+                self._held_out.clear()
+            self._held_out[key] = held_out_keys(self.lm, layer)
+        return self._held_out[key]
 
     def edit_batch(self, requests: list[EditRequest], **kwargs: Any) -> Any:
         """Many requests in one update (MEMIT, AlphaEdit): see :func:`auditor.run.batch.edit_batch`."""

@@ -43,6 +43,7 @@ from auditor.files import atomic_folder, describe_os_error, protection
 from auditor.model.checkpoint import CheckpointError, LoadedModel, fingerprint_model, load_model, resolve_dtype
 from auditor.model.offload import write_param
 from auditor.record.ledger import Entry, Ledger, LedgerError, entry_facts, entry_params  # noqa: F401 (entry_facts: re-exported)
+from auditor.run.recheck import recheck_later
 
 if TYPE_CHECKING:
     from auditor.model.requests import EditRequest
@@ -424,6 +425,7 @@ class Workspace:
                     f"reverting entry {entry_id} would not change the weights (it names no parameter its delta "
                     "changes, or the rebuilt parameters are unchanged); nothing was recorded. "
                     "Run `edit-auditor ledger verify`")
+            recheck = recheck_later(self.lm, self.ledger, entry_id, upto=head)
             entry = self.ledger.append({
                 **{k: target.row[k] for k in ("method", "key_mode", "layer", "param", "request", "subject",
                                               "prompt", "target_new", "target_true", "delta_hash",
@@ -432,6 +434,7 @@ class Workspace:
                 "kind": "revert", "status": "applied", "reverts": entry_id, "note": note,
                 "device": str(self.lm.device), "dtype": dtype_name(self.lm.dtype),
                 "fingerprint_before": before, "fingerprint_after": self.fingerprint,
+                "diagnostics": {"recheck": recheck},
             })
             self._synced_id = entry.id
             return entry
