@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -116,6 +117,12 @@ def test_a_ledger_from_before_m003_migrates_and_verifies(tmp_path: Path) -> None
     conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm003_batches'")
     conn.commit()
     conn.close()
+    # ... with the head file of its time (version 1: the newest entry and the high-water mark only;
+    # a version-2 head commits to the schema, so the change above would rightly be tampering)
+    head_file = path.with_name("ledger.head")
+    head = json.loads(head_file.read_text())
+    head_file.write_text(json.dumps({**{k: head[k] for k in ("format", "ledger_id", "last_id", "head", "high_water")},
+                                     "version": 1}))
 
     led = Ledger(path)  # migrates
     assert "m003_batches" in led.schema_version
