@@ -47,6 +47,7 @@ def test_memit_batch_of_20_counterfact_requests(requests: list, tmp_path: Path) 
 
 def test_alphaedit_five_sequential_batches_then_revert_and_replay(requests: list, tmp_path: Path) -> None:
     ws = Workspace.init("demo", tmp_path / "alpha", device="cpu")
+    ws.editor.collateral = None  # about the key memory, revert and replay; the audit: test_collateral.py
     batches = [requests[10 * i:10 * (i + 1)] for i in range(5)]
     entries, fingerprints = [], []
     for batch in batches:

@@ -2,7 +2,9 @@
 
 On the demo model, a prompt that begins with its one-token subject ("France is a country in")
 edited in ``consistent`` mode keeps the old answer on the bare prompt; ``joint`` mode's rank-two
-update makes it answer the new target there too, without a collapse. Three requests here (all
+update makes it answer the new target there too, without a collapse of perplexity, but keyed on the
+template's last token it moves the other countries too: the collateral audit (issue 18) measures the
+spill and the guard flags it. Three requests here (all
 ten: bench/bench_bare_prompt.py, figures in the issue-10 notes).
 """
 
@@ -40,7 +42,10 @@ def test_joint_mode_edits_hold_on_the_bare_prompt(demo: Any, editor: Editor) -> 
         assert d["subject_first_token"] and d["joint_bare_key"] == "last"
         assert m["efficacy"] == 1.0 and m["efficacy_before"] == 0.0  # the bare prompt now answers the new target
         assert m["ppl_ratio"] <= 1.05
-        assert not res.collapse_risk, res.collapse_reasons
+        spill = m["collateral"]["spill_rate"]
+        print(f"  spill rate {spill:.2f}: {res.collapse_reasons}")
+        # issue 18: an edit of the relation, not of the fact, is never left unflagged
+        assert spill > 0.2 and any(reason.startswith("spill rate") for reason in res.collapse_reasons)
         assert res.delta.rank == 2
     assert fingerprint_model(demo.model) == fp
 

@@ -89,6 +89,7 @@ def test_twenty_consistent_counterfact_edits_are_not_stopped(demo_dir: Path, tmp
     """Measured on the demo: perplexity ratio 0.994-1.004, norm ratio up to 1.09, condition ratio
     1.04-1.32, every earlier edit retained (bench_sequence.py on the same requests)."""
     ws = Workspace.init(demo_dir, tmp_path / "ws", device="cpu")
+    ws.editor.collateral = None  # the monitor's verdict on a long healthy run; the audit: test_collateral.py
     steps: list[dict] = []
     final = run_sequence(ws, load_requests(COUNTERFACT)[:LONG_HEALTHY], Monitor(), on_step=steps.append,
                          hparams=HPARAMS)

@@ -53,6 +53,7 @@ from auditor.engine.rome import (
     subject_index,
 )
 from auditor.model.checkpoint import LoadedModel
+from auditor.model.offload import read_param
 from auditor.model.requests import EditRequest
 from auditor.model.subject_bank import SubjectBank
 
@@ -309,7 +310,7 @@ def _oriented(part: Delta) -> tuple[torch.Tensor | None, torch.Tensor | None, to
 
 def key_ratio(lm: LoadedModel, layer: int, part: Delta, K: torch.Tensor) -> torch.Tensor:
     """``|Delta k| / |W k|`` for each row k of ``K`` (n, in)."""
-    W = lm.spec.as_out_in(lm.spec.module(lm.model, layer).weight).float()
+    W = lm.spec.as_out_in(read_param(lm.model, lm.spec.weight_name(layer))).float()  # offloaded or not
     K = K.to(W.device)
     left, right, full = _oriented(part)
     if full is not None:
@@ -322,7 +323,7 @@ def key_ratio(lm: LoadedModel, layer: int, part: Delta, K: torch.Tensor) -> torc
 def preservation_cost(lm: LoadedModel, part: Delta, C: torch.Tensor | None) -> float:
     """``tr(Delta C Delta^T) / tr(W C W^T)`` of one edited matrix (``C`` None: the identity, i.e.
     ``||Delta||_F^2 / ||W||_F^2``); W is the weight as it is now (call before applying Delta)."""
-    W = lm.model.get_parameter(part.param)
+    W = read_param(lm.model, part.param)  # offloaded or not (model/offload.py)
     W = (W.T if part.transposed else W).double()  # (out, in)
     dev = W.device
     left, right, full = _oriented(part)
