@@ -42,13 +42,12 @@ import hmac
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from auditor.base import AuditorError
-from auditor.files import ReadError, read_regular
+from auditor.files import ReadError, atomic_file, fsync_dir, read_regular  # noqa: F401 (fsync_dir: its 0.1 home; ledger takes it here)
 
 ANCHOR_FORMAT = "edit-auditor-ledger-head"
 ANCHOR_VERSION = 2  # 2: counter, time, watchlist head and state digest (issue 17); 1 is still read
@@ -209,19 +208,10 @@ def parse_kept(text: str) -> HeadAnchor | str:
 
 
 def write_anchor(path: Path, anchor: HeadAnchor) -> None:
-    """Replace ``path`` atomically (temporary sibling, fsync, rename, fsync of the folder)."""
-    text = json.dumps(anchor.to_json(), indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Replace ``path`` atomically (:func:`auditor.files.atomic_file`: temporary sibling, fsync,
+    rename, fsync of the folder)."""
+    with atomic_file(path, "w", what="ledger head") as f:
+        f.write(json.dumps(anchor.to_json(), indent=2, sort_keys=True) + "\n")
 
 
 def normalise_hash(text: str) -> str:
@@ -231,20 +221,6 @@ def normalise_hash(text: str) -> str:
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise AnchorError(f"{text[:80]!r} is not a sha256 hash (sha256:<64 hex digits>)")
     return "sha256:" + digest
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a folder, so a rename inside it survives a power cut (best effort)."""
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def kept_head_problems(kept: HeadAnchor, current: HeadAnchor | None, hash_of: Callable[[int], str | None],
