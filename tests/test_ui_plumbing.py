@@ -232,6 +232,52 @@ def test_audit_trail_lists_sorts_filters_and_searches(qtbot, ledger):
     assert not audit.revert_button.isEnabled()  # a dry run has nothing to revert
 
 
+def shown_arrow(header, section: int) -> str:
+    """Which way the sort arrow drawn in ``section`` points, read from the header's pixels.
+
+    The arrow is the rightmost dark shape of the section: a ▲ is widest at its bottom row, a ▼ at
+    its top row.
+    """
+    img = header.grab().toImage()
+    left = header.sectionViewportPosition(section)
+    xs = range(left, left + header.sectionSize(section))
+    dark = {(x, y) for x in xs for y in range(img.height()) if img.pixelColor(x, y).lightness() < 150}
+    assert dark, "nothing drawn in the section"
+    right = max(x for x, _ in dark)
+    shape = [(x, y) for x, y in dark if x > right - 12]
+    rows = sorted({y for _, y in shape})
+    width = {y: sum(1 for _, yy in shape if yy == y) for y in rows}
+    assert len(rows) >= 2 and width[rows[0]] != width[rows[-1]], "no arrow in the section"
+    return "up" if width[rows[-1]] > width[rows[0]] else "down"
+
+
+def test_the_sort_arrow_follows_the_rows(qtbot, ledger):
+    """Newest first (the default) shows ▼, oldest first ▲, in Fusion (the app's style), which drew
+    them the other way round."""
+    from PySide6.QtWidgets import QApplication
+
+    from ui.audit import AuditTrail
+    from ui.entries import rows_of
+
+    app = QApplication.instance()
+    before = app.style().name()
+    app.setStyle("Fusion")
+    try:
+        audit = AuditTrail()
+        qtbot.addWidget(audit)
+        audit.set_rows(rows_of(ledger.entries()))
+        audit.resize(900, 400)
+        audit.show()
+        header = audit.table.horizontalHeader()
+        assert audit.visible_ids() == [3, 2, 1]
+        assert shown_arrow(header, 0) == "down"
+        audit.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+        assert audit.visible_ids() == [1, 2, 3]
+        assert shown_arrow(header, 0) == "up"
+    finally:
+        app.setStyle(before)
+
+
 def test_verify_result_is_shown(qtbot, ledger):
     from ui.audit import AuditTrail
 

@@ -14,13 +14,18 @@ from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyMod
 from PySide6.QtGui import QBrush, QColor, QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QComboBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
+    QProxyStyle,
     QPushButton,
     QSplitter,
+    QStyle,
+    QStyleFactory,
+    QStyleOptionHeader,
     QTableView,
     QTreeWidget,
     QTreeWidgetItem,
@@ -166,6 +171,34 @@ class EntryFilter(QSortFilterProxyModel):
         return str(a) < str(b)
 
 
+class SortArrows(QProxyStyle):
+    """Header sort arrows that follow the rows: ▲ over ascending rows, ▼ over descending ones.
+
+    ``QHeaderView`` hands the style ``SortUp`` for a descending sort. Qt's common style draws that
+    as ▼, but Fusion (the app's style) draws it as ▲, so a table sorted newest first showed an up
+    arrow. Over Fusion this flips the indicator for the arrow only; every other element, and
+    every other style, is drawn unchanged. Set on a header with :func:`follow_rows`.
+    """
+
+    SWAP = {QStyleOptionHeader.SortIndicator.SortUp: QStyleOptionHeader.SortIndicator.SortDown,
+            QStyleOptionHeader.SortIndicator.SortDown: QStyleOptionHeader.SortIndicator.SortUp}
+
+    def drawPrimitive(self, element, option, painter, widget=None):  # noqa: N802 - Qt API
+        if (element == QStyle.PrimitiveElement.PE_IndicatorHeaderArrow and isinstance(option, QStyleOptionHeader)
+                and self.baseStyle().name().lower() == "fusion"):
+            option = QStyleOptionHeader(option)
+            option.sortIndicator = self.SWAP.get(option.sortIndicator, option.sortIndicator)
+        super().drawPrimitive(element, option, painter, widget)
+
+
+def follow_rows(header: QHeaderView) -> None:
+    """Give a sortable table's header :class:`SortArrows` over the application's current style."""
+    base = QStyleFactory.create(QApplication.style().name())
+    style = SortArrows(base) if base is not None else SortArrows()
+    style.setParent(header)  # the header keeps it alive; QWidget.setStyle does not take ownership
+    header.setStyle(style)
+
+
 class AuditTrail(QWidget):
     entry_selected = Signal(int)
     revert_requested = Signal(int)
@@ -198,6 +231,7 @@ class AuditTrail(QWidget):
         self.table = QTableView()
         self.table.setModel(self.proxy)
         self.table.setSortingEnabled(True)
+        follow_rows(self.table.horizontalHeader())
         self.table.sortByColumn(0, Qt.SortOrder.DescendingOrder)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)

@@ -25,6 +25,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .audit import follow_rows
+
 COLUMNS = ("moved", "subject", "kind", "prompt", "answer before → after", "P(new) before", "P(new) after",
            "key ratio")
 MOVED_BRUSH = QBrush(QColor("#f8d7da"))
@@ -56,6 +58,7 @@ class CollateralView(QWidget):
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.setSelectionBehavior(QTableWidget.SelectRows)
         self.table.setSortingEnabled(True)
+        follow_rows(self.table.horizontalHeader())
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.cellClicked.connect(lambda row, _col: self.prompt_clicked.emit(self.table.item(row, 3).text()))
         layout = QVBoxLayout(self)
