@@ -105,6 +105,26 @@ def test_runner_no_grad_is_set_inside_the_worker(runner, qtbot):
     assert torch.is_grad_enabled()  # the GUI thread is untouched
 
 
+def test_a_job_leaves_the_gui_a_core_unless_omp_num_threads_is_set(runner, qtbot, monkeypatch):
+    import torch
+
+    from ui.worker import spare_a_core
+
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert spare_a_core() is None  # the user's setting stands
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert spare_a_core() == max(1, cores - 1)
+        torch.set_num_threads(cores)
+        with qtbot.waitSignal(runner.finished, timeout=10_000) as blocker:
+            runner.start("job", lambda report, cancel: torch.get_num_threads())
+        assert blocker.args[1] == max(1, cores - 1)  # what torch used inside the job
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------- edit panel
 
 
