@@ -298,6 +298,30 @@ def test_the_sort_arrow_follows_the_rows(qtbot, ledger):
         app.setStyle(before)
 
 
+def test_batch_and_collateral_tables_read_as_words_before_any_run(qtbot):
+    """Headings in words (the record's key on hover), each wide enough for its text, and an idle bar
+    that says so (it was blank)."""
+    from ui.batch_panel import LAYER_COLUMNS, REQUEST_COLUMNS, BatchPanel
+    from ui.collateral_view import CollateralView
+
+    batch, collateral = BatchPanel(), CollateralView()
+    for w in (batch, collateral):
+        qtbot.addWidget(w)
+        w.resize(900, 600)
+        w.show()
+    assert batch.progress.text() == "idle"
+    for table, keys in ((batch.table, REQUEST_COLUMNS), (batch.layers, LAYER_COLUMNS), (collateral.table, None)):
+        header = table.horizontalHeader()
+        heads = [table.horizontalHeaderItem(c) for c in range(table.columnCount())]
+        assert not [h.text() for h in heads if "_" in h.text()]
+        if keys is not None:
+            assert [h.toolTip() for h in heads] == list(keys)
+            assert heads[3].text() == "New target" if keys is REQUEST_COLUMNS else True
+        fm = header.fontMetrics()
+        clipped = [h.text() for c, h in enumerate(heads) if header.sectionSize(c) < fm.horizontalAdvance(h.text())]
+        assert not clipped
+
+
 def test_verify_result_is_shown(qtbot, ledger):
     from ui.audit import AuditTrail
 

@@ -62,6 +62,7 @@ LABELS = {key: label for key, label in COLUMNS} | {
     "fingerprint_after": "Fingerprint after", "n_requests": "Requests", "hparams": "Hyper-parameters",
     "watch": "Watchlist check", "per_request": "Per request", "update_norm": "Update norm",
     "weight_norm": "Weight norm", "key_cosine": "Key cosine", "delta_file_sha256": "Delta file SHA-256",
+    "held_out_change": "Held-out change", "null_space_energy": "Null-space energy", "#": "#",
 }
 
 

@@ -60,6 +60,7 @@ class CollateralView(QWidget):
         self.table.setSortingEnabled(True)
         follow_rows(self.table.horizontalHeader())
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.resizeColumnsToContents()  # every heading readable before the first audit
         self.table.cellClicked.connect(lambda row, _col: self.prompt_clicked.emit(self.table.item(row, 3).text()))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
