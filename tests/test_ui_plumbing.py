@@ -361,6 +361,30 @@ def test_welcome_page_on_first_run_offers_the_demo(qtbot):
     assert not w.export_action.isEnabled()
 
 
+def test_who_else_changed_says_its_entry_and_follows_a_revert(qtbot):
+    """The tab names the entry its audit belongs to and, after that entry's revert (the window's
+    "model changed" notice), says that it is no longer in the model."""
+    from ui.main_window import MainWindow
+
+    w = MainWindow(restore_last=False)
+    qtbot.addWidget(w)
+    view = w.collateral_view
+    assert "after an edit" in view.summary.text()  # says what will appear
+    report = {"spill_rate": 0.25, "n_swaps": 4, "preservation_cost": 0.01, "moved": ["Canada"],
+              "rows": [{"moved": True, "subject": "Canada", "kind": "swap", "prompt": "The capital of Canada is",
+                        "answer_before": "Ottawa", "answer_after": "Rome", "p_before": 0.01, "p_after": 0.4,
+                        "key_ratio": 0.3}]}
+    view.show_report(report, 2)
+    assert view.summary.text().startswith("Who else changed (entry 2): spill rate 0.25 over 4")
+    w.rows = [{"id": 2, "status": "applied", "reverted_by": None}]
+    w.model_changed.emit()
+    assert "no longer in the model" not in view.summary.text()
+    w.rows = [{"id": 2, "status": "applied", "reverted_by": 3}, {"id": 3, "status": "revert"}]
+    w.model_changed.emit()
+    assert "Reverted by entry 3: no longer in the model" in view.summary.text()
+    assert view.table.rowCount() == 1  # what was measured stays listed
+
+
 def test_gui_subcommand_is_registered():
     from auditor.cli import build_parser
     from ui.cli_gui import cmd_gui
