@@ -303,14 +303,16 @@ def test_batch_and_collateral_tables_read_as_words_before_any_run(qtbot):
     that says so (it was blank)."""
     from ui.batch_panel import LAYER_COLUMNS, REQUEST_COLUMNS, BatchPanel
     from ui.collateral_view import CollateralView
+    from ui.watch_panel import WatchPanel
 
-    batch, collateral = BatchPanel(), CollateralView()
-    for w in (batch, collateral):
+    batch, collateral, watch = BatchPanel(), CollateralView(), WatchPanel()
+    for w in (batch, collateral, watch):
         qtbot.addWidget(w)
         w.resize(900, 600)
         w.show()
     assert batch.progress.text() == "idle"
-    for table, keys in ((batch.table, REQUEST_COLUMNS), (batch.layers, LAYER_COLUMNS), (collateral.table, None)):
+    for table, keys in ((batch.table, REQUEST_COLUMNS), (batch.layers, LAYER_COLUMNS), (collateral.table, None),
+                        (watch.table, None)):
         header = table.horizontalHeader()
         heads = [table.horizontalHeaderItem(c) for c in range(table.columnCount())]
         assert not [h.text() for h in heads if "_" in h.text()]
@@ -320,6 +322,8 @@ def test_batch_and_collateral_tables_read_as_words_before_any_run(qtbot):
         fm = header.fontMetrics()
         clipped = [h.text() for c, h in enumerate(heads) if header.sectionSize(c) < fm.horizontalAdvance(h.text())]
         assert not clipped
+    assert [watch.table.horizontalHeaderItem(c).text() for c in range(4)] == [
+        "ID", "Prompt", "Watched answer", "The model now"]
 
 
 def test_verify_result_is_shown(qtbot, ledger):
