@@ -250,6 +250,15 @@ def test_audit_trail_lists_sorts_filters_and_searches(qtbot, ledger):
     assert chain.text(1) == "entry 1 of 3"
     assert chain.child(0).text(1) == ledger.get(1).content_hash
     assert not audit.revert_button.isEnabled()  # a dry run has nothing to revert
+    # a long subject (a batch's) is capped so the figures stay on screen; its whole text is on hover
+    from ui.audit import COLUMNS, MAX_COLUMN_WIDTH
+
+    long = "batch of 2: The Eiffel Tower → Rome, Canada → Sydney, and a few more words to make it long"
+    audit.set_rows([{**r, "subject": long} if r["id"] == 2 else r for r in rows_of(ledger.entries())])
+    col = [k for k, _ in COLUMNS].index("subject")
+    assert audit.table.columnWidth(col) <= MAX_COLUMN_WIDTH
+    cell = audit.proxy.index([audit.proxy.index(i, 0).data() for i in range(3)].index("2"), col)
+    assert cell.data(Qt.ItemDataRole.ToolTipRole) == long
 
 
 def shown_arrow(header, section: int) -> str:

@@ -51,6 +51,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("collapse_risk", "Collapse risk"),
 ]
 ANY = "any"
+MAX_COLUMN_WIDTH = 240  # pixels; a cell's full text is in its tooltip
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 STATUS_COLORS = {"applied": "#1e7b34", "dry-run": "#1f5fae", "rejected": "#b9770e", "failed": "#c0392b",
                  "reverted": "#7f8c8d", "revert": "#7f8c8d"}
@@ -117,6 +118,8 @@ class EntryModel(QAbstractTableModel):
         row = self.rows[index.row()]
         key = COLUMNS[index.column()][0]
         value = row.get(key)
+        if role == Qt.ItemDataRole.ToolTipRole and key in ("subject", "target_new"):
+            return self.data(index, Qt.ItemDataRole.DisplayRole)  # the whole text of a capped column
         if role == Qt.ItemDataRole.DisplayRole:
             if key == "status" and row.get("reverted_by"):
                 return f"{value} (reverted by {row['reverted_by']})"
@@ -284,6 +287,8 @@ class AuditTrail(QWidget):
         self._refill_choices()
         self._apply_filters()
         self.table.resizeColumnsToContents()
+        for c in range(len(COLUMNS)):  # a long subject ("batch of 2: ...") must not push the figures off screen
+            self.table.setColumnWidth(c, min(self.table.columnWidth(c), MAX_COLUMN_WIDTH))
         if keep is not None:
             self.select_entry(keep)
 
