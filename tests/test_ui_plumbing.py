@@ -335,6 +335,25 @@ def test_batch_and_collateral_tables_read_as_words_before_any_run(qtbot):
         "ID", "Prompt", "Watched answer", "The model now"]
 
 
+def test_health_charts_keep_their_edge_points_and_title_inside_at_1280x800(qtbot):
+    """The last entry's point was cut by the frame and the threshold subtitle ran past the chart at
+    1280x800 (where each health chart is about 390 px wide)."""
+    from ui.charts import DenominatorChart, EditPoint, PerplexityChart
+
+    points = [EditPoint(i, 72.05, 72.1 + i / 100, 6.5 - i, False) for i in range(1, 5)]
+    for chart, limit in ((PerplexityChart(), 1.5), (DenominatorChart(), 0.5)):
+        qtbot.addWidget(chart)
+        chart.resize(360, 200)  # a little under the ~390 px it gets at 1280x800
+        chart.show()
+        chart.set_points(points, limit)
+        qtbot.wait(20)
+        (x0, x1), _ = chart.plot_item.viewRange()
+        assert x0 <= 0.5 and x1 >= 4.5  # room for the first and the last point
+        title = chart.plot_item.titleLabel.item
+        # centred over the plot area: wider than it, the title runs past the widget's right edge
+        assert title.boundingRect().width() <= chart.plot_item.vb.boundingRect().width(), title.toPlainText()
+
+
 def test_verify_result_is_shown(qtbot, ledger):
     from ui.audit import AuditTrail
 
