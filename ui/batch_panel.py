@@ -55,8 +55,7 @@ class BatchPanel(QWidget):
         self.path: Path | None = None
         self.load_button = QPushButton("Load requests…")
         self.load_button.clicked.connect(self.choose_file)
-        self.file_label = QLabel("No request file loaded: a JSON or JSON-lines file of edit requests, one row each "
-                                 "below; each batch's layers appear under them.")
+        self.file_label = QLabel("No request file loaded (JSON or JSON lines, one edit request each).")
         self.file_label.setWordWrap(True)
         self.method = QComboBox()
         self.method.addItems(["memit", "alphaedit"])
@@ -98,6 +97,7 @@ class BatchPanel(QWidget):
                 item.setToolTip(key)
                 table.setHorizontalHeaderItem(c, item)
             table.resizeColumnsToContents()
+            table.horizontalHeader().setStretchLastSection(True)
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.table)
         split.addWidget(self.layers)
