@@ -71,8 +71,9 @@ def test_sequence_view_draws_live_and_shows_the_stop(window, tmp_path: Path) -> 
     view.stop_on.clear()
     QTest.keyClicks(view.stop_on, "norm=1.3,ppl")
     QTest.mouseClick(view.allow_collapse, Qt.MouseButton.LeftButton)  # random weights: tiny denominators
-    assert view.threshold_lines["norm_ratio"].isVisible() and view.threshold_lines["norm_ratio"].value() == 1.3
-    assert not view.threshold_lines["cond_ratio"].isVisible()  # not a figure this run stops on
+    # before the run the empty chart says its threshold; the dashed line comes with the first point
+    assert "stops above 1.3" in view.empty_notes["norm_ratio"].item.textItem.toPlainText()
+    assert view.threshold_lines["norm_ratio"].value() == 1.3 and not view.threshold_lines["norm_ratio"].isVisible()
     n_entries = len(window.workspace.ledger)
     assert view.run_button.isEnabled() and not view.stop_button.isEnabled()
     assert (view.progress.minimum(), view.progress.maximum(), view.progress.text()) == (0, 1, "idle")  # looks idle
@@ -96,6 +97,8 @@ def test_sequence_view_draws_live_and_shows_the_stop(window, tmp_path: Path) -> 
     x, y = view.curves["norm_ratio"].getData()
     assert list(x) == [s["edits"] for s in view.steps] and len(x) == final["stopped_at_step"]
     assert y[-1] > 1.3 and all(v <= 1.3 for v in y[:-1])
+    assert view.threshold_lines["norm_ratio"].isVisible()
+    assert not view.threshold_lines["cond_ratio"].isVisible()  # not a figure this run stops on
     # the offending step is on record and rolled back; the window shows the new entries
     assert len(window.workspace.ledger) == n_entries + final["stopped_at_step"] + 1
     assert window.audit.model.rowCount() == len(window.workspace.ledger)
