@@ -9,8 +9,8 @@ One workspace is shared by the module and three runs are made on it, in order:
    per-edit guard overridden (Yang et al. 2024: the denominator collapses): stopped, rolled back.
 
 The capacity report is then drawn from the workspace's ledger. Two context templates keep
-each edit short, as in test_workspace_edits.py. A second workspace takes 20 CounterFact edits
-(tests/data/counterfact_100.json) in a row: not stopped.
+each edit short, as in test_workspace_edits.py. A second workspace takes 8 CounterFact edits
+(tests/data/counterfact_100.json) in a row: not stopped (bench/bench_sequence.py runs longer ones).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ DEMO = Path(__file__).parent.parent / "resources" / "demo"
 HPARAMS = {"context_templates": ["{}", "The following is a fact. {}"]}
 HEALTHY = 6  # edits of the healthy run of the shared workspace
 COUNTERFACT = Path(__file__).parent / "data" / "counterfact_100.json"
-LONG_HEALTHY = 20  # edits of the healthy run on its own workspace
+LONG_HEALTHY = 8  # edits of the healthy run on its own workspace
 GREAT_WALL = EditRequest(prompt="{} is located in the country of", subject="The Great Wall", target_new="Mexico",
                          target_true="China", case_id="great-wall")
 WATCHED = [("The largest planet in the solar system is", "Jupiter"),
@@ -85,7 +85,7 @@ def test_a_healthy_sequence_is_not_stopped(seq: Any) -> None:
     assert entry["metrics"]["monitor"]["ppl_ratio"] == last["ppl_ratio"]
 
 
-def test_twenty_consistent_counterfact_edits_are_not_stopped(demo_dir: Path, tmp_path: Path) -> None:
+def test_consistent_counterfact_edits_in_a_row_are_not_stopped(demo_dir: Path, tmp_path: Path) -> None:
     """Measured on the demo: perplexity ratio 0.994-1.004, norm ratio up to 1.09, condition ratio
     1.04-1.32, every earlier edit retained (bench_sequence.py on the same requests)."""
     ws = Workspace.init(demo_dir, tmp_path / "ws", device="cpu")
