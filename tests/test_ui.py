@@ -209,6 +209,9 @@ def test_default_probes_say_what_broke_without_the_optional_fields(edited):
     text = edited["result_text"]
     assert "default probes" in text and "did not take" not in text
     assert f"generalization {fmt(m['generalization'])}" in text and f"locality {fmt(m['locality'])}" in text
+    # who else changed (the collateral audit runs by default), in the summary without opening its tab
+    assert m["collateral"] is not None
+    assert f"Who else changed: spill rate {fmt(m['collateral']['spill_rate'])}" in text
 
 
 def test_a_request_that_did_not_take_is_marked(qtbot):

@@ -105,6 +105,26 @@ def test_runner_no_grad_is_set_inside_the_worker(runner, qtbot):
     assert torch.is_grad_enabled()  # the GUI thread is untouched
 
 
+def test_a_job_leaves_the_gui_a_core_unless_omp_num_threads_is_set(runner, qtbot, monkeypatch):
+    import torch
+
+    from ui.worker import spare_a_core
+
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert spare_a_core() is None  # the user's setting stands
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert spare_a_core() == max(1, cores - 1)
+        torch.set_num_threads(cores)
+        with qtbot.waitSignal(runner.finished, timeout=10_000) as blocker:
+            runner.start("job", lambda report, cancel: torch.get_num_threads())
+        assert blocker.args[1] == max(1, cores - 1)  # what torch used inside the job
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------- edit panel
 
 
@@ -230,6 +250,108 @@ def test_audit_trail_lists_sorts_filters_and_searches(qtbot, ledger):
     assert chain.text(1) == "entry 1 of 3"
     assert chain.child(0).text(1) == ledger.get(1).content_hash
     assert not audit.revert_button.isEnabled()  # a dry run has nothing to revert
+    # a long subject (a batch's) is capped so the figures stay on screen; its whole text is on hover
+    from ui.audit import COLUMNS, MAX_COLUMN_WIDTH
+
+    long = "batch of 2: The Eiffel Tower → Rome, Canada → Sydney, and a few more words to make it long"
+    audit.set_rows([{**r, "subject": long} if r["id"] == 2 else r for r in rows_of(ledger.entries())])
+    col = [k for k, _ in COLUMNS].index("subject")
+    assert audit.table.columnWidth(col) <= MAX_COLUMN_WIDTH
+    cell = audit.proxy.index([audit.proxy.index(i, 0).data() for i in range(3)].index("2"), col)
+    assert cell.data(Qt.ItemDataRole.ToolTipRole) == long
+
+
+def shown_arrow(header, section: int) -> str:
+    """Which way the sort arrow drawn in ``section`` points, read from the header's pixels.
+
+    The arrow is the rightmost dark shape of the section: a ▲ is widest at its bottom row, a ▼ at
+    its top row.
+    """
+    img = header.grab().toImage()
+    left = header.sectionViewportPosition(section)
+    xs = range(left, left + header.sectionSize(section))
+    dark = {(x, y) for x in xs for y in range(img.height()) if img.pixelColor(x, y).lightness() < 150}
+    assert dark, "nothing drawn in the section"
+    right = max(x for x, _ in dark)
+    shape = [(x, y) for x, y in dark if x > right - 12]
+    rows = sorted({y for _, y in shape})
+    width = {y: sum(1 for _, yy in shape if yy == y) for y in rows}
+    assert len(rows) >= 2 and width[rows[0]] != width[rows[-1]], "no arrow in the section"
+    return "up" if width[rows[-1]] > width[rows[0]] else "down"
+
+
+def test_the_sort_arrow_follows_the_rows(qtbot, ledger):
+    """Newest first (the default) shows ▼, oldest first ▲, in Fusion (the app's style), which drew
+    them the other way round."""
+    from PySide6.QtWidgets import QApplication
+
+    from ui.audit import AuditTrail
+    from ui.entries import rows_of
+
+    app = QApplication.instance()
+    before = app.style().name()
+    app.setStyle("Fusion")
+    try:
+        audit = AuditTrail()
+        qtbot.addWidget(audit)
+        audit.set_rows(rows_of(ledger.entries()))
+        audit.resize(900, 400)
+        audit.show()
+        header = audit.table.horizontalHeader()
+        assert audit.visible_ids() == [3, 2, 1]
+        assert shown_arrow(header, 0) == "down"
+        audit.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+        assert audit.visible_ids() == [1, 2, 3]
+        assert shown_arrow(header, 0) == "up"
+    finally:
+        app.setStyle(before)
+
+
+def test_batch_and_collateral_tables_read_as_words_before_any_run(qtbot):
+    """Headings in words (the record's key on hover), each wide enough for its text, and an idle bar
+    that says so (it was blank)."""
+    from ui.batch_panel import LAYER_COLUMNS, REQUEST_COLUMNS, BatchPanel
+    from ui.collateral_view import CollateralView
+    from ui.watch_panel import WatchPanel
+
+    batch, collateral, watch = BatchPanel(), CollateralView(), WatchPanel()
+    for w in (batch, collateral, watch):
+        qtbot.addWidget(w)
+        w.resize(900, 600)
+        w.show()
+    assert batch.progress.text() == "idle"
+    for table, keys in ((batch.table, REQUEST_COLUMNS), (batch.layers, LAYER_COLUMNS), (collateral.table, None),
+                        (watch.table, None)):
+        header = table.horizontalHeader()
+        heads = [table.horizontalHeaderItem(c) for c in range(table.columnCount())]
+        assert not [h.text() for h in heads if "_" in h.text()]
+        if keys is not None:
+            assert [h.toolTip() for h in heads] == list(keys)
+            assert heads[3].text() == "New target" if keys is REQUEST_COLUMNS else True
+        fm = header.fontMetrics()
+        clipped = [h.text() for c, h in enumerate(heads) if header.sectionSize(c) < fm.horizontalAdvance(h.text())]
+        assert not clipped
+    assert [watch.table.horizontalHeaderItem(c).text() for c in range(4)] == [
+        "ID", "Prompt", "Watched answer", "The model now"]
+
+
+def test_health_charts_keep_their_edge_points_and_title_inside_at_1280x800(qtbot):
+    """The last entry's point was cut by the frame and the threshold subtitle ran past the chart at
+    1280x800 (where each health chart is about 390 px wide)."""
+    from ui.charts import DenominatorChart, EditPoint, PerplexityChart
+
+    points = [EditPoint(i, 72.05, 72.1 + i / 100, 6.5 - i, False) for i in range(1, 5)]
+    for chart, limit in ((PerplexityChart(), 1.5), (DenominatorChart(), 0.5)):
+        qtbot.addWidget(chart)
+        chart.resize(360, 200)  # a little under the ~390 px it gets at 1280x800
+        chart.show()
+        chart.set_points(points, limit)
+        qtbot.wait(20)
+        (x0, x1), _ = chart.plot_item.viewRange()
+        assert x0 <= 0.5 and x1 >= 4.5  # room for the first and the last point
+        title = chart.plot_item.titleLabel.item
+        # centred over the plot area: wider than it, the title runs past the widget's right edge
+        assert title.boundingRect().width() <= chart.plot_item.vb.boundingRect().width(), title.toPlainText()
 
 
 def test_verify_result_is_shown(qtbot, ledger):
@@ -269,6 +391,30 @@ def test_welcome_page_on_first_run_offers_the_demo(qtbot):
     qtbot.wait(50)
     assert w.stack.currentIndex() == 0 and w.welcome_demo.isVisible()
     assert not w.export_action.isEnabled()
+
+
+def test_who_else_changed_says_its_entry_and_follows_a_revert(qtbot):
+    """The tab names the entry its audit belongs to and, after that entry's revert (the window's
+    "model changed" notice), says that it is no longer in the model."""
+    from ui.main_window import MainWindow
+
+    w = MainWindow(restore_last=False)
+    qtbot.addWidget(w)
+    view = w.collateral_view
+    assert "after an edit" in view.summary.text()  # says what will appear
+    report = {"spill_rate": 0.25, "n_swaps": 4, "preservation_cost": 0.01, "moved": ["Canada"],
+              "rows": [{"moved": True, "subject": "Canada", "kind": "swap", "prompt": "The capital of Canada is",
+                        "answer_before": "Ottawa", "answer_after": "Rome", "p_before": 0.01, "p_after": 0.4,
+                        "key_ratio": 0.3}]}
+    view.show_report(report, 2)
+    assert view.summary.text().startswith("Who else changed (entry 2): spill rate 0.25 over 4")
+    w.rows = [{"id": 2, "status": "applied", "reverted_by": None}]
+    w.model_changed.emit()
+    assert "no longer in the model" not in view.summary.text()
+    w.rows = [{"id": 2, "status": "applied", "reverted_by": 3}, {"id": 3, "status": "revert"}]
+    w.model_changed.emit()
+    assert "Reverted by entry 3: no longer in the model" in view.summary.text()
+    assert view.table.rowCount() == 1  # what was measured stays listed
 
 
 def test_gui_subcommand_is_registered():

@@ -167,3 +167,23 @@ def test_a_model_with_fewer_layers_than_the_family_default_opens(qtbot, tiny_che
         assert not w.last_error and w.panel.layer.maximum() == 1 and w.panel.layer.value() == 1
     finally:
         w.workspace.close()
+
+
+def test_empty_charts_say_their_threshold_and_draw_its_line_with_the_first_point(qtbot) -> None:
+    """No dashed line across an empty chart's note (it sat at a meaningless height); the note says
+    where the run stops, and the line comes with the data."""
+    from ui.sequence_view import SequenceView
+
+    view = SequenceView()
+    qtbot.addWidget(view)
+    view.stop_on.setText("retention=0.7, norm=1.5")
+    lines, notes = view.threshold_lines, view.empty_notes
+    assert not [k for k, line in lines.items() if line.isVisible()]  # nothing drawn on empty charts
+    assert "stops below 0.7" in notes["retention"].item.textItem.toPlainText()
+    assert "stops above 1.5" in notes["norm_ratio"].item.textItem.toPlainText()
+    assert "stops" not in notes["ppl_ratio"].item.textItem.toPlainText()  # not a figure the run stops on
+    view.add_step({"step": 1, "edits": 1, "changed": True, "retention": 1.0, "norm_ratio": 1.01, "ppl_ratio": 1.0})
+    view.flush()
+    assert lines["retention"].isVisible() and lines["norm_ratio"].isVisible()
+    assert lines["retention"].value() == pytest.approx(0.7)
+    assert not lines["ppl_ratio"].isVisible() and not notes["retention"].item.isVisible()

@@ -14,13 +14,18 @@ from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyMod
 from PySide6.QtGui import QBrush, QColor, QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QComboBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
+    QProxyStyle,
     QPushButton,
     QSplitter,
+    QStyle,
+    QStyleFactory,
+    QStyleOptionHeader,
     QTableView,
     QTreeWidget,
     QTreeWidgetItem,
@@ -46,6 +51,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("collapse_risk", "Collapse risk"),
 ]
 ANY = "any"
+MAX_COLUMN_WIDTH = 240  # pixels; a cell's full text is in its tooltip
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 STATUS_COLORS = {"applied": "#1e7b34", "dry-run": "#1f5fae", "rejected": "#b9770e", "failed": "#c0392b",
                  "reverted": "#7f8c8d", "revert": "#7f8c8d"}
@@ -57,6 +63,7 @@ LABELS = {key: label for key, label in COLUMNS} | {
     "fingerprint_after": "Fingerprint after", "n_requests": "Requests", "hparams": "Hyper-parameters",
     "watch": "Watchlist check", "per_request": "Per request", "update_norm": "Update norm",
     "weight_norm": "Weight norm", "key_cosine": "Key cosine", "delta_file_sha256": "Delta file SHA-256",
+    "held_out_change": "Held-out change", "null_space_energy": "Null-space energy", "#": "#",
 }
 
 
@@ -111,6 +118,8 @@ class EntryModel(QAbstractTableModel):
         row = self.rows[index.row()]
         key = COLUMNS[index.column()][0]
         value = row.get(key)
+        if role == Qt.ItemDataRole.ToolTipRole and key in ("subject", "target_new"):
+            return self.data(index, Qt.ItemDataRole.DisplayRole)  # the whole text of a capped column
         if role == Qt.ItemDataRole.DisplayRole:
             if key == "status" and row.get("reverted_by"):
                 return f"{value} (reverted by {row['reverted_by']})"
@@ -166,6 +175,34 @@ class EntryFilter(QSortFilterProxyModel):
         return str(a) < str(b)
 
 
+class SortArrows(QProxyStyle):
+    """Header sort arrows that follow the rows: ▲ over ascending rows, ▼ over descending ones.
+
+    ``QHeaderView`` hands the style ``SortUp`` for a descending sort. Qt's common style draws that
+    as ▼, but Fusion (the app's style) draws it as ▲, so a table sorted newest first showed an up
+    arrow. Over Fusion this flips the indicator for the arrow only; every other element, and
+    every other style, is drawn unchanged. Set on a header with :func:`follow_rows`.
+    """
+
+    SWAP = {QStyleOptionHeader.SortIndicator.SortUp: QStyleOptionHeader.SortIndicator.SortDown,
+            QStyleOptionHeader.SortIndicator.SortDown: QStyleOptionHeader.SortIndicator.SortUp}
+
+    def drawPrimitive(self, element, option, painter, widget=None):  # noqa: N802 - Qt API
+        if (element == QStyle.PrimitiveElement.PE_IndicatorHeaderArrow and isinstance(option, QStyleOptionHeader)
+                and self.baseStyle().name().lower() == "fusion"):
+            option = QStyleOptionHeader(option)
+            option.sortIndicator = self.SWAP.get(option.sortIndicator, option.sortIndicator)
+        super().drawPrimitive(element, option, painter, widget)
+
+
+def follow_rows(header: QHeaderView) -> None:
+    """Give a sortable table's header :class:`SortArrows` over the application's current style."""
+    base = QStyleFactory.create(QApplication.style().name())
+    style = SortArrows(base) if base is not None else SortArrows()
+    style.setParent(header)  # the header keeps it alive; QWidget.setStyle does not take ownership
+    header.setStyle(style)
+
+
 class AuditTrail(QWidget):
     entry_selected = Signal(int)
     revert_requested = Signal(int)
@@ -198,6 +235,7 @@ class AuditTrail(QWidget):
         self.table = QTableView()
         self.table.setModel(self.proxy)
         self.table.setSortingEnabled(True)
+        follow_rows(self.table.horizontalHeader())
         self.table.sortByColumn(0, Qt.SortOrder.DescendingOrder)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -249,6 +287,8 @@ class AuditTrail(QWidget):
         self._refill_choices()
         self._apply_filters()
         self.table.resizeColumnsToContents()
+        for c in range(len(COLUMNS)):  # a long subject ("batch of 2: ...") must not push the figures off screen
+            self.table.setColumnWidth(c, min(self.table.columnWidth(c), MAX_COLUMN_WIDTH))
         if keep is not None:
             self.select_entry(keep)
 

@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .audit import label
 from .entries import did_not_take, fmt
 
 REQUEST_COLUMNS = ("#", "subject", "prompt", "target_new", "target_true", "batch", "status", "efficacy",
@@ -54,7 +55,8 @@ class BatchPanel(QWidget):
         self.path: Path | None = None
         self.load_button = QPushButton("Load requests…")
         self.load_button.clicked.connect(self.choose_file)
-        self.file_label = QLabel("No request file loaded.")
+        self.file_label = QLabel("No request file loaded: a JSON or JSON-lines file of edit requests, one row each "
+                                 "below; each batch's layers appear under them.")
         self.file_label.setWordWrap(True)
         self.method = QComboBox()
         self.method.addItems(["memit", "alphaedit"])
@@ -72,7 +74,7 @@ class BatchPanel(QWidget):
         self.cancel_button.clicked.connect(self.cancel_requested)
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
-        self.progress.setFormat("idle")
+        self.set_idle_text("idle")
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
 
@@ -87,11 +89,15 @@ class BatchPanel(QWidget):
         top.addWidget(self.cancel_button)
 
         self.table = QTableWidget(0, len(REQUEST_COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(REQUEST_COLUMNS))
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.layers = QTableWidget(0, len(LAYER_COLUMNS))
-        self.layers.setHorizontalHeaderLabels(list(LAYER_COLUMNS))
         self.layers.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        for table, keys in ((self.table, REQUEST_COLUMNS), (self.layers, LAYER_COLUMNS)):
+            for c, key in enumerate(keys):  # read as words; the record's own key on hover
+                item = QTableWidgetItem(label(key))
+                item.setToolTip(key)
+                table.setHorizontalHeaderItem(c, item)
+            table.resizeColumnsToContents()
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.table)
         split.addWidget(self.layers)

@@ -232,6 +232,8 @@ class _HealthChart(pg.PlotWidget):
         self.line.setData(ids, values)
         self.points.setData(ids, values, data=ids, symbolBrush=brushes, symbolSize=sizes,
                             symbolPen=[pg.mkPen("w") for _ in ids])
+        if ids:  # half an entry of room on each side: the first and last points are not cut by the frame
+            self.plot_item.setXRange(min(ids) - 0.5, max(ids) + 0.5, padding=0)
 
     def select(self, entry_id: int | None) -> None:
         if entry_id is not None and entry_id in self._xy:
@@ -268,9 +270,9 @@ class PerplexityChart(_HealthChart):
             self.plot_item.setTitle(self.TITLE, size="10pt")
             return
         self.threshold_line.setPos(self.threshold)
-        self.plot_item.setTitle(f"{self.TITLE}<br><span style='color:{RED}; font-size:9pt'>dashed: collapse "
-                                f"threshold, {ratio_max:g} × base perplexity = {self.threshold:.4g}</span>",
-                                size="10pt")
+        # short enough for the chart's width at 1280x800 (the longer wording was cut off there)
+        self.plot_item.setTitle(f"{self.TITLE}<br><span style='color:{RED}; font-size:9pt'>dashed: collapse at "
+                                f"{ratio_max:g} × base = {self.threshold:.4g}</span>", size="10pt")
 
 class DenominatorChart(_HealthChart):
     TITLE = "ROME denominator |u·k*| per edit (log scale)"

@@ -25,6 +25,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .audit import follow_rows
+from .entries import fmt
+
 COLUMNS = ("moved", "subject", "kind", "prompt", "answer before → after", "P(new) before", "P(new) after",
            "key ratio")
 MOVED_BRUSH = QBrush(QColor("#f8d7da"))
@@ -42,6 +45,14 @@ class _Number(QTableWidgetItem):
         return self.value < getattr(other, "value", float("-inf"))
 
 
+def in_one_line(report: dict[str, Any]) -> str:
+    """The audit's verdict as one line of text: spill rate, preservation cost, who moved."""
+    spill, cost = report.get("spill_rate"), report.get("preservation_cost")
+    moved = report.get("moved") or []
+    return (f"spill rate {fmt(spill)} over {report.get('n_swaps')} same-type swaps, preservation cost "
+            f"{fmt(cost)}; moved: {', '.join(moved[:8]) or 'none'}{' …' if len(moved) > 8 else ''}")
+
+
 class CollateralView(QWidget):
     """The audit's rows in a sortable table with a one-line summary above it."""
 
@@ -49,26 +60,34 @@ class CollateralView(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.summary = QLabel("Who else changed: no edit audited yet.")
+        self.summary = QLabel("Who else changed: after an edit, the subjects it moved besides its own are listed "
+                              "here (the collateral audit).")
+        self.report: dict[str, Any] | None = None
+        self.entry_id: int | None = None
+        self.reverted_by: int | None = None
         self.summary.setWordWrap(True)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.setSelectionBehavior(QTableWidget.SelectRows)
         self.table.setSortingEnabled(True)
+        follow_rows(self.table.horizontalHeader())
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.resizeColumnsToContents()  # every heading readable before the first audit
         self.table.cellClicked.connect(lambda row, _col: self.prompt_clicked.emit(self.table.item(row, 3).text()))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.summary)
         layout.addWidget(self.table)
 
-    def show_report(self, report: dict[str, Any] | None) -> None:
-        """Fill the table from a collateral audit record (None: the edit was not audited)."""
+    def show_report(self, report: dict[str, Any] | None, entry_id: int | None = None) -> None:
+        """Fill the table from a collateral audit record (None: the edit was not audited); ``entry_id``:
+        the ledger entry it belongs to (a dry run has none)."""
+        self.report, self.entry_id, self.reverted_by = report, entry_id, None
         self.table.setSortingEnabled(False)
         self.table.setRowCount(0)
+        self._say()
         if not report:
-            self.summary.setText("Who else changed: this edit was not audited.")
             return
         rows = report.get("rows") or []
         self.table.setRowCount(len(rows))
@@ -83,12 +102,22 @@ class CollateralView(QWidget):
                 self.table.setItem(i, j, cell)
         self.table.setSortingEnabled(True)
         self.table.resizeColumnsToContents()
-        spill, cost = report.get("spill_rate"), report.get("preservation_cost")
-        moved = report.get("moved") or []
-        self.summary.setText(
-            f"Who else changed: spill rate {spill:.2f} over {report.get('n_swaps')} same-type swaps, "
-            f"preservation cost {cost:.2g}; moved: {', '.join(moved[:8]) or 'none'}"
-            f"{' …' if len(moved) > 8 else ''}")
+
+    def set_reverted(self, reverted_by: int | None) -> None:
+        """The entry shown was reverted (or not): say so, the table stays as it was measured."""
+        if reverted_by != self.reverted_by:
+            self.reverted_by = reverted_by
+            self._say()
+
+    def _say(self) -> None:
+        head = "Who else changed" + (f" (entry {self.entry_id})" if self.entry_id is not None else "")
+        if not self.report:
+            self.summary.setText(f"{head}: this edit was not audited.")
+            return
+        text = f"{head}: {in_one_line(self.report)}"
+        if self.reverted_by is not None:
+            text += f". Reverted by entry {self.reverted_by}: no longer in the model."
+        self.summary.setText(text)
 
     def moved_subjects(self) -> list[str]:
         """The subjects of the rows marked moved, in the table's current order."""

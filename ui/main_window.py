@@ -55,7 +55,7 @@ from .ask_view import AskView
 from .audit import AuditTrail
 from .batch_panel import BatchPanel
 from .charts import DenominatorChart, EditPoint, LiveEditChart, PerplexityChart, chart_page
-from .collateral_view import CollateralView
+from .collateral_view import CollateralView, in_one_line
 from .dialogs import ExportDialog, SettingsDialog
 from .edit_panel import EditPanel
 from .entries import did_not_take, fmt, number, revertible, rows_of
@@ -556,6 +556,9 @@ class MainWindow(QMainWindow):
         if out is not None:  # "applied · entry 2" becomes "... reverted by entry 3" after a revert
             self.result_label.setText(self._summary(out.result, getattr(out.entry, "id", None)))
         self.trace_view.show_state(len([r for r in self.rows if revertible(r)]))
+        shown = self.collateral_view.entry_id
+        if shown is not None:
+            self.collateral_view.set_reverted(next((r.get("reverted_by") for r in self.rows if r.get("id") == shown), None))
         QTimer.singleShot(0, self.refresh_answers)
 
     def refresh_answer(self, prompt: str) -> None:
@@ -798,6 +801,7 @@ class MainWindow(QMainWindow):
         elif name == "batch":
             if isinstance(p, tuple) and p[:1] == ("batch",):
                 self.batch_panel.show_batch(*p[1:])
+                self.collateral_view.show_report(p[3].metrics.get("collateral"), p[4])  # this batch's audit
                 self.state_changed()
             elif isinstance(p, tuple) and p[:1] == ("batch-start",):
                 self.batch_panel.start_batch(*p[1:])
@@ -883,9 +887,9 @@ class MainWindow(QMainWindow):
         self.panel.show_before_after(out.prompt, out.answer_before, out.answer_after, res.status == "applied")
         self.answer_fresh_for = (out.prompt, self.workspace.fingerprint)  # the panel shows the answer now
         self.state_changed()
-        self.collateral_view.show_report(res.metrics.get("collateral"))
-        self.panel.set_idle_text(res.status)
         entry_id = getattr(out.entry, "id", None)
+        self.collateral_view.show_report(res.metrics.get("collateral"), entry_id if res.status == "applied" else None)
+        self.panel.set_idle_text(res.status)
         if entry_id is not None:
             self.ppl_chart.select(entry_id)
             self.den_chart.select(entry_id)
@@ -919,6 +923,9 @@ class MainWindow(QMainWindow):
             from auditor.measure.default_probes import describe
 
             text += f"<br><span style='color:#555'>Measured on {html.escape(describe(out.filled))}.</span>"
+        if m.get("collateral"):  # the collateral audit (issue 18): what the edit did to other subjects
+            text += (f"<br><span style='color:#555'>Who else changed: {html.escape(in_one_line(m['collateral']))} "
+                     "(the \u201cWho else changed\u201d tab lists them).</span>")
         if res.collapse_risk:
             text += "<br><b style='color:#c0392b'>⚠ collapse risk:</b> " + "; ".join(res.collapse_reasons)
         if res.error and res.status == "failed":

@@ -166,6 +166,10 @@ def take_tabs(out: Path, *, sizes=TAB_SIZES, steps: int = 0, timeout: float = 36
         view.requests_path.setText(str(path))
         view.stop_on.setText("none")
         view.allow_collapse.setChecked(True)
+        view.watch.prompt.setText("The capital of France is")  # a watched answer: its pass rate is charted
+        view.watch.answer.setText("Paris")
+        view.watch.add()
+        wait("the watchlist's answer")
         view.run_button.click()
         wait("the sequence")
         trace = window.trace_view

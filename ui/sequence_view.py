@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from auditor.run.monitor import FIGURE_KEYS, MonitorError, Thresholds, parse_stop_on
+from auditor.run.monitor import FIGURE_KEYS, FIGURES, MonitorError, Thresholds, parse_stop_on
 from auditor.run.report import PLOTS, THRESHOLD_OF
 
 from .charts import BLUE, RED, REDRAW_MS, EmptyNote, IntAxis, chart_page, wrapped
@@ -43,6 +43,7 @@ from .watch_panel import WatchPanel
 
 STEP_MESSAGE = "sequence-step"
 TOTAL_MESSAGE = "sequence-total"  # ("sequence-total", number of steps), sent once at the start
+EMPTY_NOTE = "one point per step\nappears here during a run"
 
 
 def sequence_job(ws: Any, path: str, options: dict[str, Any], *,
@@ -117,6 +118,7 @@ class SequenceView(QWidget):
         self.plots: dict[str, pg.PlotItem] = {}
         self.curves: dict[str, pg.PlotDataItem] = {}
         self.threshold_lines: dict[str, pg.InfiniteLine] = {}
+        self.threshold_shown: dict[str, bool] = {}  # drawn once the chart has a point
         self.empty_notes: dict[str, EmptyNote] = {}
         for i, (key, (title, ylabel)) in enumerate(PLOTS.items()):
             plot = self.charts.addPlot(row=i // 3, col=i % 3, axisItems={"bottom": IntAxis("bottom")})
@@ -124,7 +126,7 @@ class SequenceView(QWidget):
             plot.setTitle(f"{wrapped(title)}<br><span style='color:#555; font-size:8pt'>y: {wrapped(ylabel, 44)}</span>",
                           size="9pt")
             plot.setLabel("bottom", "edits")
-            self.empty_notes[key] = EmptyNote(plot, "one point per step\nappears here during a run")
+            self.empty_notes[key] = EmptyNote(plot, EMPTY_NOTE)
             plot.showGrid(x=True, y=True, alpha=0.2)
             self.plots[key] = plot
             self.curves[key] = plot.plot([], [], pen=pg.mkPen(BLUE, width=2), symbol="o", symbolSize=5,
@@ -236,13 +238,23 @@ class SequenceView(QWidget):
         self.report_button.setEnabled(not busy)
 
     def set_thresholds(self, thresholds: Thresholds, stop_on: list[str]) -> None:
-        """Draw each figure's threshold (dashed red; only for the figures the run stops on)."""
+        """Draw each figure's threshold (dashed red; only for the figures the run stops on).
+
+        An empty chart has no scale for the line to sit on (it crossed the note at a meaningless
+        height): there the note says the threshold, and the line appears with the first point.
+        """
         for key, line in self.threshold_lines.items():
             name = THRESHOLD_OF.get(key)
             shown = name is not None and name in stop_on
-            line.setVisible(shown)
+            self.threshold_shown[key] = shown
+            note = EMPTY_NOTE
             if shown:
                 line.setPos(thresholds.value(name))
+                word = "above" if FIGURES[name][1] == "max" else "below"
+                note += f"\n(the run stops {word} {thresholds.value(name):g})"
+            self.empty_notes[key].item.setText(note)
+        self._dirty = True
+        self._redraw()
 
     def start(self, path: str) -> None:
         self.steps.clear()
@@ -327,6 +339,7 @@ class SequenceView(QWidget):
         for key, curve in self.curves.items():
             xs, ys = self.series(key)
             self.empty_notes[key].set_empty(not xs)
+            self.threshold_lines[key].setVisible(self.threshold_shown.get(key, False) and bool(xs))
             curve.setData(xs, ys)
 
 

@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import traceback
@@ -56,6 +57,25 @@ def collect_garbage_on_gui_thread() -> None:
         from pyqtgraph.util.garbage_collector import GarbageCollector
 
         _collector = GarbageCollector(interval=0.5)
+
+
+def spare_a_core() -> int | None:
+    """How many torch threads a job may use: every core this process may run on but one.
+
+    torch's intra-op pool takes every core by default. On a loaded machine the GUI thread then
+    has to wait for a core to be scheduled on: ``bench/bench_gui_responsiveness.py`` measured
+    event-loop stalls of 100-220 ms on 2 cores at load 9.5 that were scheduling, not the GIL.
+    Leaving one core to the GUI costs an edit one core of compute. ``None`` (torch's choice,
+    nothing is set) when ``OMP_NUM_THREADS`` is set: the user's choice stands. The
+    :class:`Runner` applies it inside each job's thread when it starts a job.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -131,6 +151,7 @@ class Runner(QObject):
     busy_changed = Signal(bool)
 
     def __init__(self, parent: QObject | None = None, *, threads: int | None = None):
+        """``threads``: torch threads per job; ``None``: :func:`spare_a_core` at each job's start."""
         super().__init__(parent)
         collect_garbage_on_gui_thread()
         self._threads = threads
@@ -153,7 +174,8 @@ class Runner(QObject):
             return False
         self.name = name
         self._cancel = threading.Event()
-        job = _Job(fn, self._cancel, no_grad=no_grad, threads=self._threads)
+        threads = self._threads if self._threads is not None else spare_a_core()
+        job = _Job(fn, self._cancel, no_grad=no_grad, threads=threads)
         thread = QThread()
         thread.setObjectName(f"edit-auditor-{name}")
         job.moveToThread(thread)
