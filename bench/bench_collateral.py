@@ -61,6 +61,7 @@ def summary(method: str, rows: list[dict]) -> dict:
             "cost_median": statistics.median(r["cost"] for r in rows), "cost_max": max(r["cost"] for r in rows),
             "flagged": sum(r["flagged"] for r in rows),
             "audit_s_per_update": audit / len(rows), "edit_s_per_update": edit / len(rows),
+            "audit_s_per_request": audit / n, "edit_s_per_request": edit / n,
             "audit_share": audit / edit if edit else None}
 
 
