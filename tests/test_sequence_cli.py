@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from auditor.cli import main
-from auditor.run.monitor import MonitorError, Thresholds, parse_stop_on, slope
+from auditor.run.monitor import FIGURES, MonitorError, Thresholds, parse_stop_on, slope
 
 TINY_HP = json.dumps({"layer": 1, "mom2_n_tokens": 4096, "mom2_seq_len": 64, "v_num_grad_steps": 6,
                       "context_n": 2, "context_len": 4})
@@ -20,7 +20,7 @@ CAPITALS = [("France", "Rome"), ("Germany", "Oslo"), ("Italy", "Lima"), ("Spain"
 def test_parse_stop_on_and_slope() -> None:
     names, th = parse_stop_on("ppl=2, norm")
     assert names == ["ppl", "norm"] and th.max_ppl_ratio == 2.0 and th.max_norm_ratio == Thresholds().max_norm_ratio
-    assert parse_stop_on("none")[0] == [] and len(parse_stop_on("all")[0]) == 6
+    assert parse_stop_on("none")[0] == [] and parse_stop_on("all")[0] == list(FIGURES)  # every figure (issue 18: spill)
     with pytest.raises(MonitorError, match="unknown --stop-on figure 'pll'"):
         parse_stop_on("pll=2")
     with pytest.raises(MonitorError, match="not a number"):

@@ -61,6 +61,8 @@ def run_sequence(ws: "Workspace", requests: list["EditRequest"], monitor: Monito
     monitor.run = monitor.run or new_run_id()
     monitor.label = monitor.label or f"{edit_kwargs.get('method', 'rome')}/{edit_kwargs.get('key_mode', 'consistent')}"
     t0 = time.perf_counter()
+    if monitor.watch_bank is None:
+        monitor.watch(ws, requests)  # the cumulative spill's watch bank (monitor.py)
     monitor.start(ws)
     ws.after_apply.append(monitor.hook)
     applied_total, step = 0, 0
