@@ -33,7 +33,7 @@ def test_the_watch_bank_is_seeded_spread_and_leaves_out_the_edited_subjects() ->
     bank, requests = load_bank(), load_requests(COUNTERFACT)[:8]
     first, again = build(bank, requests, seed=3), build(bank, requests, seed=3)
     assert [s.prompt for s in first.swaps] == [s.prompt for s in again.swaps]
-    assert len(first.swaps) == WATCH_SIZE and len({s.prompt for s in first.swaps}) == WATCH_SIZE
+    assert len(first.swaps) == WATCH_SIZE and len({(s.prompt, s.target_new) for s in first.swaps}) == WATCH_SIZE
     assert [s.prompt for s in build(bank, requests, seed=4).swaps] != [s.prompt for s in first.swaps]
     edited = {r.subject.lower() for r in requests}
     assert not edited & {s.subject.lower() for s in first.swaps}

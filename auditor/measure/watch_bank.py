@@ -91,18 +91,18 @@ def build(bank: SubjectBank, requests: list[EditRequest], size: int = WATCH_SIZE
     """``size`` same-type swaps for ``requests``, none of them a subject the sequence edits.
 
     Every request offers ``ceil(size / len(requests))`` peers of its type (``bank.peers``, seeded
-    per request); ``size`` distinct prompts of that pool are drawn with ``random.Random(seed)``
+    per request); ``size`` distinct (prompt, target) pairs of that pool are drawn with ``random.Random(seed)``
     and kept in request order. Deterministic: same requests, size, seed and bank, same swaps.
     """
     if not requests or size < 1:
         return WatchBank([], seed)
     edited = {r.subject.strip().lower() for r in requests}
     per = -(-size // len(requests))
-    pool: dict[str, Swap] = {}
+    pool: dict[tuple[str, str], Swap] = {}  # (prompt, target_new) -> its swap: each watched once
     for i, req in enumerate(requests):
         for subject in bank.peers(req, per, seed + i, exclude=edited):
             prompt = req.prompt.replace("{}", subject)
-            pool.setdefault(prompt, Swap(subject, prompt, req.target_new, i))
+            pool.setdefault((prompt, req.target_new), Swap(subject, prompt, req.target_new, i))
     swaps = list(pool.values())
     picked = sorted(random.Random(seed).sample(range(len(swaps)), min(size, len(swaps))))
     return WatchBank([swaps[j] for j in picked], seed)
