@@ -76,6 +76,7 @@ def test_a_healthy_sequence_is_not_stopped(seq: Any) -> None:
     assert all(s["status"] == ["applied"] and not any(c["stops"] for c in s["crossed"]) for s in run.steps)
     last = run.steps[-1]
     assert last["watch_pass_rate"] == 1.0 and last["retention"] >= 0.5
+    assert last["n_watch"] == 20 and last["cumulative_spill"] <= 0.5  # issue 18: the watch bank
     assert 1.0 < last["norm_ratio"] and last["ppl_trend"] is not None
     # every entry carries the watchlist check and the monitor's figures, pinned to the watchlist's head
     entry = seq.ws.ledger.get(run.steps[-1]["entries"][0])
@@ -163,3 +164,10 @@ def test_capacity_report_from_the_workspace(seq: Any, tmp_path: Path) -> None:
         assert image.shape[:2] == (360, 640) and len(png) > 10_000
         assert image[..., :3].std() > 0.05  # drawn on, not a blank canvas
     assert "watch_pass_rate 0.5 &lt; 1" in text
+    # issue 18: the cumulative spill is plotted (counted above) and every applied entry has a row in
+    # "Who else changed, per entry" with its own audit's spill rate and preservation cost
+    assert "Cumulative spill over the watch bank" in text
+    rows = re.findall(r"<tr><td>(.*?)</td></tr>", text.split("Who else changed, per entry", 1)[1])
+    assert len(rows) == sum(len(r.steps) for r in runs)
+    cells = [r.split("</td><td>") for r in rows]
+    assert all(len(c) == 9 and c[4] != "\u2013" and c[5] != "\u2013" for c in cells), cells

@@ -5,12 +5,13 @@ pure parts (threshold parsing, the trend's slope)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from auditor.cli import main
-from auditor.run.monitor import MonitorError, Thresholds, parse_stop_on, slope
+from auditor.run.monitor import FIGURES, MonitorError, Thresholds, parse_stop_on, slope
 
 TINY_HP = json.dumps({"layer": 1, "mom2_n_tokens": 4096, "mom2_seq_len": 64, "v_num_grad_steps": 6,
                       "context_n": 2, "context_len": 4})
@@ -20,7 +21,7 @@ CAPITALS = [("France", "Rome"), ("Germany", "Oslo"), ("Italy", "Lima"), ("Spain"
 def test_parse_stop_on_and_slope() -> None:
     names, th = parse_stop_on("ppl=2, norm")
     assert names == ["ppl", "norm"] and th.max_ppl_ratio == 2.0 and th.max_norm_ratio == Thresholds().max_norm_ratio
-    assert parse_stop_on("none")[0] == [] and len(parse_stop_on("all")[0]) == 6
+    assert parse_stop_on("none")[0] == [] and parse_stop_on("all")[0] == list(FIGURES)  # every figure (issue 18: spill)
     with pytest.raises(MonitorError, match="unknown --stop-on figure 'pll'"):
         parse_stop_on("pll=2")
     with pytest.raises(MonitorError, match="not a number"):
@@ -58,8 +59,18 @@ def test_cli_sequence_then_report(tiny_checkpoint, isolated_cache: Path, tmp_pat
     assert summary["runs"] == ["rome/consistent", "rome/consistent"] and summary["steps"][0] == summary["steps"][1]
     text = report.read_text()
     # no watchlist, no earlier edit learned, fewer than 3 steps: only the figures that were measured
-    assert text.count("data:image/png;base64,") == 3
+    # (perplexity, norm, condition number, and the cumulative spill over the watch bank: issue 18)
+    assert text.count("data:image/png;base64,") == 4
     assert "Perplexity relative to the base model" in text and "Norm of the edited matrix" in text
+    assert "Cumulative spill over the watch bank" in text and all(s["n_watch"] == 20 for s in steps)
+    # who else changed, per entry: one row per applied entry of both runs (workspace and JSON lines),
+    # each with its own audit's spill rate and preservation cost (the tiny model's edits are audited)
+    table = text.split("Who else changed, per entry", 1)[1]
+    rows = re.findall(r"<tr><td>(.*?)</td></tr>", table)
+    assert len(rows) == 2 * final["stopped_at_step"], rows
+    assert all(len(r.split("</td><td>")) == 9 for r in rows)
+    assert all("The capital of France is -&gt; Rome" in r for r in rows[:1])
+    assert all(steps[0]["collateral"][0][k] is not None for k in ("spill_rate", "preservation_cost"))
 
 
 def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

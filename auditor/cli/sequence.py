@@ -111,6 +111,7 @@ def _summary(record: dict[str, Any]) -> str:
     crossed = ", ".join(c["reason"] for c in record.get("crossed", []))
     return (f"step {record['step']} {'/'.join(record['status'])}: ppl x{f('ppl_ratio')} retention {f('retention')} "
             f"watch {f('watch_pass_rate')} norm x{f('norm_ratio')} cond x{f('cond_ratio')}"
+            f" spill {f('cumulative_spill')}"
             + (f"  CROSSED {crossed}" if crossed else ""))
 
 
@@ -154,7 +155,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="requests per step; the monitor decides after each step (default: 1)")
     p.add_argument("--stop-on", default="all", metavar="SPEC",
                    help="figures that stop the run, with optional thresholds: 'all' (default), 'none', or "
-                        "a list of ppl, retention, watch, norm, cond, trend, e.g. 'ppl=1.5,norm'")
+                        "a list of ppl, retention, watch, norm, cond, trend, spill, e.g. 'ppl=1.5,norm'; spill: the "
+                        "share of 20 same-type swaps of the requests (the watch bank) moved since the run "
+                        "started, default threshold 0.5")
     p.add_argument("--allow-collapse", action="store_true",
                    help="apply edits the per-edit collapse guard flags (the monitor still watches)")
     p.add_argument("--hparams", default=None, metavar="JSON|FILE", help="hyper-parameter overrides")
