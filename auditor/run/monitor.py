@@ -14,7 +14,11 @@ relative to the *base* model so that they do not depend on one model's scale:
   ``torch.linalg.svdvals``) of every edited matrix / the same of the base matrix (the largest
   over the edited matrices is the step's figure);
 * ``trend``: least-squares slope per edit, over the last ``trend_window`` steps, of
-  ``log(ppl_ratio)``, ``log(norm_ratio)``, ``log(cond_ratio)`` and ``retention``.
+  ``log(ppl_ratio)``, ``log(norm_ratio)``, ``log(cond_ratio)`` and ``retention``;
+* ``ppl_jump`` / ``norm_jump``: the same perplexity / edited-matrix norm relative to the previous
+  step's (the base's before the first step): a sudden jump in one edit, which the cumulative ratios
+  only show once it has added up (issue 19). With one edit per step (the default) the previous step
+  is the previous edit; a ROME step of N requests is compared with the step before it.
 
 :class:`Thresholds` turns those into a verdict; the sequence runner (sequence.py) stops on it.
 """
@@ -42,10 +46,13 @@ FIGURES: dict[str, tuple[str, str]] = {
     "norm": ("max_norm_ratio", "max"),
     "cond": ("max_cond_ratio", "max"),
     "trend": ("max_ppl_trend", "max"),
+    "ppl_jump": ("max_ppl_jump", "max"),
+    "norm_jump": ("max_norm_jump", "max"),
 }
 # the step record's key that holds each figure's value
 FIGURE_KEYS = {"ppl": "ppl_ratio", "retention": "retention", "watch": "watch_pass_rate",
-               "norm": "norm_ratio", "cond": "cond_ratio", "trend": "ppl_trend"}
+               "norm": "norm_ratio", "cond": "cond_ratio", "trend": "ppl_trend",
+               "ppl_jump": "ppl_jump", "norm_jump": "norm_jump"}
 
 
 class MonitorError(AuditorError, ValueError):
@@ -76,6 +83,12 @@ class Thresholds:
     # 2% per edit, which crosses max_ppl_ratio within about a dozen edits.
     max_ppl_trend: float = 0.02
     trend_window: int = 5  # steps in the trend's least-squares fit (at least 3 are needed)
+    # Per-edit jumps (relative to the previous step, not the base). Defaults, before a model is
+    # calibrated (run/calibration.py): perplexity x1.2 in one edit (healthy demo edits move it by
+    # 2% at most: 20 edits 72.05 -> 73.20), and the edited matrix's norm x1.25 in one edit (healthy
+    # demo edits add about 1% each; the original-key collapse adds an update as large as W itself).
+    max_ppl_jump: float = 1.2
+    max_norm_jump: float = 1.25
 
     def value(self, figure: str) -> float:
         return float(getattr(self, FIGURES[figure][0]))
@@ -201,11 +214,13 @@ class Monitor:
             self.start(ws)
         watch = (result.metrics.get("watch") if result is not None else None) or _watch_now(ws)
         ppl = ws.editor.perplexity()
+        prev = self.history[-1] if self.history else None  # the previous step's figures (None: the base)
         matrices = {}
         for param in sorted(_active_params(ws) | set(_result_params(result))):
             base, now = self.base_figures(ws, param), matrix_figures(ws.lm.model.get_parameter(param))
+            before = (prev or {}).get("matrices", {}).get(param, base)
             matrices[param] = {"norm_ratio": now["norm"] / base["norm"], "cond_ratio": now["cond"] / base["cond"],
-                               "norm": now["norm"], "cond": now["cond"]}
+                               "norm": now["norm"], "cond": now["cond"], "norm_jump": now["norm"] / before["norm"]}
         fig = {
             "run": self.run, "label": self.label,
             "ppl": ppl, "ppl_base": self.ppl_base, "ppl_ratio": ppl / self.ppl_base,
@@ -214,6 +229,8 @@ class Monitor:
             "norm_ratio": worst(m["norm_ratio"] for m in matrices.values()),
             "cond_ratio": worst(m["cond_ratio"] for m in matrices.values()),
             "matrices": matrices,
+            "ppl_jump": ppl / (prev["ppl"] if prev else self.ppl_base),
+            "norm_jump": worst(m["norm_jump"] for m in matrices.values()),
         }
         fig["trend"] = self._trend(fig)
         fig["ppl_trend"] = fig["trend"]["ppl"]

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 StepFn = Callable[[dict[str, Any]], None]
 # figures of a step record, in the order the report shows them
 STEP_FIGURES = ("ppl_ratio", "retention", "watch_pass_rate", "norm_ratio", "cond_ratio", "ppl_trend")
+STEP_FIGURES += ("ppl_jump", "norm_jump")  # relative to the previous step (issue 19)
 
 
 def batches(items: list[Any], size: int) -> Iterator[list[Any]]:
