@@ -192,6 +192,7 @@ class Monitor:
     stop_on: list[str] = field(default_factory=lambda: list(FIGURES))
     run: str = ""  # the run's id, written into every entry it measures
     label: str = ""  # how the run is named in reports ("rome/consistent")
+    thresholds_source: str = "defaults"  # "calibrated <fingerprint>" when they came from run/calibration.py
     ppl_base: float | None = None
     _base: dict[str, dict[str, float]] = field(default_factory=dict)  # param -> base norm, cond
     history: list[dict[str, Any]] = field(default_factory=list)  # the step figures so far
@@ -236,6 +237,7 @@ class Monitor:
         fig["ppl_trend"] = fig["trend"]["ppl"]
         fig["crossed"] = self.crossed(fig)
         fig["thresholds"] = self.thresholds.to_dict()
+        fig["thresholds_source"] = self.thresholds_source
         fig["stop_on"] = list(self.stop_on)
         return fig
 

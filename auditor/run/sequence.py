@@ -111,6 +111,7 @@ def run_sequence(ws: "Workspace", requests: list["EditRequest"], monitor: Monito
                  requests=len(requests), fingerprint=ws.fingerprint, ledger_head=ws.ledger.head_hash,
                  thresholds=monitor.thresholds.to_dict(), stop_on=list(monitor.stop_on),
                  seconds=round(time.perf_counter() - t0, 3))
+    final["thresholds_source"] = monitor.thresholds_source
     return final
 
 
