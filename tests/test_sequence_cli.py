@@ -21,7 +21,10 @@ CAPITALS = [("France", "Rome"), ("Germany", "Oslo"), ("Italy", "Lima"), ("Spain"
 def test_parse_stop_on_and_slope() -> None:
     names, th = parse_stop_on("ppl=2, norm")
     assert names == ["ppl", "norm"] and th.max_ppl_ratio == 2.0 and th.max_norm_ratio == Thresholds().max_norm_ratio
-    assert parse_stop_on("none")[0] == [] and parse_stop_on("all")[0] == list(FIGURES)  # every figure (issue 18: spill)
+    assert parse_stop_on("none")[0] == [] and parse_stop_on("all")[0] == list(FIGURES) and len(FIGURES) == 9
+    names, th = parse_stop_on("norm_jump=1.1,ppl_jump")
+    assert names == ["norm_jump", "ppl_jump"] and th.max_norm_jump == 1.1 and th.max_ppl_jump == Thresholds().max_ppl_jump
+    assert Thresholds().crossed("norm_jump", 1.3) and not Thresholds().crossed("ppl_jump", 1.01)
     with pytest.raises(MonitorError, match="unknown --stop-on figure 'pll'"):
         parse_stop_on("pll=2")
     with pytest.raises(MonitorError, match="not a number"):
@@ -46,9 +49,16 @@ def test_cli_sequence_then_report(tiny_checkpoint, isolated_cache: Path, tmp_pat
     assert code == 1 and final["final"] and final["stopped"] and "norm_ratio" in final["reason"]
     assert "stopped at step" in capsys.readouterr().err
     assert [s["step"] for s in steps] == list(range(1, final["stopped_at_step"] + 1))
-    for key in ("ppl_ratio", "retention", "watch_pass_rate", "norm_ratio", "cond_ratio", "ppl_trend", "matrices"):
+    for key in ("ppl_ratio", "retention", "watch_pass_rate", "norm_ratio", "cond_ratio", "ppl_trend", "matrices",
+                "ppl_jump", "norm_jump"):
         assert key in steps[0]
     assert steps[-1]["norm_ratio"] > 1.3 and steps[-1]["rolled_back"] == final["rolled_back"]
+    # the jumps: the first step against the base, every later one against the step before it
+    assert steps[0]["ppl_jump"] == pytest.approx(steps[0]["ppl_ratio"])
+    assert steps[0]["norm_jump"] == pytest.approx(steps[0]["norm_ratio"])
+    for before, now in zip(steps, steps[1:]):
+        assert now["ppl_jump"] == pytest.approx(now["ppl"] / before["ppl"])
+        assert now["norm_jump"] == pytest.approx(now["norm_ratio"] / before["norm_ratio"])
     assert final["fingerprint"] == final["fingerprint_before_step"]
     assert main(["ledger", "verify", "--workspace", str(ws)]) == 0
 

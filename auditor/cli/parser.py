@@ -48,6 +48,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "auditor.cli.reviewed",
     "auditor.cli.patch",
     "auditor.cli.sequence",
+    "auditor.cli.calibrate",
     "auditor.cli.trace",
     "auditor.cli.audit",
 )

@@ -19,6 +19,10 @@ relative to the *base* model so that they do not depend on one model's scale:
   swaps of its requests, seeded) that moved since the sequence started (P(target_new) up by more
   than 0.25 or the greedy answer changed): the other subjects the edits dragged along, summed
   over the sequence (None when no watch bank was built: ``Monitor.watch``).
+* ``ppl_jump`` / ``norm_jump``: the same perplexity / edited-matrix norm relative to the previous
+  step's (the base's before the first step): a sudden jump in one edit, which the cumulative ratios
+  only show once it has added up (issue 19). With one edit per step (the default) the previous step
+  is the previous edit; a ROME step of N requests is compared with the step before it.
 
 :class:`Thresholds` turns those into a verdict; the sequence runner (sequence.py) stops on it.
 """
@@ -49,11 +53,13 @@ FIGURES: dict[str, tuple[str, str]] = {
     "cond": ("max_cond_ratio", "max"),
     "trend": ("max_ppl_trend", "max"),
     "spill": ("max_cumulative_spill", "max"),
+    "ppl_jump": ("max_ppl_jump", "max"),
+    "norm_jump": ("max_norm_jump", "max"),
 }
 # the step record's key that holds each figure's value
 FIGURE_KEYS = {"ppl": "ppl_ratio", "retention": "retention", "watch": "watch_pass_rate",
-               "norm": "norm_ratio", "cond": "cond_ratio", "trend": "ppl_trend"}
-FIGURE_KEYS["spill"] = "cumulative_spill"
+               "norm": "norm_ratio", "cond": "cond_ratio", "trend": "ppl_trend",
+               "spill": "cumulative_spill", "ppl_jump": "ppl_jump", "norm_jump": "norm_jump"}
 
 
 class MonitorError(AuditorError, ValueError):
@@ -90,6 +96,12 @@ class Thresholds:
     # spill rate of issue 18: 0.00, max 0.06 over 30 ROME CounterFact edits). Half the watched
     # subjects moved means the sequence rewrote the relation rather than the facts.
     max_cumulative_spill: float = 0.5
+    # Per-edit jumps (relative to the previous step, not the base). Defaults, before a model is
+    # calibrated (run/calibration.py): perplexity x1.2 in one edit (healthy demo edits move it by
+    # 2% at most: 20 edits 72.05 -> 73.20), and the edited matrix's norm x1.25 in one edit (healthy
+    # demo edits add about 1% each; the original-key collapse adds an update as large as W itself).
+    max_ppl_jump: float = 1.2
+    max_norm_jump: float = 1.25
 
     def value(self, figure: str) -> float:
         return float(getattr(self, FIGURES[figure][0]))
@@ -193,6 +205,7 @@ class Monitor:
     stop_on: list[str] = field(default_factory=lambda: list(FIGURES))
     run: str = ""  # the run's id, written into every entry it measures
     label: str = ""  # how the run is named in reports ("rome/consistent")
+    thresholds_source: str = "defaults"  # "calibrated <fingerprint>" when they came from run/calibration.py
     ppl_base: float | None = None
     _base: dict[str, dict[str, float]] = field(default_factory=dict)  # param -> base norm, cond
     history: list[dict[str, Any]] = field(default_factory=list)  # the step figures so far
@@ -227,11 +240,13 @@ class Monitor:
             self.start(ws)
         watch = (result.metrics.get("watch") if result is not None else None) or _watch_now(ws)
         ppl = ws.editor.perplexity()
+        prev = self.history[-1] if self.history else None  # the previous step's figures (None: the base)
         matrices = {}
         for param in sorted(_active_params(ws) | set(_result_params(result))):
             base, now = self.base_figures(ws, param), matrix_figures(ws.lm.model.get_parameter(param))
+            before = (prev or {}).get("matrices", {}).get(param, base)
             matrices[param] = {"norm_ratio": now["norm"] / base["norm"], "cond_ratio": now["cond"] / base["cond"],
-                               "norm": now["norm"], "cond": now["cond"]}
+                               "norm": now["norm"], "cond": now["cond"], "norm_jump": now["norm"] / before["norm"]}
         fig = {
             "run": self.run, "label": self.label,
             "ppl": ppl, "ppl_base": self.ppl_base, "ppl_ratio": ppl / self.ppl_base,
@@ -240,12 +255,15 @@ class Monitor:
             "norm_ratio": worst(m["norm_ratio"] for m in matrices.values()),
             "cond_ratio": worst(m["cond_ratio"] for m in matrices.values()),
             "matrices": matrices,
+            "ppl_jump": ppl / (prev["ppl"] if prev else self.ppl_base),
+            "norm_jump": worst(m["norm_jump"] for m in matrices.values()),
         }
         fig.update(self._spill(ws))
         fig["trend"] = self._trend(fig)
         fig["ppl_trend"] = fig["trend"]["ppl"]
         fig["crossed"] = self.crossed(fig)
         fig["thresholds"] = self.thresholds.to_dict()
+        fig["thresholds_source"] = self.thresholds_source
         fig["stop_on"] = list(self.stop_on)
         return fig
 

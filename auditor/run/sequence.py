@@ -37,6 +37,7 @@ StepFn = Callable[[dict[str, Any]], None]
 # figures of a step record, in the order the report shows them
 STEP_FIGURES = ("ppl_ratio", "retention", "watch_pass_rate", "norm_ratio", "cond_ratio", "ppl_trend")
 STEP_FIGURES += ("cumulative_spill",)  # issue 18: the watch bank's share moved since the run started
+STEP_FIGURES += ("ppl_jump", "norm_jump")  # relative to the previous step (issue 19)
 
 
 def batches(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -113,6 +114,7 @@ def run_sequence(ws: "Workspace", requests: list["EditRequest"], monitor: Monito
                  requests=len(requests), fingerprint=ws.fingerprint, ledger_head=ws.ledger.head_hash,
                  thresholds=monitor.thresholds.to_dict(), stop_on=list(monitor.stop_on),
                  seconds=round(time.perf_counter() - t0, 3))
+    final["thresholds_source"] = monitor.thresholds_source
     return final
 
 
