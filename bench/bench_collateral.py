@@ -10,6 +10,7 @@ well under 25 %). It prints the load average: on a shared machine the seconds me
 
     python bench/bench_collateral.py                      # 30 requests, rome, memit, alphaedit
     python bench/bench_collateral.py --n 3 --methods rome --steps 5     # a quick check
+    python bench/bench_collateral.py --from-rows run.log   # summarise the --rows lines of a cut-short run
 """
 
 from __future__ import annotations
@@ -61,7 +62,18 @@ def summary(method: str, rows: list[dict]) -> dict:
             "cost_median": statistics.median(r["cost"] for r in rows), "cost_max": max(r["cost"] for r in rows),
             "flagged": sum(r["flagged"] for r in rows),
             "audit_s_per_update": audit / len(rows), "edit_s_per_update": edit / len(rows),
+            "audit_s_per_request": audit / n, "edit_s_per_request": edit / n,
             "audit_share": audit / edit if edit else None}
+
+
+def rows_in(log: Path) -> dict[str, list[dict]]:
+    """The per-update lines (``--rows``) of a run's output, by method."""
+    out: dict[str, list[dict]] = {}
+    for line in log.read_text(encoding="utf-8").splitlines():
+        if line.startswith("{") and '"first"' in line:
+            row = json.loads(line)
+            out.setdefault(row.pop("method"), []).append(row)
+    return out
 
 
 def main() -> None:
@@ -75,7 +87,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rows", action="store_true", help="also print one line per update")
+    ap.add_argument("--from-rows", type=Path, default=None, metavar="LOG",
+                    help="only summarise the --rows lines of an earlier run's output (one stopped early)")
     args = ap.parse_args()
+    if args.from_rows:
+        for method, rows in rows_in(args.from_rows).items():
+            print(json.dumps(summary(method, rows)))
+        return
     torch.set_num_threads(args.threads)
     print(f"load average before: {os.getloadavg()}")
     requests = load_requests(DATA)[:args.n]

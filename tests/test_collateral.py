@@ -22,7 +22,7 @@ import torch
 from auditor.cli.parser import main
 from auditor.engine import rome
 from auditor.engine.deltas import Delta, apply_delta
-from auditor.measure.collateral import CollateralAudit, CollateralConfig
+from auditor.measure.collateral import CollateralAudit, CollateralConfig, summary
 from auditor.measure.guard import CollapseGuard, collateral_reasons
 from auditor.model.requests import EditRequest, load_requests
 from auditor.model.subject_bank import BankError, load_bank
@@ -183,3 +183,13 @@ def test_rome_memit_alphaedit_record_spill_and_preservation_within_thresholds(
     # the same update against today's weights (MEMIT and AlphaEdit moved layer 4 by a few per cent since)
     assert again["preservation_cost"] == pytest.approx(rome_cost, rel=0.2)
     assert main(["audit", str(tmp_path / "ws"), "99"]) == 2
+
+
+def test_the_summary_keeps_the_spill_apart_from_other_changed_answers() -> None:
+    rows = [{"subject": "Spain", "moved": True, "toward_target": True},
+            {"subject": "Belgium", "moved": True, "toward_target": False},
+            {"subject": "Prague", "moved": False, "toward_target": False}]
+    line = summary({"rows": rows, "spill_rate": 0.5, "n_swaps": 2, "preservation_cost": 0.007})
+    assert "moved to the target: Spain;" in line and "other answers changed: Belgium;" in line
+    assert line.startswith("spill rate 0.5 over 2 same-type swaps") and "Prague" not in line
+    assert "moved to the target: none" in summary({"rows": [], "spill_rate": None})

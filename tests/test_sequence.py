@@ -9,8 +9,8 @@ One workspace is shared by the module and three runs are made on it, in order:
    per-edit guard overridden (Yang et al. 2024: the denominator collapses): stopped, rolled back.
 
 The capacity report is then drawn from the workspace's ledger. Two context templates keep
-each edit short, as in test_workspace_edits.py. A second workspace takes 20 CounterFact edits
-(tests/data/counterfact_100.json) in a row: not stopped.
+each edit short, as in test_workspace_edits.py. A second workspace takes 8 CounterFact edits
+(tests/data/counterfact_100.json) in a row: not stopped (bench/bench_sequence.py runs longer ones).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ DEMO = Path(__file__).parent.parent / "resources" / "demo"
 HPARAMS = {"context_templates": ["{}", "The following is a fact. {}"]}
 HEALTHY = 6  # edits of the healthy run of the shared workspace
 COUNTERFACT = Path(__file__).parent / "data" / "counterfact_100.json"
-LONG_HEALTHY = 20  # edits of the healthy run on its own workspace
+LONG_HEALTHY = 8  # edits of the healthy run on its own workspace
 GREAT_WALL = EditRequest(prompt="{} is located in the country of", subject="The Great Wall", target_new="Mexico",
                          target_true="China", case_id="great-wall")
 WATCHED = [("The largest planet in the solar system is", "Jupiter"),
@@ -76,6 +76,7 @@ def test_a_healthy_sequence_is_not_stopped(seq: Any) -> None:
     assert all(s["status"] == ["applied"] and not any(c["stops"] for c in s["crossed"]) for s in run.steps)
     last = run.steps[-1]
     assert last["watch_pass_rate"] == 1.0 and last["retention"] >= 0.5
+    assert last["n_watch"] == 20 and last["cumulative_spill"] <= 0.5  # issue 18: the watch bank
     assert 1.0 < last["norm_ratio"] and last["ppl_trend"] is not None
     # every entry carries the watchlist check and the monitor's figures, pinned to the watchlist's head
     entry = seq.ws.ledger.get(run.steps[-1]["entries"][0])
@@ -85,7 +86,7 @@ def test_a_healthy_sequence_is_not_stopped(seq: Any) -> None:
     assert entry["metrics"]["monitor"]["ppl_ratio"] == last["ppl_ratio"]
 
 
-def test_twenty_consistent_counterfact_edits_are_not_stopped(demo_dir: Path, tmp_path: Path) -> None:
+def test_consistent_counterfact_edits_in_a_row_are_not_stopped(demo_dir: Path, tmp_path: Path) -> None:
     """Measured on the demo: perplexity ratio 0.994-1.004, norm ratio up to 1.09, condition ratio
     1.04-1.32, every earlier edit retained (bench_sequence.py on the same requests)."""
     ws = Workspace.init(demo_dir, tmp_path / "ws", device="cpu")
@@ -163,3 +164,10 @@ def test_capacity_report_from_the_workspace(seq: Any, tmp_path: Path) -> None:
         assert image.shape[:2] == (360, 640) and len(png) > 10_000
         assert image[..., :3].std() > 0.05  # drawn on, not a blank canvas
     assert "watch_pass_rate 0.5 &lt; 1" in text
+    # issue 18: the cumulative spill is plotted (counted above) and every applied entry has a row in
+    # "Who else changed, per entry" with its own audit's spill rate and preservation cost
+    assert "Cumulative spill over the watch bank" in text
+    rows = re.findall(r"<tr><td>(.*?)</td></tr>", text.split("Who else changed, per entry", 1)[1])
+    assert len(rows) == sum(len(r.steps) for r in runs)
+    cells = [r.split("</td><td>") for r in rows]
+    assert all(len(c) == 9 and c[4] != "\u2013" and c[5] != "\u2013" for c in cells), cells

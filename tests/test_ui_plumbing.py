@@ -365,6 +365,35 @@ def test_verify_result_is_shown(qtbot, ledger):
     assert "FAILED" in audit.verify_result.text() and "entry 2" in audit.verify_result.text()
 
 
+def test_audit_trail_shows_spill_rate_and_preservation_cost(qtbot, ledger):
+    """Issue 18: each entry's recorded collateral audit in two columns, a dash where it has none."""
+    from ui.audit import COLUMNS, AuditTrail
+    from ui.entries import rows_of
+
+    for subject, spill, cost in (("France", 0.95, 0.0056), ("Angola", 0.0, 0.0133)):
+        ledger.append({"subject": subject, "prompt": "{} is a country in", "target_new": "Asia", "status": "applied",
+                       "method": "rome", "metrics": {"collateral": {"spill_rate": spill, "preservation_cost": cost,
+                                                                    "moved": ["Spain"] if spill else []}}})
+    audit = AuditTrail()
+    qtbot.addWidget(audit)
+    audit.set_rows(rows_of(ledger.entries()))
+    keys = [key for key, _ in COLUMNS]
+    spill_col, cost_col = keys.index("spill_rate"), keys.index("preservation_cost")
+    headers = [audit.proxy.headerData(c, Qt.Orientation.Horizontal) for c in (spill_col, cost_col)]
+    assert headers == ["Spill rate", "Preservation cost"]
+
+    def shown(column: int) -> dict[int, str]:
+        return dict(zip(audit.visible_ids(), (audit.proxy.index(r, column).data() for r in range(audit.proxy.rowCount()))))
+
+    assert shown(spill_col) == {4: "0.95", 5: "0", 3: "—", 2: "—", 1: "—"}  # France 4, Angola 5
+    assert shown(cost_col) == {4: "0.0056", 5: "0.0133", 3: "—", 2: "—", 1: "—"}
+    assert "not audited" in audit.proxy.index(audit.visible_ids().index(1), spill_col).data(Qt.ItemDataRole.ToolTipRole)
+    audit.table.sortByColumn(cost_col, Qt.SortOrder.AscendingOrder)  # numbers sort as numbers, before dashes
+    assert audit.visible_ids()[:2] == [4, 5]
+    audit.table.sortByColumn(spill_col, Qt.SortOrder.AscendingOrder)
+    assert audit.visible_ids()[:2] == [5, 4]
+
+
 # ---------------------------------------------------------------- settings, command line, packaging
 
 

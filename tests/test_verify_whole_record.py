@@ -278,8 +278,33 @@ def test_a_read_only_mount_can_be_listed_and_verified(ws: Path, tmp_path: Path, 
         assert subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)], capture_output=True).returncode == 0
         _run_all_read_commands(mnt, capsys)
         assert sorted(p.name for p in mnt.iterdir()) == ["deltas", "ledger.db", "ledger.head"]
+        # the commands closed what they opened: the mount is not busy
+        umount = subprocess.run(["umount", str(mnt)], capture_output=True, text=True)
+        assert umount.returncode == 0, umount.stderr
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", "--lazy", str(mnt)], capture_output=True)
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            found.append(target)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_every_command_closes_what_it_opened(ws: Path, capsys) -> None:
+    """The command line's scope (cli.parser) closes every ledger a command opened, even one it
+    only dropped: the folder can be unmounted, moved or deleted as soon as the command returns."""
+    for argv in READ_COMMANDS + [["ledger", "schema"], ["ledger", "show", "999"]]:
+        cli(capsys, *argv[:2], "--workspace", str(ws), *argv[2:])
+        assert _open_files_under(ws) == [], argv
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file modes (the mount test covers root)")

@@ -48,8 +48,12 @@ COLUMNS: list[tuple[str, str]] = [
     ("denominator", "Denominator"),
     ("ppl_ratio", "PPL ratio"),
     ("efficacy", "Efficacy"),
+    ("spill_rate", "Spill rate"),  # issue 18: from the entry's recorded collateral audit
+    ("preservation_cost", "Preservation cost"),
     ("collapse_risk", "Collapse risk"),
 ]
+AUDIT_KEYS = ("spill_rate", "preservation_cost")  # a dash where the entry was not audited
+NUMERIC = ("id", "layer", "denominator", "ppl_ratio", "efficacy", *AUDIT_KEYS)  # right-aligned
 ANY = "any"
 MAX_COLUMN_WIDTH = 240  # pixels; a cell's full text is in its tooltip
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -127,7 +131,11 @@ class EntryModel(QAbstractTableModel):
                 return "⚠ flagged" if value else ""
             if key == "time" and isinstance(value, str):
                 return value.replace("T", " ")[:19]
-            return fmt(value) if value is not None else ""
+            return fmt(value) if value is not None or key in AUDIT_KEYS else ""
+        if role == Qt.ItemDataRole.ToolTipRole and key in AUDIT_KEYS:
+            return ("share of same-type swaps the edit moved to its new target" if key == "spill_rate" else
+                    "tr(ΔCΔᵀ) / tr(WCWᵀ): relative change of the layer's output on ordinary text (worst layer)") \
+                + ("" if value is not None else "; not audited")
         if role == SORT_ROLE:
             num = number(value) if not isinstance(value, str) else None
             return num if num is not None else ("" if value is None else str(value).lower())
@@ -140,7 +148,7 @@ class EntryModel(QAbstractTableModel):
             f = QFont()
             f.setBold(True)
             return f
-        if role == Qt.ItemDataRole.TextAlignmentRole and key in ("id", "layer", "denominator", "ppl_ratio", "efficacy"):
+        if role == Qt.ItemDataRole.TextAlignmentRole and key in NUMERIC:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 

@@ -62,6 +62,11 @@ def flatten(entry: Any) -> dict[str, Any]:
         shown = ", ".join(f"{r.get('subject')} → {r.get('target_new')}" for r in reqs[:3])
         flat["subject"] = f"batch of {top['n_requests']}: {shown}" + (", …" if len(reqs) > 3 else "")
         flat["target_new"] = f"{len(reqs)} targets"
+    audit = flat.get("collateral")
+    if isinstance(audit, dict):  # the entry's collateral audit (issue 18): its two headline figures
+        for key in ("spill_rate", "preservation_cost"):
+            if flat.get(key) is None:
+                flat[key] = audit.get(key)
     for canonical, names in ALIASES.items():
         if canonical not in flat or flat[canonical] is None:
             for n in names:

@@ -56,11 +56,11 @@ def sequence_job(ws: Any, path: str, options: dict[str, Any], *,
         import torch
 
         from auditor.model.requests import load_requests
-        from auditor.run.monitor import Monitor
+        from auditor.run.calibration import monitor_for
         from auditor.run.sequence import run_sequence
 
         requests = load_requests(path)
-        stop_on, thresholds = parse_stop_on(options.get("stop_on"))
+        parse_stop_on(options.get("stop_on"))  # checked before the first edit
         size = max(1, int(options.get("batch_size", 1)))
         report((TOTAL_MESSAGE, -(-len(requests) // size)))
 
@@ -71,7 +71,7 @@ def sequence_job(ws: Any, path: str, options: dict[str, Any], *,
                     report(("answers", after_step()))
 
         with torch.enable_grad():  # ROME's v* optimisation needs gradients
-            return run_sequence(ws, requests, Monitor(thresholds=thresholds, stop_on=stop_on),
+            return run_sequence(ws, requests, monitor_for(ws.base_fingerprint, options.get("stop_on")),
                                 batch_size=size, cancel=cancel, on_step=on_step, progress=report,
                                 method=options.get("method", "rome"),
                                 key_mode=options.get("key_mode", "consistent"), hparams=options.get("hparams"),

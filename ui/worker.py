@@ -132,6 +132,12 @@ class _Job(QObject):
                 self.cancelled.emit()
             else:
                 self.done.emit(result)
+        finally:
+            # the thread's event loop ends with the job (its messages are already queued to the GUI
+            # thread), so Runner.wait() returns without the GUI thread having to run its slots first
+            thread = QThread.currentThread()
+            if thread is not None:
+                thread.quit()
 
 
 class Runner(QObject):

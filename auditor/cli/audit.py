@@ -90,9 +90,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(json.dumps(report, default=str))
         return 0
     print_table(report["rows"], ("kind", "subject", "p_before", "p_after", "answer_before", "answer_after", "moved"))
-    print(f"entry {args.entry}: spill rate {report['spill_rate']:.3g} over {report['n_swaps']} swaps, "
-          f"neighbour spill {report['neighbour_spill_rate']}, preservation cost {report['preservation_cost']:.3g}, "
-          f"moved: {', '.join(report['moved']) or 'none'}", file=sys.stderr)
+    from auditor.measure.collateral import summary
+
+    print(f"entry {args.entry}: {summary(report)}", file=sys.stderr)
     return 0
 
 

@@ -48,6 +48,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "auditor.cli.reviewed",
     "auditor.cli.patch",
     "auditor.cli.sequence",
+    "auditor.cli.calibrate",
     "auditor.cli.trace",
     "auditor.cli.audit",
 )
@@ -149,8 +150,11 @@ def describe(error: BaseException, errors: tuple[type[BaseException], ...] = ())
 
 def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace,
          errors: tuple[type[BaseException], ...], verbose: bool) -> int:
+    from auditor.record.ledger import closing_opened
+
     try:
-        return int(func(args) or 0)
+        with closing_opened():  # whatever the command opened is closed when it returns or fails
+            return int(func(args) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

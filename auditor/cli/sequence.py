@@ -32,11 +32,12 @@ EXIT_STOPPED = 1
 
 def _errors() -> tuple[type[BaseException], ...]:
     from auditor.engine.hparams import HParamsError
+    from auditor.run.calibration import CalibrationError
     from auditor.run.edit import EditCancelled, EditFailed
     from auditor.run.monitor import MonitorError
     from auditor.run.workspace import WorkspaceError
 
-    return (EditFailed, EditCancelled, HParamsError, MonitorError, WorkspaceError)
+    return (EditFailed, EditCancelled, HParamsError, MonitorError, WorkspaceError, CalibrationError)
 
 
 def __getattr__(name: str) -> Any:  # ERRORS is resolved lazily so `--help` stays fast
@@ -54,7 +55,8 @@ def _methods() -> tuple[str, ...]:
 def cmd_sequence(args: argparse.Namespace) -> int:
     from auditor.cli.edit import _hparam_overrides
     from auditor.model.requests import load_requests
-    from auditor.run.monitor import Monitor, parse_stop_on
+    from auditor.run.calibration import monitor_for
+    from auditor.run.monitor import parse_stop_on
     from auditor.run.sequence import run_sequence
     from auditor.run.workspace import Workspace
 
@@ -64,7 +66,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
         raise fail("--batch-size must be at least 1")
     if args.method not in _methods():
         raise fail(f"unknown method {args.method!r}; available: {', '.join(_methods())}")
-    stop_on, thresholds = parse_stop_on(args.stop_on)
+    parse_stop_on(args.stop_on)  # a bad specification fails before the model loads
     requests = load_requests(args.requests)
     overrides = _hparam_overrides(args)
     target = check_output(args.out, what="sequence --out")
@@ -86,7 +88,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
                 if not args.quiet:
                     print(_summary(record), file=sys.stderr, flush=True)
 
-            final = run_sequence(ws, requests, Monitor(thresholds=thresholds, stop_on=stop_on),
+            final = run_sequence(ws, requests, monitor_for(ws.base_fingerprint, args.stop_on),
                                  batch_size=args.batch_size, on_step=write, method=args.method,
                                  key_mode=args.key_mode, hparams=overrides, allow_collapse=args.allow_collapse)
             write(final)
@@ -111,6 +113,7 @@ def _summary(record: dict[str, Any]) -> str:
     crossed = ", ".join(c["reason"] for c in record.get("crossed", []))
     return (f"step {record['step']} {'/'.join(record['status'])}: ppl x{f('ppl_ratio')} retention {f('retention')} "
             f"watch {f('watch_pass_rate')} norm x{f('norm_ratio')} cond x{f('cond_ratio')}"
+            f" spill {f('cumulative_spill')}"
             + (f"  CROSSED {crossed}" if crossed else ""))
 
 
@@ -154,7 +157,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="requests per step; the monitor decides after each step (default: 1)")
     p.add_argument("--stop-on", default="all", metavar="SPEC",
                    help="figures that stop the run, with optional thresholds: 'all' (default), 'none', or "
-                        "a list of ppl, retention, watch, norm, cond, trend, e.g. 'ppl=1.5,norm'")
+                        "a list of ppl, retention, watch, norm, cond, trend, spill, e.g. 'ppl=1.5,norm'; spill: the "
+                        "share of 20 same-type swaps of the requests (the watch bank) moved since the run "
+                        "started, default threshold 0.5")
     p.add_argument("--allow-collapse", action="store_true",
                    help="apply edits the per-edit collapse guard flags (the monitor still watches)")
     p.add_argument("--hparams", default=None, metavar="JSON|FILE", help="hyper-parameter overrides")

@@ -230,6 +230,22 @@ class CollateralAudit:
         }
 
 
+def summary(report: dict[str, Any], *, names: int = 8) -> str:
+    """The audit in one line: the spill (swaps moved *to the target*, what the guard reads) kept apart
+    from the other answers that changed, which are worth a look but are not a spill."""
+    rows = report.get("rows") or []
+    toward = [r["subject"] for r in rows if r.get("toward_target")]
+    other = [r["subject"] for r in rows if r.get("moved") and not r.get("toward_target")]
+
+    def listed(subjects: list[str]) -> str:
+        return ", ".join(subjects[:names]) + (" ..." if len(subjects) > names else "") if subjects else "none"
+
+    spill, cost = report.get("spill_rate"), report.get("preservation_cost")
+    return (f"spill rate {'-' if spill is None else f'{spill:.3g}'} over {report.get('n_swaps') or 0} same-type "
+            f"swaps; moved to the target: {listed(toward)}; other answers changed: {listed(other)}; "
+            f"preservation cost {'-' if cost is None else f'{cost:.3g}'}")
+
+
 def row_record(r: Row) -> dict[str, Any]:
     return {"kind": r.kind, "request": r.request, "subject": r.subject, "prompt": r.prompt,
             "target_new": r.target_new, "p_before": r.p_before, "p_after": r.p_after,

@@ -339,6 +339,31 @@ def app_version() -> str:
         return "unknown"
 
 
+_SCOPES = threading.local()
+
+
+@contextlib.contextmanager
+def closing_opened() -> Iterator[None]:
+    """Close, at the end of the block, every :class:`Ledger` opened inside it that is still open.
+
+    The command line runs each command in one (``cli.parser``): a command that forgets to close
+    what it opened still releases the database and its WAL files when it returns, so a folder it
+    only read can be unmounted, moved or deleted right after (the same process goes on in tests,
+    the window and scripts). Scopes nest; only the thread that opened a ledger closes it here.
+    """
+    opened: list[Ledger] = []  # strong references: a dropped Ledger keeps its connection until gc
+    stack = getattr(_SCOPES, "stack", None)
+    if stack is None:
+        stack = _SCOPES.stack = []
+    stack.append(opened)
+    try:
+        yield
+    finally:
+        stack.pop()
+        for ledger in opened:
+            ledger.close()
+
+
 class Ledger:
     """An append-only, hash-chained SQLite ledger plus its folder of deltas."""
 
@@ -351,6 +376,8 @@ class Ledger:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        for scope in getattr(_SCOPES, "stack", ())[-1:]:
+            scope.append(self)
         try:
             self._check_and_migrate()
         except sqlite3.DatabaseError as e:

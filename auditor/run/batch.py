@@ -176,7 +176,8 @@ def edit_batch(
     snapshot = {n: lm.model.get_parameter(n).detach().clone() for n in names}
     result = BatchResult(
         requests=list(requests), method=method, layers=layers, hparams=hp.to_dict(), delta=None,
-        diagnostics={}, per_request=[], metrics={}, timings=timings, collapse_risk=False, collapse_reasons=[],
+        diagnostics=editor.thresholds_record(), per_request=[], metrics={}, timings=timings, collapse_risk=False,
+        collapse_reasons=[],
         status="failed", error=None, device=str(lm.device), dtype=str(lm.dtype).replace("torch.", ""),
         fingerprint_before=fp_before, fingerprint_after=fp_before,
     )

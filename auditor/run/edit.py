@@ -16,6 +16,7 @@ turns its reasons into the result's status.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -48,6 +49,9 @@ class Editor:
                  stats_text: Any = None):
         self.lm = lm
         self.guard = guard or CollapseGuard()
+        # where the guard's thresholds come from (run/calibration.py): "given" (passed in), "defaults"
+        # or "calibrated <fingerprint>"; None: looked up for the weights of the first edit
+        self.thresholds_source: str | None = "given" if guard is not None else None
         self._ppl = ppl
         self._stats_text = stats_text
         self._templates: dict[tuple, list[str]] = {}
@@ -228,6 +232,20 @@ class Editor:
             self._ppl_by_fp[fp] = self.ppl.compute()
         return self._ppl_by_fp[fp]
 
+    def use_calibration(self, fingerprint: str | None = None) -> str:
+        """Take the guard from the calibration stored for the model ``fingerprint`` (default: the
+        weights as they are now), or the defaults when there is none; returns the source."""
+        from auditor.run.calibration import thresholds_for
+
+        self.guard, _monitor, self.thresholds_source = thresholds_for(fingerprint or self.fingerprint())
+        return self.thresholds_source
+
+    def thresholds_record(self) -> dict[str, Any]:
+        """What every verdict records: the guard's thresholds and their source."""
+        if self.thresholds_source is None:
+            self.use_calibration()
+        return {"thresholds": dataclasses.asdict(self.guard), "thresholds_source": self.thresholds_source}
+
     def invalidate(self, fingerprint: str | None = None) -> None:
         """Call after changing the weights outside :meth:`edit` (revert, replay). ``fingerprint``:
         the weights' fingerprint when the caller knows it (weights restored bit for bit to a state
@@ -263,7 +281,7 @@ class Editor:
         timings: dict[str, float] = {}
         result = EditResult(
             request=request, method=method, key_mode=key_mode, layer=hp.layer, hparams=hp.to_dict(),
-            delta=None, diagnostics={}, metrics={}, timings=timings, collapse_risk=False,
+            delta=None, diagnostics=self.thresholds_record(), metrics={}, timings=timings, collapse_risk=False,
             collapse_reasons=[], status="failed", error=None, device=str(self.lm.device),
             dtype=str(self.lm.dtype).replace("torch.", ""), fingerprint_before=fp_before,
             fingerprint_after=fp_before,

@@ -14,7 +14,15 @@ relative to the *base* model so that they do not depend on one model's scale:
   ``torch.linalg.svdvals``) of every edited matrix / the same of the base matrix (the largest
   over the edited matrices is the step's figure);
 * ``trend``: least-squares slope per edit, over the last ``trend_window`` steps, of
-  ``log(ppl_ratio)``, ``log(norm_ratio)``, ``log(cond_ratio)`` and ``retention``.
+  ``log(ppl_ratio)``, ``log(norm_ratio)``, ``log(cond_ratio)`` and ``retention``;
+* ``cumulative_spill``: share of the sequence's watch bank (measure/watch_bank.py: 20 same-type
+  swaps of its requests, seeded) that moved since the sequence started (P(target_new) up by more
+  than 0.25 or the greedy answer changed): the other subjects the edits dragged along, summed
+  over the sequence (None when no watch bank was built: ``Monitor.watch``).
+* ``ppl_jump`` / ``norm_jump``: the same perplexity / edited-matrix norm relative to the previous
+  step's (the base's before the first step): a sudden jump in one edit, which the cumulative ratios
+  only show once it has added up (issue 19). With one edit per step (the default) the previous step
+  is the previous edit; a ROME step of N requests is compared with the step before it.
 
 :class:`Thresholds` turns those into a verdict; the sequence runner (sequence.py) stops on it.
 """
@@ -31,6 +39,8 @@ from auditor.base import AuditorError
 from auditor.measure.guard import above, below
 
 if TYPE_CHECKING:
+    from auditor.measure.watch_bank import WatchBank
+    from auditor.model.requests import EditRequest
     from auditor.run.outcome import EditResult
     from auditor.run.workspace import Workspace
 
@@ -42,10 +52,14 @@ FIGURES: dict[str, tuple[str, str]] = {
     "norm": ("max_norm_ratio", "max"),
     "cond": ("max_cond_ratio", "max"),
     "trend": ("max_ppl_trend", "max"),
+    "spill": ("max_cumulative_spill", "max"),
+    "ppl_jump": ("max_ppl_jump", "max"),
+    "norm_jump": ("max_norm_jump", "max"),
 }
 # the step record's key that holds each figure's value
 FIGURE_KEYS = {"ppl": "ppl_ratio", "retention": "retention", "watch": "watch_pass_rate",
-               "norm": "norm_ratio", "cond": "cond_ratio", "trend": "ppl_trend"}
+               "norm": "norm_ratio", "cond": "cond_ratio", "trend": "ppl_trend",
+               "spill": "cumulative_spill", "ppl_jump": "ppl_jump", "norm_jump": "norm_jump"}
 
 
 class MonitorError(AuditorError, ValueError):
@@ -76,6 +90,18 @@ class Thresholds:
     # 2% per edit, which crosses max_ppl_ratio within about a dozen edits.
     max_ppl_trend: float = 0.02
     trend_window: int = 5  # steps in the trend's least-squares fit (at least 3 are needed)
+    # Share of the watch bank's 20 same-type swaps moved since the sequence's start (P(target_new)
+    # up by > 0.25 or the greedy answer changed). One template-keyed (joint) France -> Asia edit
+    # moves 19 of 20 countries at once; healthy specific edits move none or one each (the per-edit
+    # spill rate of issue 18: 0.00, max 0.06 over 30 ROME CounterFact edits). Half the watched
+    # subjects moved means the sequence rewrote the relation rather than the facts.
+    max_cumulative_spill: float = 0.5
+    # Per-edit jumps (relative to the previous step, not the base). Defaults, before a model is
+    # calibrated (run/calibration.py): perplexity x1.2 in one edit (healthy demo edits move it by
+    # 2% at most: 20 edits 72.05 -> 73.20), and the edited matrix's norm x1.25 in one edit (healthy
+    # demo edits add about 1% each; the original-key collapse adds an update as large as W itself).
+    max_ppl_jump: float = 1.2
+    max_norm_jump: float = 1.25
 
     def value(self, figure: str) -> float:
         return float(getattr(self, FIGURES[figure][0]))
@@ -98,7 +124,7 @@ def beyond(value: float, limit: float, kind: str) -> bool:
 
 
 # figures whose threshold is a share (0..1); the others are ratios or slopes
-_SHARES = {"retention", "watch"}
+_SHARES = {"retention", "watch", "spill"}
 
 
 def parse_stop_on(text: str | None, thresholds: Thresholds | None = None) -> tuple[list[str], Thresholds]:
@@ -179,16 +205,29 @@ class Monitor:
     stop_on: list[str] = field(default_factory=lambda: list(FIGURES))
     run: str = ""  # the run's id, written into every entry it measures
     label: str = ""  # how the run is named in reports ("rome/consistent")
+    thresholds_source: str = "defaults"  # "calibrated <fingerprint>" when they came from run/calibration.py
     ppl_base: float | None = None
     _base: dict[str, dict[str, float]] = field(default_factory=dict)  # param -> base norm, cond
     history: list[dict[str, Any]] = field(default_factory=list)  # the step figures so far
     watch_start: set[int] = field(default_factory=set)  # watched items that held when the run started
+    watch_bank: "WatchBank | None" = None  # same-type swaps watched for cumulative spill (``watch``)
 
     def start(self, ws: "Workspace") -> None:
         """Measure the base's perplexity (edited matrices swapped back to base for the probe), and
         which watched answers hold now: only those can be broken by the run."""
         self.ppl_base = base_perplexity(ws)
         self.watch_start = set(_watch_now(ws)["holding"])
+        if self.watch_bank is not None:
+            self.watch_bank.start(ws.lm)
+
+    def watch(self, ws: "Workspace", requests: list["EditRequest"]) -> None:
+        """Build the watch bank for a sequence of ``requests`` (before :meth:`start`), from the
+        editor's subject bank (the shipped one when the collateral audit is off)."""
+        from auditor.measure.watch_bank import build
+        from auditor.model.subject_bank import load_bank
+
+        audit = ws.editor.collateral_audit()
+        self.watch_bank = build(audit.bank if audit is not None else load_bank(), requests)
 
     def base_figures(self, ws: "Workspace", param: str) -> dict[str, float]:
         if param not in self._base:
@@ -201,11 +240,13 @@ class Monitor:
             self.start(ws)
         watch = (result.metrics.get("watch") if result is not None else None) or _watch_now(ws)
         ppl = ws.editor.perplexity()
+        prev = self.history[-1] if self.history else None  # the previous step's figures (None: the base)
         matrices = {}
         for param in sorted(_active_params(ws) | set(_result_params(result))):
             base, now = self.base_figures(ws, param), matrix_figures(ws.lm.model.get_parameter(param))
+            before = (prev or {}).get("matrices", {}).get(param, base)
             matrices[param] = {"norm_ratio": now["norm"] / base["norm"], "cond_ratio": now["cond"] / base["cond"],
-                               "norm": now["norm"], "cond": now["cond"]}
+                               "norm": now["norm"], "cond": now["cond"], "norm_jump": now["norm"] / before["norm"]}
         fig = {
             "run": self.run, "label": self.label,
             "ppl": ppl, "ppl_base": self.ppl_base, "ppl_ratio": ppl / self.ppl_base,
@@ -214,13 +255,22 @@ class Monitor:
             "norm_ratio": worst(m["norm_ratio"] for m in matrices.values()),
             "cond_ratio": worst(m["cond_ratio"] for m in matrices.values()),
             "matrices": matrices,
+            "ppl_jump": ppl / (prev["ppl"] if prev else self.ppl_base),
+            "norm_jump": worst(m["norm_jump"] for m in matrices.values()),
         }
+        fig.update(self._spill(ws))
         fig["trend"] = self._trend(fig)
         fig["ppl_trend"] = fig["trend"]["ppl"]
         fig["crossed"] = self.crossed(fig)
         fig["thresholds"] = self.thresholds.to_dict()
+        fig["thresholds_source"] = self.thresholds_source
         fig["stop_on"] = list(self.stop_on)
         return fig
+
+    def _spill(self, ws: "Workspace") -> dict[str, Any]:
+        if self.watch_bank is None or not self.watch_bank.started:
+            return {"cumulative_spill": None}
+        return self.watch_bank.spill(ws.lm)
 
     def _pass_rate(self, watch: dict[str, Any]) -> float | None:
         """Share of the watched answers that held at the start of the run and still hold."""

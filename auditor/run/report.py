@@ -7,7 +7,10 @@ Output: one self-contained HTML file (readable offline: no scripts, no links) wi
 monitored figure, a PNG plot (matplotlib, Agg backend, embedded as base64) of the figure against
 the number of edits, one line per run (labelled by method and key mode), its threshold as a
 dashed line and the edit at which each run first crossed it marked; then a table of each run's
-final figures and of the edit at which each threshold was first crossed.
+final figures and of the edit at which each threshold was first crossed; then "Who else changed,
+per entry" (issue 18): every applied entry's spill rate, preservation cost and moved subjects from
+its collateral audit (a dash when it was not audited) and the run's cumulative spill over its
+watch bank after that step, with the watched swaps moved so far.
 
 The figures are the monitor's (monitor.py): Yang et al. 2024 (arXiv 2402.09656) for perplexity
 as the collapse signal, Gupta et al. 2024 (arXiv 2401.07453) for retention and norm growth.
@@ -41,6 +44,7 @@ PLOTS: dict[str, tuple[str, str]] = {
     "norm_ratio": ("Norm of the edited matrix relative to the base", "||W|| / ||W_base||"),
     "cond_ratio": ("Condition number of the edited matrix relative to the base", "cond(W) / cond(W_base)"),
     "ppl_trend": ("Trend of perplexity", "slope of log(ppl ratio) per step"),
+    "cumulative_spill": ("Cumulative spill over the watch bank", "share of watched swaps moved since the start"),
 }
 THRESHOLD_OF = {key: name for name, key in FIGURE_KEYS.items()}  # figure key -> monitor figure name
 
@@ -87,6 +91,7 @@ class Run:
 def runs_from_workspace(directory: str | Path) -> list[Run]:
     """The sequence runs recorded in a workspace's ledger (read without loading the model)."""
     from auditor.record.ledger import entry_facts
+    from auditor.run.sequence import entry_collateral
     from auditor.run.workspace import WorkspaceError, open_ledger
 
     try:
@@ -109,7 +114,7 @@ def runs_from_workspace(directory: str | Path) -> list[Run]:
             run = runs.setdefault(mon["run"], Run(label=mon.get("label") or mon["run"], run=mon["run"],
                                                   source=str(directory), thresholds=mon.get("thresholds", {})))
             done = (run.steps[-1]["edits"] if run.steps else 0) + len(entry_facts(e))
-            run.steps.append({**mon, "edits": done, "entry": e.id})
+            run.steps.append({**mon, "edits": done, "entry": e.id, "collateral": [entry_collateral(e)]})
     finally:
         ledger.close()
     return list(runs.values())
@@ -218,6 +223,45 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+MOVED_SHOWN = 8  # moved subjects named per cell; the rest counted
+
+
+def who_else_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per applied entry of every run: what it edited, its own collateral audit (spill rate,
+    preservation cost, moved subjects; None when not audited) and the run's cumulative spill after
+    its step with the watched swaps moved so far."""
+    rows = []
+    for run in runs:
+        for step in run.steps:
+            watched = [m.get("subject", "?") for m in step.get("spill_moved") or []]
+            for c in step.get("collateral") or [{}]:
+                rows.append({"run": run.label, "edits": step.get("edits"), "entry": c.get("entry", step.get("entry")),
+                             "edit": c.get("edit"), "spill rate": c.get("spill_rate"),
+                             "preservation cost": c.get("preservation_cost"), "moved by the edit": c.get("moved"),
+                             "cumulative spill": step.get("cumulative_spill"), "watched swaps moved": watched})
+    return rows
+
+
+def _cell(value: Any) -> str:
+    """A table cell: a dash for a figure not measured, a list as names (the first few, then a count)."""
+    if value is None:
+        return "\u2013"
+    if isinstance(value, list):
+        shown = ", ".join(str(v) for v in value[:MOVED_SHOWN])
+        more = f" (+{len(value) - MOVED_SHOWN} more)" if len(value) > MOVED_SHOWN else ""
+        return html.escape(shown + more) if value else "none"
+    return _fmt(value)
+
+
+def _who_else_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>No applied entries.</p>"
+    cols = list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f'<table class="who-else"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
 def render_html(runs: list[Run], *, title: str = "Edit Auditor capacity report") -> str:
     plots = []
     for key, (plot_title, _) in PLOTS.items():
@@ -238,7 +282,13 @@ def render_html(runs: list[Run], *, title: str = "Edit Auditor capacity report")
         "the base model; the x axis counts the edits applied in the run. A cross marks the edit at which a "
         "run first crossed the dashed threshold.</p>"
         "<h2>Final figures and first crossings</h2>" + _table(summary_rows(runs)) +
-        "<h2>Curves</h2>" + "".join(plots) + "</body></html>\n"
+        "<h2>Curves</h2>" + "".join(plots) +
+        "<h2>Who else changed, per entry</h2><p>Each applied entry's collateral audit: its spill rate (share "
+        "of same-type swaps moved to the new target), preservation cost (tr(&Delta;C&Delta;<sup>T</sup>) / "
+        "tr(WCW<sup>T</sup>), worst edited layer) and the subjects it moved; a dash where the entry was not "
+        "audited. Then the run's cumulative spill after that step: the share of its watch bank (20 same-type "
+        "swaps of the run's requests) moved since the run started.</p>" + _who_else_table(who_else_rows(runs)) +
+        "</body></html>\n"
     )
 
 

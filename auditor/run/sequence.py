@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 StepFn = Callable[[dict[str, Any]], None]
 # figures of a step record, in the order the report shows them
 STEP_FIGURES = ("ppl_ratio", "retention", "watch_pass_rate", "norm_ratio", "cond_ratio", "ppl_trend")
+STEP_FIGURES += ("cumulative_spill",)  # issue 18: the watch bank's share moved since the run started
+STEP_FIGURES += ("ppl_jump", "norm_jump")  # relative to the previous step (issue 19)
 
 
 def batches(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -61,6 +63,8 @@ def run_sequence(ws: "Workspace", requests: list["EditRequest"], monitor: Monito
     monitor.run = monitor.run or new_run_id()
     monitor.label = monitor.label or f"{edit_kwargs.get('method', 'rome')}/{edit_kwargs.get('key_mode', 'consistent')}"
     t0 = time.perf_counter()
+    if monitor.watch_bank is None:
+        monitor.watch(ws, requests)  # the cumulative spill's watch bank (monitor.py)
     monitor.start(ws)
     ws.after_apply.append(monitor.hook)
     applied_total, step = 0, 0
@@ -110,6 +114,7 @@ def run_sequence(ws: "Workspace", requests: list["EditRequest"], monitor: Monito
                  requests=len(requests), fingerprint=ws.fingerprint, ledger_head=ws.ledger.head_hash,
                  thresholds=monitor.thresholds.to_dict(), stop_on=list(monitor.stop_on),
                  seconds=round(time.perf_counter() - t0, 3))
+    final["thresholds_source"] = monitor.thresholds_source
     return final
 
 
@@ -173,5 +178,18 @@ def _step_record(monitor: Monitor, step: int, batch: list["EditRequest"], entrie
         "requests": [r.case_id or r.subject for r in batch], "entries": [e.id for e in entries],
         "status": [e.status for e in entries], "errors": [e.row.get("error") for e in entries if e.row.get("error")],
         **{k: v for k, v in figures.items() if k not in ("thresholds", "stop_on")},
+        "collateral": [entry_collateral(e) for e in applied],
         "fingerprint": ws.fingerprint,
     }
+
+
+def entry_collateral(entry: "Entry") -> dict[str, Any]:
+    """Who else one applied entry changed, from its recorded collateral audit (measure/collateral.py):
+    ``{"entry", "edit", "spill_rate", "preservation_cost", "moved"}``, the figures None when the
+    entry was not audited (``--no-audit``, or recorded before issue 18)."""
+    from auditor.record.ledger import entry_facts
+
+    audit = (entry["metrics"] or {}).get("collateral") or {}
+    return {"entry": entry.id, "edit": "; ".join(f"{p} -> {new}" for p, new, _ in entry_facts(entry)),
+            "spill_rate": audit.get("spill_rate"), "preservation_cost": audit.get("preservation_cost"),
+            "moved": list(audit["moved"]) if "moved" in audit else None}

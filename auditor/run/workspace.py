@@ -214,12 +214,15 @@ class Workspace:
             from auditor.run.edit import Editor
 
             self._editor = Editor(self.lm)
+            self._editor.use_calibration(self.base_fingerprint)  # a workspace is calibrated for its base
         return self._editor
 
     @editor.setter
     def editor(self, editor: "Editor") -> None:
         if editor.lm is not self.lm:
             raise WorkspaceError("the editor must work on this workspace's model (Editor(ws.lm, ...))")
+        if editor.thresholds_source is None:
+            editor.use_calibration(self.base_fingerprint)
         self._editor = editor
 
     def _weights_changed(self) -> None:

@@ -1,0 +1,385 @@
+"""Thresholds calibrated per model: every guard and monitor limit set at a stated false-alarm rate.
+
+The defaults of :class:`~auditor.measure.guard.CollapseGuard` and
+:class:`~auditor.run.monitor.Thresholds` were fitted to a few demo runs; on another model they mean
+something else. :func:`calibrate` runs, on the model as it is, edits that must not alarm:
+
+* no-op edits: each request's prompt edited to the model's own greedy answer (the edit changes no
+  fact; what it moves is the method's own noise);
+* healthy edits: the requests as given (by default the shipped ``resources/demo/known_facts.json``;
+  CounterFact records work too), ROME in ``consistent`` key mode,
+
+one after another, as a sequence would, measuring after each the guard's figures (|u.k*|, the
+edit's perplexity ratio, the collateral audit's preservation cost) and the monitor's (perplexity,
+the edited matrix's norm and condition number, their jumps from the previous edit, the trend),
+then puts the weights back bit for bit.
+
+How a threshold is set (the rate is per run of ``horizon`` edits, default 1% per 100 edits):
+
+* per-edit figures (checked after every edit: the guard's, ``ppl_jump``, ``norm_jump``, ``trend``)
+  must stay quiet over the whole run, so each edit may alarm with probability
+  ``a = 1 - (1 - rate) ** (1 / horizon)`` (1e-4 for 1% per 100 edits). Twenty samples cannot show
+  a 1e-4 quantile, so the tail is modelled: above the sample median ``m`` the excesses are taken as
+  exponential with mean ``b`` (their sample mean, the maximum-likelihood estimate), so
+  ``P(X > m + t) = 0.5 exp(-t / b)`` and the limit is ``m + b ln(0.5 / a)`` (``m - b ln(0.5 / a)``
+  for a lower limit). Ratios and positive figures are taken in log space (a jump of x1.02 is 0.0198).
+  A limit is never tighter than the worst healthy value seen.
+* cumulative figures (``ppl_ratio``, ``norm_ratio``, ``cond_ratio``: relative to the base) grow along a
+  run: their log is the sum of the per-edit log jumps, so after ``horizon`` healthy edits it is about
+  normal with mean ``horizon * mu`` and deviation ``sigma * sqrt(horizon)`` (mu, sigma: of the healthy
+  edits' log jumps; central limit). The limit is ``exp(horizon * mu + z * sigma * sqrt(horizon))``,
+  ``z`` the normal quantile of ``1 - rate``.
+
+Not calibrated (kept at their defaults, and said so in the file): figures that are shares with a
+meaning of their own (retention, the watchlist's pass rate, the collateral audit's spill rate: a
+discrete count of moved subjects), the batch-only ``max_update_ratio`` (calibration edits are ROME's),
+and ``min_denominator_ratio`` (1 by construction in the consistent mode the calibration uses).
+
+Stored per model fingerprint as ``cache_dir()/calibration/<fingerprint>.json`` (a workspace is
+calibrated for its base model's fingerprint); :func:`thresholds_for` gives the guard and monitor
+thresholds to use and their source (``"calibrated <fingerprint>"`` or ``"defaults"``), which every
+verdict records.
+
+Example::
+
+    cal = calibrate(Editor(lm), load_requests(KNOWN_FACTS), n_noop=10)
+    save(cal)
+    guard, thresholds, source = thresholds_for(fingerprint_model(lm.model))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from auditor.base import AuditorError, Progress
+from auditor.files import ReadError, atomic_file, check_output, read_regular
+from auditor.measure.guard import CollapseGuard
+from auditor.run.monitor import Monitor, Thresholds, matrix_figures, parse_stop_on, slope
+
+if TYPE_CHECKING:
+    from auditor.model.checkpoint import LoadedModel
+    from auditor.model.requests import EditRequest
+    from auditor.run.edit import Editor
+
+FORMAT = 1
+DEFAULT_RATE = 0.01  # false alarms per run of DEFAULT_HORIZON healthy edits
+DEFAULT_HORIZON = 100  # edits in the run the rate is stated for
+MIN_SAMPLES = 3  # fewer than this: the figure keeps its default
+LOG_FLOOR = 1e-3  # smallest tail scale in log space (a jump of 0.1%): identical samples give no scale
+TREND_FLOOR = 1e-4  # the same for the trend (a slope of log perplexity per edit)
+
+# figure -> (where the limit goes: "guard" | "monitor", its field, "max" | "min", log space, rule)
+FIGURES: dict[str, tuple[str, str, str, bool, str]] = {
+    "denominator": ("guard", "min_denominator", "min", True, "tail"),
+    "edit_ppl_ratio": ("guard", "max_ppl_ratio", "max", True, "tail"),
+    "preservation_cost": ("guard", "max_preservation_cost", "max", True, "tail"),
+    "ppl_jump": ("monitor", "max_ppl_jump", "max", True, "tail"),
+    "norm_jump": ("monitor", "max_norm_jump", "max", True, "tail"),
+    "ppl_trend": ("monitor", "max_ppl_trend", "max", False, "tail"),
+    "ppl_ratio": ("monitor", "max_ppl_ratio", "max", True, "horizon"),
+    "norm_ratio": ("monitor", "max_norm_ratio", "max", True, "horizon"),
+    "cond_ratio": ("monitor", "max_cond_ratio", "max", True, "horizon"),
+}
+# the per-edit jump whose log increments drive each cumulative figure
+HORIZON_FROM = {"ppl_ratio": "ppl_jump", "norm_ratio": "norm_jump", "cond_ratio": "cond_jump"}
+NOT_CALIBRATED = {
+    "guard.min_denominator_ratio": "1 by construction in the consistent key mode the calibration edits use",
+    "guard.max_update_ratio": "a batch (MEMIT, AlphaEdit) figure; the calibration edits are ROME's",
+    "guard.max_spill_rate": "a share of moved subjects (a count out of 20), not a noisy figure",
+    "monitor.min_retention": "a share of earlier edits with a meaning of its own (more than half lost)",
+    "monitor.min_watch_pass_rate": "the watched answers must not change: all of them",
+}
+
+
+class CalibrationError(AuditorError, ValueError):
+    """A calibration cannot be made or read; ``str(e)`` is one line."""
+
+
+@dataclass
+class Calibration:
+    fingerprint: str  # of the model calibrated (a workspace: its base model)
+    rate: float = DEFAULT_RATE
+    horizon: int = DEFAULT_HORIZON
+    guard: dict[str, float] = field(default_factory=dict)  # CollapseGuard field -> calibrated limit
+    monitor: dict[str, float] = field(default_factory=dict)  # Thresholds field -> calibrated limit
+    figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # figure -> its samples' summary and rule
+    samples: dict[str, list[float]] = field(default_factory=dict)  # figure -> the values measured
+    edits: dict[str, Any] = field(default_factory=dict)  # what was run: counts, requests, hparams
+    not_calibrated: dict[str, str] = field(default_factory=lambda: dict(NOT_CALIBRATED))
+    created: str = ""
+    seconds: float = 0.0
+    format: int = FORMAT
+
+    @property
+    def source(self) -> str:
+        return f"calibrated {self.fingerprint}"
+
+    def collapse_guard(self) -> CollapseGuard:
+        return dataclasses.replace(CollapseGuard(), **self.guard)
+
+    def thresholds(self) -> Thresholds:
+        return dataclasses.replace(Thresholds(), **self.monitor)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Calibration":
+        if not isinstance(data, dict) or data.get("format") != FORMAT or "fingerprint" not in data:
+            raise CalibrationError("not a calibration file of this version (format 1, with a fingerprint)")
+        known = {f.name for f in dataclasses.fields(cls)}
+        cal = cls(**{k: v for k, v in data.items() if k in known})
+        guard_fields = {f.name for f in dataclasses.fields(CollapseGuard)}
+        monitor_fields = {f.name for f in dataclasses.fields(Thresholds)}
+        for name, value in [*cal.guard.items(), *cal.monitor.items()]:
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise CalibrationError(f"threshold {name}: {value!r} is not a finite number")
+        if set(cal.guard) - guard_fields or set(cal.monitor) - monitor_fields:
+            raise CalibrationError(f"unknown thresholds: {sorted((set(cal.guard) - guard_fields) | (set(cal.monitor) - monitor_fields))}")
+        return cal
+
+
+# ---------------------------------------------------------------- the rule
+
+
+def per_edit_rate(rate: float, horizon: int) -> float:
+    """The chance each edit may alarm so that a run of ``horizon`` edits alarms with ``rate``."""
+    if not 0 < rate < 1 or horizon < 1:
+        raise CalibrationError(f"the false-alarm rate must be between 0 and 1 (got {rate}) and the horizon at least 1 edit")
+    return -math.expm1(math.log1p(-rate) / horizon)
+
+
+def tail_limit(values: list[float], alpha: float, kind: str = "max", *, log: bool = False,
+               floor: float = LOG_FLOOR) -> dict[str, Any]:
+    """The exponential-tail limit crossed by a healthy value with probability ``alpha``.
+
+    Above (``kind="max"``) or below (``"min"``) the median ``m`` the excesses are modelled as
+    exponential with mean ``b`` = their sample mean (at least ``floor``):
+    limit = m +/- b ln(0.5 / alpha), and never inside the worst value seen. ``log``: in log space.
+    """
+    raw = [v for v in values if v is not None and math.isfinite(v) and (v > 0 or not log)]
+    xs = [math.log(v) for v in raw] if log else raw
+    if len(xs) < MIN_SAMPLES:
+        raise CalibrationError(f"{len(xs)} usable samples; at least {MIN_SAMPLES} are needed")
+    sign = 1.0 if kind == "max" else -1.0
+    m = statistics.median(xs)
+    excess = [sign * (x - m) for x in xs if sign * (x - m) > 0]
+    b = max(statistics.fmean(excess) if excess else 0.0, floor)
+    back = math.exp if log else (lambda x: x)
+    limit = back(m + sign * b * math.log(0.5 / alpha))
+    worst = max(raw) if kind == "max" else min(raw)
+    limit = max(limit, worst) if kind == "max" else min(limit, worst)
+    return {"threshold": limit, "rule": "tail", "n": len(xs), "median": back(m), "scale": b,
+            "worst_seen": worst, "alpha": alpha, "log": log}
+
+
+def horizon_limit(jumps: list[float], rate: float, horizon: int, *, floor: float = LOG_FLOOR) -> dict[str, Any]:
+    """The limit on a cumulative ratio after ``horizon`` edits whose per-edit ratios are like ``jumps``:
+    exp(horizon mu + z sigma sqrt(horizon)), mu and sigma of log(jumps), z = Phi^-1(1 - rate)."""
+    logs = [math.log(v) for v in jumps if v is not None and math.isfinite(v) and v > 0]
+    if len(logs) < MIN_SAMPLES:
+        raise CalibrationError(f"{len(logs)} usable samples; at least {MIN_SAMPLES} are needed")
+    mu, sigma = statistics.fmean(logs), max(statistics.stdev(logs), floor)
+    z = statistics.NormalDist().inv_cdf(1 - rate)
+    return {"threshold": math.exp(max(horizon * mu, 0.0) + z * sigma * math.sqrt(horizon)), "rule": "horizon",
+            "n": len(logs), "mu": mu, "sigma": sigma, "z": z, "horizon": horizon}
+
+
+def limits(samples: dict[str, list[float]], drift: dict[str, list[float]] | None = None, rate: float = DEFAULT_RATE,
+           horizon: int = DEFAULT_HORIZON) -> tuple[dict[str, float], dict[str, float], dict[str, dict[str, Any]]]:
+    """(guard limits, monitor limits, per figure: the rule's record) from the per-edit ``samples`` and
+    the healthy edits' jumps ``drift`` (``ppl_jump``, ``norm_jump``, ``cond_jump``: the cumulative
+    figures' growth; default: ``samples``); a figure with too few samples keeps its default
+    (recorded with ``"rule": "default"`` and why)."""
+    drift = samples if drift is None else drift
+    alpha = per_edit_rate(rate, horizon)
+    guard: dict[str, float] = {}
+    monitor: dict[str, float] = {}
+    figures: dict[str, dict[str, Any]] = {}
+    for name, (where, attr, kind, log, rule) in FIGURES.items():
+        try:
+            if rule == "tail":
+                rec = tail_limit(samples.get(name, []), alpha, kind, log=log,
+                                 floor=LOG_FLOOR if log else TREND_FLOOR)
+            else:
+                rec = horizon_limit(drift.get(HORIZON_FROM[name], []), rate, horizon)
+        except CalibrationError as e:
+            figures[name] = {"rule": "default", "why": str(e), "field": f"{where}.{attr}"}
+            continue
+        figures[name] = {**rec, "field": f"{where}.{attr}", "kind": kind}
+        (guard if where == "guard" else monitor)[attr] = rec["threshold"]
+    return guard, monitor, figures
+
+
+# ---------------------------------------------------------------- storage
+
+
+def calibration_dir() -> Path:
+    from auditor.model.checkpoint import cache_dir
+
+    return cache_dir() / "calibration"
+
+
+def calibration_path(fingerprint: str, directory: Path | None = None) -> Path:
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in fingerprint)
+    return (directory or calibration_dir()) / f"{name}.json"
+
+
+def save(cal: Calibration, directory: Path | None = None) -> Path:
+    """Write the calibration under its fingerprint (atomically; the folder is created)."""
+    path = calibration_path(cal.fingerprint, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    target = check_output(path, what="calibration")
+    with atomic_file(target, "w", what="calibration") as f:
+        f.write(json.dumps(cal.to_dict(), indent=1, sort_keys=True))
+    return target
+
+
+def load(fingerprint: str, directory: Path | None = None) -> Calibration | None:
+    """The stored calibration of ``fingerprint`` (None: not calibrated; a damaged file: CalibrationError)."""
+    path = calibration_path(fingerprint, directory)
+    try:
+        raw = read_regular(path, limit=16 << 20, what="calibration", missing_ok=True)
+    except ReadError as e:
+        raise CalibrationError(str(e)) from None
+    if raw is None:
+        return None
+    try:
+        cal = Calibration.from_dict(json.loads(raw))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+        raise CalibrationError(f"{path}: not a calibration file ({e}); run `edit-auditor calibrate` again") from None
+    except CalibrationError as e:
+        raise CalibrationError(f"{path}: {e}; run `edit-auditor calibrate` again") from None
+    if cal.fingerprint != fingerprint:
+        raise CalibrationError(f"{path}: holds the calibration of {cal.fingerprint}, not {fingerprint}")
+    return cal
+
+
+def thresholds_for(fingerprint: str | None, directory: Path | None = None) -> tuple[CollapseGuard, Thresholds, str]:
+    """The guard and monitor thresholds for the model ``fingerprint`` and their source:
+    ``"calibrated <fingerprint>"`` when a calibration is stored, else the defaults (``"defaults"``)."""
+    cal = load(fingerprint, directory) if fingerprint else None
+    if cal is None:
+        return CollapseGuard(), Thresholds(), "defaults"
+    return cal.collapse_guard(), cal.thresholds(), cal.source
+
+
+def monitor_for(fingerprint: str | None, stop_on: str | None, directory: Path | None = None) -> Monitor:
+    """A :class:`Monitor` with the thresholds for ``fingerprint`` (calibrated or the defaults), the
+    ``--stop-on`` specification's figures and overrides on top; the source says which were overridden."""
+    _guard, thresholds, source = thresholds_for(fingerprint, directory)
+    names, thresholds = parse_stop_on(stop_on, thresholds)
+    overridden = [p.partition("=")[0].strip() for p in (stop_on or "").split(",") if "=" in p]
+    if overridden:
+        source += f"; set by --stop-on: {', '.join(overridden)}"
+    return Monitor(thresholds=thresholds, stop_on=names, thresholds_source=source)
+
+
+# ---------------------------------------------------------------- the runs
+
+
+def noop_request(lm: "LoadedModel", request: "EditRequest") -> "EditRequest | None":
+    """``request`` with its new target set to the model's own greedy answer (None: no answer)."""
+    from auditor.measure.default_probes import ANSWER_TOKENS, first_words
+    from auditor.measure.metrics import greedy_answer
+
+    answer = first_words(greedy_answer(lm, request.text, ANSWER_TOKENS))
+    if not answer:
+        return None
+    return dataclasses.replace(request, target_new=answer, target_true=None,
+                               case_id=f"noop-{request.case_id or request.subject}")
+
+
+def calibrate(editor: "Editor", requests: list["EditRequest"], *, n_noop: int = 10, n_edits: int | None = None,
+              rate: float = DEFAULT_RATE, horizon: int = DEFAULT_HORIZON, hparams: dict | None = None,
+              fingerprint: str | None = None,
+              progress: Callable[[Progress], None] | None = None,
+              cancel: threading.Event | None = None) -> Calibration:
+    """Run the no-op and healthy edits with ``editor`` on its model (weights restored bit for bit at
+    the end) and set the limits (module docstring). ``fingerprint``: what the calibration is stored
+    under (default: the model's as it is; a workspace passes its base's)."""
+    from auditor.base import EditCancelled
+    from auditor.model.checkpoint import fingerprint_model
+    from auditor.record.hashing import utc_now
+    from auditor.run.outcome import EditFailed
+
+    per_edit_rate(rate, horizon)  # a bad rate fails before any work
+    t0 = time.perf_counter()
+    lm = editor.lm
+    hp = editor.hparams(hparams)
+    param = lm.spec.weight_name(hp.layer)
+    weight = lm.model.get_parameter(param)
+    snapshot = weight.detach().clone()
+    fp_start = fingerprint_model(lm.model)
+    healthy = requests[: len(requests) if n_edits is None else n_edits]
+    noops = [r for r in (noop_request(lm, q) for q in requests[:n_noop]) if r is not None]
+    plan = [("noop", r) for r in noops] + [("healthy", r) for r in healthy]
+    if len(plan) < MIN_SAMPLES:
+        raise CalibrationError(f"{len(plan)} calibration edits; at least {MIN_SAMPLES} are needed")
+    samples: dict[str, list[float]] = {k: [] for k in [*FIGURES, "cond_jump"]}
+    healthy_jumps: dict[str, list[float]] = {"ppl_jump": [], "norm_jump": [], "cond_jump": []}
+    skipped: list[dict[str, Any]] = []
+    ppl_base = editor.perplexity()
+    base = matrix_figures(weight)
+    prev = {"ppl": ppl_base, **base}
+    log_ppl: list[float] = []
+    try:
+        for i, (kind, request) in enumerate(plan):
+            if cancel is not None and cancel.is_set():
+                raise EditCancelled("the calibration was cancelled; the weights are unchanged")
+            if progress:
+                progress(Progress("calibrate", i, len(plan), message=f"{kind} edit {request.case_id or request.subject}"))
+            try:
+                with torch.enable_grad():
+                    result = editor.edit(request, key_mode="consistent", hparams=hparams, allow_collapse=True,
+                                         cancel=cancel)
+            except EditFailed as e:
+                skipped.append({"request": request.case_id or request.subject, "kind": kind, "error": str(e)})
+                continue
+            if result.status != "applied":
+                skipped.append({"request": request.case_id or request.subject, "kind": kind,
+                                "status": result.status, "error": result.error})
+                continue
+            now = {"ppl": editor.perplexity(), **matrix_figures(weight)}
+            jumps = {"ppl_jump": now["ppl"] / prev["ppl"], "norm_jump": now["norm"] / prev["norm"],
+                     "cond_jump": now["cond"] / prev["cond"]}
+            prev = now
+            log_ppl.append(math.log(now["ppl"] / ppl_base))
+            trend = slope(log_ppl[-Thresholds().trend_window:])
+            d, m = result.diagnostics, result.metrics
+            for name, value in (("denominator", abs(d["denominator"]) if d.get("denominator") is not None else None),
+                                ("edit_ppl_ratio", m.get("ppl_ratio")),
+                                ("preservation_cost", (m.get("collateral") or {}).get("preservation_cost")),
+                                ("ppl_trend", trend), *jumps.items()):
+                if value is not None:
+                    samples[name].append(float(value))
+            if kind == "healthy":
+                for name, value in jumps.items():
+                    healthy_jumps[name].append(value)
+    finally:
+        with torch.no_grad():
+            weight.copy_(snapshot)
+        editor.invalidate()
+    if fingerprint_model(lm.model) != fp_start:
+        raise CalibrationError("the weights were not restored after the calibration edits")
+    editor.invalidate(fp_start)
+    # the cumulative figures' drift from the healthy edits only (no-op edits understate it)
+    guard, monitor, figures = limits(samples, healthy_jumps, rate, horizon)
+    return Calibration(
+        fingerprint=fingerprint or fp_start, rate=rate, horizon=horizon, guard=guard, monitor=monitor,
+        figures=figures, samples=samples,
+        edits={"noop": sum(k == "noop" for k, _ in plan), "healthy": len(healthy), "skipped": skipped,
+               "requests": [r.case_id or r.subject for r in healthy], "layer": hp.layer, "key_mode": "consistent",
+               "hparams": hparams or {}, "ppl_base": ppl_base},
+        created=utc_now(), seconds=round(time.perf_counter() - t0, 1))
+

@@ -1,0 +1,192 @@
+"""Thresholds calibrated per model (run/calibration.py, ``edit-auditor calibrate``): the tail rule and
+the horizon rule, storage, loading, the source every verdict records (tiny random Llama), and one
+small calibration of the demo model (bench/bench_calibration.py runs the 100-edit check)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auditor.cli import main
+from auditor.model.checkpoint import fingerprint_model, load_model
+from auditor.model.requests import EditRequest, load_requests
+from auditor.run import calibration
+from auditor.run.calibration import (Calibration, CalibrationError, horizon_limit, per_edit_rate, tail_limit,
+                                     thresholds_for)
+from auditor.run.edit import Editor
+from auditor.run.monitor import Thresholds
+
+TINY_HP = {"layer": 1, "mom2_n_tokens": 4096, "mom2_seq_len": 64, "v_num_grad_steps": 6, "context_n": 2,
+           "context_len": 4}
+KNOWN_FACTS = Path(__file__).parent.parent / "resources" / "demo" / "known_facts.json"
+
+
+def test_per_edit_rate_makes_the_run_rate() -> None:
+    a = per_edit_rate(0.01, 100)
+    assert (1 - a) ** 100 == pytest.approx(0.99) and 1e-4 < a < 1.01e-4
+    assert per_edit_rate(0.05, 1) == pytest.approx(0.05)
+    with pytest.raises(CalibrationError, match="between 0 and 1"):
+        per_edit_rate(1.5, 100)
+
+
+def test_tail_limit_is_the_exponential_rule() -> None:
+    xs = [1.0, 1.01, 1.02, 1.03, 1.04]
+    rec = tail_limit(xs, 1e-3, "max")
+    assert rec["median"] == pytest.approx(1.02) and rec["scale"] == pytest.approx(0.015)
+    assert rec["threshold"] == pytest.approx(1.02 + 0.015 * math.log(0.5 / 1e-3))
+    low = tail_limit(xs, 1e-3, "min")
+    assert low["threshold"] == pytest.approx(1.02 - 0.015 * math.log(0.5 / 1e-3))
+    # in log space, and never tighter than the worst value seen; identical samples get the floor
+    logged = tail_limit([2.0, 2.0, 2.0, 8.0], 0.4, "max", log=True)
+    assert logged["threshold"] >= 8.0 and logged["worst_seen"] == pytest.approx(8.0)
+    flat = tail_limit([1.0, 1.0, 1.0], 1e-4, "max", log=True)
+    assert flat["threshold"] == pytest.approx(math.exp(calibration.LOG_FLOOR * math.log(0.5 / 1e-4)))
+    with pytest.raises(CalibrationError, match="at least 3"):
+        tail_limit([1.0, float("nan"), 2.0], 0.01)
+
+
+def test_tail_limit_holds_its_rate_on_exponential_tails() -> None:
+    """From 20 samples of a shifted exponential, the limit for 1% is crossed by about 1% of new draws
+    (averaged over many calibrations: the estimate is noisy, its mean is not far off)."""
+    rng = random.Random(0)
+    rates = []
+    for _ in range(200):
+        limit = tail_limit([1 + rng.expovariate(50) for _ in range(20)], 0.01)["threshold"]
+        rates.append(math.exp(-(limit - 1) * 50))  # P(X > limit) exactly
+    assert 0.003 < statistics.fmean(rates) < 0.03
+
+
+def test_horizon_limit_is_the_sum_of_log_jumps() -> None:
+    jumps = [1.004, 1.006, 1.005, 1.003, 1.007]
+    rec = horizon_limit(jumps, 0.01, 100)
+    logs = [math.log(j) for j in jumps]
+    mu, sigma = statistics.fmean(logs), statistics.stdev(logs)
+    assert rec["threshold"] == pytest.approx(math.exp(100 * mu + 2.3263 * sigma * 10), rel=1e-4)
+    # a shorter horizon, a lower limit
+    assert horizon_limit(jumps, 0.01, 10)["threshold"] < rec["threshold"]
+
+
+def test_limits_keep_defaults_with_too_few_samples() -> None:
+    samples = {"norm_jump": [1.01, 1.02, 1.015, 1.012], "ppl_jump": [1.0, 1.01]}
+    guard, monitor, figures = calibration.limits(samples)
+    assert set(monitor) == {"max_norm_jump", "max_norm_ratio"} and guard == {}
+    assert figures["ppl_jump"]["rule"] == "default" and "2 usable samples" in figures["ppl_jump"]["why"]
+    assert 1.02 <= monitor["max_norm_jump"] < Thresholds().max_norm_jump
+
+
+def test_storage_round_trip_and_damaged_files(tmp_path: Path) -> None:
+    fp = "sha256:" + "ab" * 32
+    assert calibration.load(fp, tmp_path) is None
+    assert thresholds_for(fp, tmp_path)[2] == "defaults"
+    cal = Calibration(fingerprint=fp, guard={"max_ppl_ratio": 1.07}, monitor={"max_norm_jump": 1.03})
+    path = calibration.save(cal, tmp_path)
+    assert path.parent == tmp_path and ":" not in path.name
+    guard, thresholds, source = thresholds_for(fp, tmp_path)
+    assert source == f"calibrated {fp}" and guard.max_ppl_ratio == 1.07 and thresholds.max_norm_jump == 1.03
+    assert thresholds.max_ppl_jump == Thresholds().max_ppl_jump  # not calibrated: the default
+    assert not list(tmp_path.glob("*.tmp*"))  # written through a temporary file, renamed
+    path.write_text("{not json")
+    with pytest.raises(CalibrationError, match="not a calibration file") as e:
+        calibration.load(fp, tmp_path)
+    assert "\n" not in str(e.value)
+    path.write_text(json.dumps({**cal.to_dict(), "monitor": {"max_norm_jump": "high"}}))
+    with pytest.raises(CalibrationError, match="not a finite number"):
+        calibration.load(fp, tmp_path)
+    other = "sha256:" + "cd" * 32
+    calibration.calibration_path(other, tmp_path).write_text(json.dumps(cal.to_dict()))
+    with pytest.raises(CalibrationError, match="holds the calibration of"):
+        calibration.load(other, tmp_path)
+
+
+def _requests(n: int = 4) -> list[EditRequest]:
+    pairs = [("France", "Rome"), ("Germany", "Oslo"), ("Italy", "Lima"), ("Spain", "Cairo"), ("Japan", "Bern")]
+    return [EditRequest(prompt="The capital of {} is", subject=s, target_new=t, target_true="Paris", case_id=s.lower())
+            for s, t in pairs[:n]]
+
+
+def test_verdicts_record_their_thresholds_and_source(tiny_checkpoint, isolated_cache: Path, tmp_path: Path) -> None:
+    from auditor.run.workspace import Workspace
+
+    folder = tiny_checkpoint("llama")
+    lm = load_model(folder, device="cpu")
+    fp = fingerprint_model(lm.model)
+    res = Editor(lm).edit(_requests(1)[0], hparams=TINY_HP, dry_run=True)
+    assert res.diagnostics["thresholds_source"] == "defaults"
+    assert res.diagnostics["thresholds"]["max_ppl_ratio"] == 1.5
+    calibration.save(Calibration(fingerprint=fp, guard={"max_ppl_ratio": 1.0001}, monitor={"max_norm_jump": 1.001}))
+    res = Editor(lm).edit(_requests(1)[0], hparams=TINY_HP, dry_run=True)
+    assert res.diagnostics["thresholds_source"] == f"calibrated {fp}"
+    assert res.diagnostics["thresholds"]["max_ppl_ratio"] == 1.0001
+
+    # a workspace on that model: its entries and its sequence steps say the same
+    ws = Workspace.init(folder, tmp_path / "ws", device="cpu")
+    try:
+        _result, entry = ws.edit(_requests(1)[0], hparams=TINY_HP, allow_collapse=True)
+        assert entry["diagnostics"]["thresholds_source"] == f"calibrated {fp}"
+    finally:
+        ws.close()
+    requests = tmp_path / "requests.json"
+    requests.write_text(json.dumps([r.to_json() for r in _requests(3)]))
+    out = tmp_path / "run.jsonl"
+    code = main(["sequence", "--workspace", str(tmp_path / "ws"), "--requests", str(requests), "--hparams",
+                 json.dumps(TINY_HP), "--allow-collapse", "--stop-on", "norm_jump,ppl=9", "--device", "cpu",
+                 "--out", str(out), "--quiet"])
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    final = lines[-1]
+    assert final["thresholds_source"] == f"calibrated {fp}; set by --stop-on: ppl"
+    assert final["thresholds"]["max_norm_jump"] == 1.001 and final["thresholds"]["max_ppl_ratio"] == 9
+    # a healthy rank-one edit of the tiny model moves its norm by more than 0.1%: stopped at once
+    assert code == 1 and final["stopped_at_step"] == 1 and "norm_jump" in final["reason"]
+
+
+def test_cli_calibrate_a_tiny_model(tiny_checkpoint, isolated_cache: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    folder = tiny_checkpoint("llama")
+    fp = fingerprint_model(load_model(folder, device="cpu").model)
+    requests = tmp_path / "requests.json"
+    requests.write_text(json.dumps([r.to_json() for r in _requests(4)]))
+    capsys.readouterr()
+    assert main(["calibrate", str(folder), "--requests", str(requests), "--noop", "2", "--hparams",
+                 json.dumps(TINY_HP), "--device", "cpu", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fingerprint"] == fp and Path(out["path"]) == calibration.calibration_path(fp)
+    cal = calibration.load(fp)
+    assert cal is not None and cal.edits["healthy"] == 4 and len(cal.samples["norm_jump"]) >= 4
+    assert cal.monitor["max_norm_jump"] >= max(cal.samples["norm_jump"])
+    assert set(cal.not_calibrated) >= {"monitor.min_retention", "guard.max_update_ratio"}
+    # the model file is untouched and the thresholds are found for it
+    assert thresholds_for(fp)[2] == f"calibrated {fp}"
+    with pytest.raises(SystemExit) as e:
+        main(["calibrate", str(folder), "--rate", "2"])
+    assert e.value.code == 2 and "a false-alarm rate is between 0 and 1" in capsys.readouterr().err
+    assert main(["calibrate", str(folder), "--requests", str(tmp_path / "none.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edit-auditor: error:") and "none.json" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_demo_calibration_small(demo: Any, tmp_path: Path) -> None:
+    """Two no-op and three healthy edits of the demo: the weights come back bit for bit, every tail
+    limit sits beyond every healthy value seen, and the jump limits are tighter than the defaults."""
+    fp = fingerprint_model(demo.model)
+    editor = Editor(demo)
+    editor.collateral = None  # the audit has its own tests; here it would double the time
+    cal = calibration.calibrate(editor, load_requests(KNOWN_FACTS)[:3], n_noop=2)
+    assert fingerprint_model(demo.model) == fp and cal.fingerprint == fp
+    assert cal.edits["noop"] == 2 and cal.edits["healthy"] == 3 and not cal.edits["skipped"]
+    print(json.dumps({k: {x: v.get(x) for x in ("threshold", "median", "worst_seen", "n")}
+                      for k, v in cal.figures.items()}, indent=1))
+    for name, rec in cal.figures.items():
+        if rec["rule"] == "tail":
+            worst = max(cal.samples[name]) if rec["kind"] == "max" else min(cal.samples[name])
+            assert (rec["threshold"] >= worst) if rec["kind"] == "max" else (rec["threshold"] <= worst), name
+    assert 1.0 < cal.monitor["max_norm_jump"] < Thresholds().max_norm_jump
+    assert cal.monitor["max_norm_ratio"] > cal.monitor["max_norm_jump"]
+    calibration.save(cal, tmp_path)
+    assert thresholds_for(fp, tmp_path)[1].max_norm_jump == cal.monitor["max_norm_jump"]
