@@ -26,7 +26,6 @@ from PySide6.QtWidgets import (
 )
 
 from .audit import follow_rows
-from .entries import fmt
 
 COLUMNS = ("moved", "subject", "kind", "prompt", "answer before → after", "P(new) before", "P(new) after",
            "key ratio")
@@ -46,11 +45,11 @@ class _Number(QTableWidgetItem):
 
 
 def in_one_line(report: dict[str, Any]) -> str:
-    """The audit's verdict as one line of text: spill rate, preservation cost, who moved."""
-    spill, cost = report.get("spill_rate"), report.get("preservation_cost")
-    moved = report.get("moved") or []
-    return (f"spill rate {fmt(spill)} over {report.get('n_swaps')} same-type swaps, preservation cost "
-            f"{fmt(cost)}; moved: {', '.join(moved[:8]) or 'none'}{' …' if len(moved) > 8 else ''}")
+    """The audit's verdict as one line (the command line's wording, ``auditor.measure.collateral.summary``:
+    the spill kept apart from the other answers that changed)."""
+    from auditor.measure.collateral import summary
+
+    return summary(report)
 
 
 class CollateralView(QWidget):
