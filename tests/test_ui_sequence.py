@@ -190,3 +190,23 @@ def test_empty_charts_say_their_threshold_and_draw_its_line_with_the_first_point
     assert lines["retention"].isVisible() and lines["norm_ratio"].isVisible()
     assert lines["retention"].value() == pytest.approx(0.7)
     assert not lines["ppl_ratio"].isVisible() and not notes["retention"].item.isVisible()
+
+
+def test_every_chart_fits_the_sequence_tab_at_1280x800(qtbot) -> None:
+    """Seven charts (issue 18 added the cumulative spill) in three columns: none cut off at the right,
+    none squeezed flat (the page scrolls instead)."""
+    from ui.main_window import MainWindow
+
+    w = MainWindow(restore_last=False)
+    qtbot.addWidget(w)
+    w.resize(1280, 800)
+    w.show()
+    w.tabs.setCurrentWidget(w.sequence_view)
+    qtbot.wait(100)
+    view = w.sequence_view
+    shown = view.charts.mapTo(w, view.charts.rect().topLeft()).x() + view.charts.width()
+    assert shown <= w.width(), (shown, w.width())  # the charts end inside the window
+    for key, plot in view.plots.items():
+        box = plot.sceneBoundingRect()
+        assert box.right() <= view.charts.viewport().width() + 1, (key, box.right())
+        assert plot.vb.boundingRect().height() >= 60, (key, plot.vb.boundingRect().height())

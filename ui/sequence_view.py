@@ -113,7 +113,8 @@ class SequenceView(QWidget):
         self.set_idle_text("idle")
         box.addWidget(self.progress)
         self.charts = pg.GraphicsLayoutWidget()
-        self.charts.setMinimumHeight(360)
+        rows = -(-len(PLOTS) // 3)
+        self.charts.setMinimumHeight(180 * rows)  # the page scrolls rather than squeeze a row of plots
         box.addWidget(self.charts, 1)
         self.plots: dict[str, pg.PlotItem] = {}
         self.curves: dict[str, pg.PlotDataItem] = {}
@@ -123,7 +124,8 @@ class SequenceView(QWidget):
         for i, (key, (title, ylabel)) in enumerate(PLOTS.items()):
             plot = self.charts.addPlot(row=i // 3, col=i % 3, axisItems={"bottom": IntAxis("bottom")})
             # the y quantity goes under the title: a long rotated axis label overlaps its neighbour
-            plot.setTitle(f"{wrapped(title)}<br><span style='color:#555; font-size:8pt'>y: {wrapped(ylabel, 44)}</span>",
+            # titles wrapped narrow: a wide label widens its column until the third is cut off at 1280x800
+            plot.setTitle(f"{wrapped(title, 28)}<br><span style='color:#555; font-size:8pt'>y: {wrapped(ylabel, 30)}</span>",
                           size="9pt")
             plot.setLabel("bottom", "edits")
             self.empty_notes[key] = EmptyNote(plot, EMPTY_NOTE)
