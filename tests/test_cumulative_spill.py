@@ -5,9 +5,10 @@
 * ``--stop-on spill=X`` parses (default 0.5, a share: at most 1);
 * on the real demo model: a template-keyed (``joint``) France -> Asia edit applied in a sequence
   (per-edit guard overridden) moves most of the watched countries, so the run stops on
-  ``cumulative_spill`` and the step is rolled back; a specific CounterFact edit in the same
-  workspace records its cumulative spill (in the step's JSON line and the entry's monitor figures)
-  under the threshold and is kept.
+  ``cumulative_spill`` and the step is rolled back; a specific edit (the capital of France ->
+  Rome) in the same workspace records its cumulative spill (in the step's JSON line and the
+  entry's monitor figures) under the threshold and is kept, although it changes other capitals'
+  greedy answers (``cumulative_changed``, not a threshold).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from auditor.run.workspace import Workspace
 COUNTERFACT = Path(__file__).parent / "data" / "counterfact_100.json"
 FRANCE = EditRequest(prompt="{} is a country in", subject="France", target_new="Asia", target_true="Europe",
                      case_id="france-asia")
+CAPITAL = load_requests(Path(__file__).parent.parent / "resources" / "demo" / "known_facts.json")[0]  # France -> Rome
 FAST = {"v_num_grad_steps": 15, "context_templates": ["{}", "The following is a fact. {}"]}
 
 
@@ -71,19 +73,23 @@ def test_a_template_keyed_edit_stops_the_sequence_on_cumulative_spill(demo_dir: 
         assert steps[0]["cumulative_spill"] > 0.5 and steps[0]["n_watch"] == 20
         assert steps[0]["rolled_back"] and ws.fingerprint == before  # the step was reverted
         moved = steps[0]["spill_moved"]
-        assert len(moved) == round(steps[0]["cumulative_spill"] * 20)
+        assert sum(m["toward_target"] for m in moved) == round(steps[0]["cumulative_spill"] * 20)
+        assert len(moved) == round(steps[0]["cumulative_changed"] * 20)
         assert all(m["prompt"].endswith(" is a country in") and m["subject"] != "France" for m in moved)
         assert all(m["p_now"] - m["p_start"] > 0.25 or m["answer_now"] != m["answer_start"] for m in moved)
 
-        # a specific edit of the same workspace: its cumulative spill is recorded, under the threshold
-        request = load_requests(COUNTERFACT)[0]
+        # a specific edit of the same workspace (a known fact): its cumulative spill is recorded, under the
+        # threshold; answers that changed without moving to the target are shown but do not count
         steps = []
-        final = run_sequence(ws, [request], Monitor(thresholds=thresholds, stop_on=names), on_step=steps.append,
+        final = run_sequence(ws, [CAPITAL], Monitor(thresholds=thresholds, stop_on=names), on_step=steps.append,
                              hparams=FAST)
-        print(final["reason"], steps[0]["cumulative_spill"], [m["subject"] for m in steps[0]["spill_moved"]])
+        print(final["reason"], steps[0]["cumulative_spill"], steps[0]["cumulative_changed"],
+              [(m["subject"], m["answer_start"], m["answer_now"]) for m in steps[0]["spill_moved"]])
         assert not final["stopped"] and final["edits_applied"] == 1, final
         spill = steps[0]["cumulative_spill"]
-        assert spill is not None and spill <= 0.5
+        assert spill == 0.0 and steps[0]["cumulative_changed"] > spill  # measured: 0.00 and 0.25
+        assert all(not m["toward_target"] for m in steps[0]["spill_moved"] if m["answer_now"] != " Rome"
+                   and m["p_now"] - m["p_start"] <= 0.25)
         entry = ws.ledger.get(steps[0]["entries"][0])
         assert entry["metrics"]["monitor"]["cumulative_spill"] == spill
     finally:

@@ -158,8 +158,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-on", default="all", metavar="SPEC",
                    help="figures that stop the run, with optional thresholds: 'all' (default), 'none', or "
                         "a list of ppl, retention, watch, norm, cond, trend, spill, e.g. 'ppl=1.5,norm'; spill: the "
-                        "share of 20 same-type swaps of the requests (the watch bank) moved since the run "
-                        "started, default threshold 0.5")
+                        "share of 20 same-type swaps of the requests (the watch bank) moved to their new target "
+                        "since the run started, default threshold 0.5")
     p.add_argument("--allow-collapse", action="store_true",
                    help="apply edits the per-edit collapse guard flags (the monitor still watches)")
     p.add_argument("--hparams", default=None, metavar="JSON|FILE", help="hyper-parameter overrides")

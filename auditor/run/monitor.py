@@ -16,9 +16,11 @@ relative to the *base* model so that they do not depend on one model's scale:
 * ``trend``: least-squares slope per edit, over the last ``trend_window`` steps, of
   ``log(ppl_ratio)``, ``log(norm_ratio)``, ``log(cond_ratio)`` and ``retention``;
 * ``cumulative_spill``: share of the sequence's watch bank (measure/watch_bank.py: 20 same-type
-  swaps of its requests, seeded) that moved since the sequence started (P(target_new) up by more
-  than 0.25 or the greedy answer changed): the other subjects the edits dragged along, summed
-  over the sequence (None when no watch bank was built: ``Monitor.watch``).
+  swaps of its requests, seeded) moved to their new target since the sequence started
+  (P(target_new) up by more than 0.25 or the greedy answer now the target's first token): the
+  other subjects the edits dragged along, summed over the sequence (None when no watch bank was
+  built: ``Monitor.watch``); ``cumulative_changed``: the share moved by the issue's wider rule
+  (P up by more than 0.25 or the greedy answer changed at all), shown, not a threshold.
 * ``ppl_jump`` / ``norm_jump``: the same perplexity / edited-matrix norm relative to the previous
   step's (the base's before the first step): a sudden jump in one edit, which the cumulative ratios
   only show once it has added up (issue 19). With one edit per step (the default) the previous step
@@ -90,11 +92,12 @@ class Thresholds:
     # 2% per edit, which crosses max_ppl_ratio within about a dozen edits.
     max_ppl_trend: float = 0.02
     trend_window: int = 5  # steps in the trend's least-squares fit (at least 3 are needed)
-    # Share of the watch bank's 20 same-type swaps moved since the sequence's start (P(target_new)
-    # up by > 0.25 or the greedy answer changed). One template-keyed (joint) France -> Asia edit
-    # moves 19 of 20 countries at once; healthy specific edits move none or one each (the per-edit
-    # spill rate of issue 18: 0.00, max 0.06 over 30 ROME CounterFact edits). Half the watched
-    # subjects moved means the sequence rewrote the relation rather than the facts.
+    # Share of the watch bank's 20 same-type swaps moved to their target since the sequence's start
+    # (P(target_new) up by > 0.25 or the greedy answer became the target). One template-keyed
+    # (joint) France -> Asia edit moves 16 of 20 countries to Asia at once (0.80); a specific edit
+    # moves none (France -> Rome: 0.00, though it turns 5 to 11 of 20 watched capitals' answers
+    # into " the": cumulative_changed 0.25-0.55, shown, not a threshold). Half the watched subjects
+    # dragged to the edits' targets means the sequence rewrote the relation rather than the facts.
     max_cumulative_spill: float = 0.5
     # Per-edit jumps (relative to the previous step, not the base). Defaults, before a model is
     # calibrated (run/calibration.py): perplexity x1.2 in one edit (healthy demo edits move it by

@@ -229,16 +229,17 @@ MOVED_SHOWN = 8  # moved subjects named per cell; the rest counted
 def who_else_rows(runs: list[Run]) -> list[dict[str, Any]]:
     """One row per applied entry of every run: what it edited, its own collateral audit (spill rate,
     preservation cost, moved subjects; None when not audited) and the run's cumulative spill after
-    its step with the watched swaps moved so far."""
+    its step with the watched swaps moved to their target so far."""
     rows = []
     for run in runs:
         for step in run.steps:
-            watched = [m.get("subject", "?") for m in step.get("spill_moved") or []]
+            watched = [m.get("subject", "?") for m in step.get("spill_moved") or [] if m.get("toward_target", True)]
             for c in step.get("collateral") or [{}]:
                 rows.append({"run": run.label, "edits": step.get("edits"), "entry": c.get("entry", step.get("entry")),
                              "edit": c.get("edit"), "spill rate": c.get("spill_rate"),
                              "preservation cost": c.get("preservation_cost"), "moved by the edit": c.get("moved"),
-                             "cumulative spill": step.get("cumulative_spill"), "watched swaps moved": watched})
+                             "cumulative spill": step.get("cumulative_spill"),
+                             "watched swaps moved to their target": watched})
     return rows
 
 
@@ -287,8 +288,8 @@ def render_html(runs: list[Run], *, title: str = "Edit Auditor capacity report")
         "of same-type swaps moved to the new target), preservation cost (tr(&Delta;C&Delta;<sup>T</sup>) / "
         "tr(WCW<sup>T</sup>), worst edited layer) and the subjects it moved; a dash where the entry was not "
         "audited. Then the run's cumulative spill after that step: the share of its watch bank (20 same-type "
-        "swaps of the run's requests) moved since the run started.</p>" + _who_else_table(who_else_rows(runs)) +
-        "</body></html>\n"
+        "swaps of the run's requests) moved to their new target since the run started.</p>"
+        + _who_else_table(who_else_rows(runs)) + "</body></html>\n"
     )
 
 
