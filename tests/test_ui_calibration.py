@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from test_ui_sequence import window  # noqa: E402,F401 - the Sequence view's fixture: a window on a tiny Llama
@@ -52,6 +54,9 @@ def test_calibrate_from_the_window(window) -> None:
     assert "per 100 edits" in w.info["thresholds"].text() and "monitor:" in w.info["thresholds"].toolTip()
     assert ws.editor.thresholds_source == f"calibrated {fp}"
     assert ws.editor.guard.max_ppl_ratio == cal.guard["max_ppl_ratio"]
+    # the Sequence view draws the calibrated limits (a figure the run stops on by default)
+    line = w.sequence_view.threshold_lines["norm_ratio"]
+    assert line.isVisible() and line.value() == pytest.approx(cal.monitor["max_norm_ratio"])
     # the model was put back and nothing was recorded
     assert fingerprint_model(ws.lm.model) == ws.fingerprint == fp and ws.ledger.entries() == []
 

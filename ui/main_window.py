@@ -538,13 +538,14 @@ class MainWindow(QMainWindow):
     def apply_guard(self) -> None:
         """The workspace's collapse guard: its model's calibration (or the defaults) with the user's
         Settings on top; the editor's source says which, and every verdict records it."""
-        from auditor.run.calibration import CalibrationError
+        from auditor.run.calibration import CalibrationError, thresholds_for
 
         ws = self.workspace
         if ws is None:
             return
         try:
             source = ws.editor.use_calibration(ws.base_fingerprint)
+            self.sequence_view.set_base_thresholds(thresholds_for(ws.base_fingerprint)[1])
         except CalibrationError as e:
             from auditor.measure.guard import CollapseGuard
 
