@@ -67,7 +67,9 @@ def test_horizon_limit_is_the_sum_of_log_jumps() -> None:
     rec = horizon_limit(jumps, 0.01, 100)
     logs = [math.log(j) for j in jumps]
     mu, sigma = statistics.fmean(logs), statistics.stdev(logs)
-    assert rec["threshold"] == pytest.approx(math.exp(100 * mu + 2.3263 * sigma * 10), rel=1e-4)
+    # the run's own spread (H) and the mean's sampling error from 5 edits (H^2 / n)
+    assert rec["threshold"] == pytest.approx(math.exp(100 * mu + 2.3263 * sigma * math.sqrt(100 + 100 ** 2 / 5)),
+                                             rel=1e-4)
     # a shorter horizon, a lower limit
     assert horizon_limit(jumps, 0.01, 10)["threshold"] < rec["threshold"]
 
@@ -190,3 +192,27 @@ def test_demo_calibration_small(demo: Any, tmp_path: Path) -> None:
     assert cal.monitor["max_norm_ratio"] > cal.monitor["max_norm_jump"]
     calibration.save(cal, tmp_path)
     assert thresholds_for(fp, tmp_path)[1].max_norm_jump == cal.monitor["max_norm_jump"]
+
+
+def test_cli_calibrate_a_workspace(tiny_checkpoint, isolated_cache: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture) -> None:
+    """WS: calibrated for its base model's fingerprint, on the model as it is; the ledger untouched."""
+    from auditor.run.workspace import Workspace
+
+    ws = Workspace.init(tiny_checkpoint("llama"), tmp_path / "ws", device="cpu")
+    ws.edit(_requests(1)[0], hparams=TINY_HP, allow_collapse=True)
+    base, now, n = ws.base_fingerprint, ws.fingerprint, len(ws.ledger.entries())
+    ws.close()
+    requests = tmp_path / "requests.json"
+    requests.write_text(json.dumps([r.to_json() for r in _requests(4)[1:]]))
+    assert main(["calibrate", str(tmp_path / "ws"), "--requests", str(requests), "--noop", "0", "--hparams",
+                 json.dumps(TINY_HP), "--device", "cpu", "--quiet"]) == 0
+    assert "calibrated " + base in capsys.readouterr().err
+    cal = calibration.load(base)
+    assert cal is not None and cal.edits == {**cal.edits, "noop": 0, "healthy": 3}
+    ws = Workspace.open(tmp_path / "ws", device="cpu")
+    try:
+        assert ws.fingerprint == now and len(ws.ledger.entries()) == n
+        assert ws.editor.thresholds_source == f"calibrated {base}"
+    finally:
+        ws.close()

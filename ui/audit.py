@@ -95,6 +95,35 @@ def _item(key: Any, value: Any) -> QTreeWidgetItem:
     return item
 
 
+def recheck_item(recheck: Any) -> QTreeWidgetItem | None:
+    """A revert's re-check (run/recheck.py): the later entries re-measured, and those whose edit
+    no longer holds as recorded (None: the entry is not a revert with a re-check)."""
+    if not isinstance(recheck, dict):
+        return None
+    checked, changed = recheck.get("checked") or [], recheck.get("changed") or []
+    item = QTreeWidgetItem(["Re-checked after the revert",
+                            f"{len(checked)} later {'entry' if len(checked) == 1 else 'entries'} re-measured, "
+                            f"{len(changed)} changed"])
+    item.addChild(QTreeWidgetItem(["Re-measured", ", ".join(f"entry {i}" for i in checked) or "none"]))
+    for c in changed:
+        child = QTreeWidgetItem([f"Changed: entry {c.get('entry')}",
+                                 f"{c.get('prompt')} → {c.get('target_new')}: efficacy {fmt(c.get('recorded'))} "
+                                 f"recorded, {fmt(c.get('now'))} now"])
+        child.setForeground(1, QColor("#c0392b"))
+        item.addChild(child)
+    return item
+
+
+def thresholds_item(row: dict[str, Any]) -> QTreeWidgetItem | None:
+    """Where the verdict's thresholds came from (a calibration of the model, or the defaults)."""
+    source = row.get("thresholds_source")
+    if not source:
+        return None
+    item = QTreeWidgetItem(["Thresholds from", str(source)])
+    item.setToolTip(1, str(source))
+    return item
+
+
 class EntryModel(QAbstractTableModel):
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -378,6 +407,11 @@ class AuditTrail(QWidget):
         chain.setFont(0, bold)
         self.detail.addTopLevelItem(chain)
         chain.setExpanded(True)
+        for item in (recheck_item(row.get("recheck")), thresholds_item(row)):
+            if item is not None:
+                item.setFont(0, bold)
+                self.detail.addTopLevelItem(item)
+                item.setExpanded(True)
         raw = row.get("_raw", row)
         for key, value in raw.items():
             if key.startswith("_"):

@@ -199,6 +199,9 @@ class MainWindow(QMainWindow):
         self.verify_action = action("&Verify ledger", self.verify, "Ctrl+Shift+V", "Recompute the hash chain")
         self.export_action = action("&Export…", self.show_export, "Ctrl+E", "Export the edited model or a patch")
         self.settings_action = action("&Settings…", self.show_settings, "Ctrl+,")
+        self.calibrate_action = action("&Calibrate…", self.calibrate, None,
+                                       "Set the guard's and the monitor's thresholds for this model from no-op and "
+                                       "healthy edits (1% false alarms per 100 edits)")
         self.quit_action = action("&Quit", self.close, "Ctrl+Q")
         menu = self.menuBar()
         file_menu = menu.addMenu("&File")
@@ -209,6 +212,8 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self.settings_action)
         file_menu.addAction(self.quit_action)
+        model_menu = menu.addMenu("&Model")
+        model_menu.addAction(self.calibrate_action)
         ledger_menu = menu.addMenu("&Ledger")
         ledger_menu.addAction(self.verify_action)
         ledger_menu.addAction(self.export_action)
@@ -237,7 +242,7 @@ class MainWindow(QMainWindow):
         for key, label in (("source", "Model"), ("architecture", "Architecture"), ("layers", "Layers"),
                            ("size", "Size"), ("dtype", "dtype"), ("device", "Device"),
                            ("fingerprint", "Base fingerprint"), ("current", "Current fingerprint"),
-                           ("workspace", "Workspace"), ("entries", "Ledger")):
+                           ("workspace", "Workspace"), ("entries", "Ledger"), ("thresholds", "Thresholds")):
             lab = QLabel("—")
             lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             if key in ("fingerprint", "current"):
@@ -376,7 +381,7 @@ class MainWindow(QMainWindow):
             self.splitter.setSizes([470, 930])
 
     def _set_workspace_actions(self, enabled: bool) -> None:
-        for a in (self.verify_action, self.export_action):
+        for a in (self.verify_action, self.export_action, self.calibrate_action):
             a.setEnabled(enabled)
         self.audit.setEnabled(enabled)
         self.batch_panel.set_enabled_for_model(enabled)
@@ -459,7 +464,7 @@ class MainWindow(QMainWindow):
         gc.freeze()
         self.workspace = ws
         self.current_fingerprint = fingerprint
-        ws.editor.guard = settings.guard()
+        self.apply_guard()
         settings.put(settings.LAST_WORKSPACE, str(ws.directory))
         from auditor.measure.layer_suggestion import form_defaults
 
@@ -507,6 +512,48 @@ class MainWindow(QMainWindow):
         n = len(self.rows)
         i["entries"].setText(f"{n} {'entry' if n == 1 else 'entries'}, {applied} "
                              f"{'edit' if applied == 1 else 'edits'} in effect")
+        text, tip = self.thresholds_status()
+        i["thresholds"].setText(text)
+        i["thresholds"].setToolTip(tip)
+
+    def thresholds_status(self) -> tuple[str, str]:
+        """The Thresholds row: whether the open model is calibrated (run/calibration.py), and a tooltip
+        with the thresholds the guard uses and their source."""
+        from auditor.run.calibration import CalibrationError, load
+
+        ws = self.workspace
+        try:
+            cal = load(ws.base_fingerprint)
+        except CalibrationError as e:
+            return "defaults (the calibration file is damaged: Model ▸ Calibrate… again)", str(e)
+        guard = ", ".join(f"{k} {v:.4g}" for k, v in vars(ws.editor.guard).items())
+        if cal is None:
+            return ("defaults (not calibrated for this model: Model ▸ Calibrate…)",
+                    f"guard: {guard}\nsource: {ws.editor.thresholds_source}")
+        monitor = ", ".join(f"{k} {v:.4g}" for k, v in cal.monitor.items())
+        return (f"calibrated {cal.created[:10]} ({cal.rate:g} false alarms per {cal.horizon} edits)",
+                f"guard: {guard}\nmonitor: {monitor}\nsource: {ws.editor.thresholds_source}\n"
+                f"{cal.edits.get('noop')} no-op and {cal.edits.get('healthy')} healthy edits")
+
+    def apply_guard(self) -> None:
+        """The workspace's collapse guard: its model's calibration (or the defaults) with the user's
+        Settings on top; the editor's source says which, and every verdict records it."""
+        from auditor.run.calibration import CalibrationError, thresholds_for
+
+        ws = self.workspace
+        if ws is None:
+            return
+        try:
+            source = ws.editor.use_calibration(ws.base_fingerprint)
+            self.sequence_view.set_base_thresholds(thresholds_for(ws.base_fingerprint)[1])
+        except CalibrationError as e:
+            from auditor.measure.guard import CollapseGuard
+
+            ws.editor.guard, source = CollapseGuard(), "defaults"
+            self.statusBar().showMessage(f"Thresholds: the defaults ({e})")
+        overrides = settings.guard_overrides()
+        ws.editor.guard = settings.guard(ws.editor.guard)
+        ws.editor.thresholds_source = source + (f"; set in Settings: {', '.join(overrides)}" if overrides else "")
 
     def refresh_entries(self) -> None:
         ws = self.workspace
@@ -518,7 +565,7 @@ class MainWindow(QMainWindow):
         self.refresh_info()
 
     def refresh_charts(self) -> None:
-        guard = settings.guard()
+        guard = self.workspace.editor.guard if self.workspace is not None else settings.guard()
         points = [EditPoint(int(r["id"]), number(r.get("ppl_before")), number(r.get("ppl_after")),
                             number(r.get("denominator")), bool(r.get("collapse_risk")))
                   for r in self.rows if r.get("kind", "edit") == "edit" and r.get("status") != "failed"]
@@ -619,7 +666,7 @@ class MainWindow(QMainWindow):
         if options.get("method", "rome") != "rome":  # MEMIT / AlphaEdit: a batch of one
             return self.start_batch([request], {"method": options["method"], "batch_size": 1,
                                                 "dry_run": bool(options.get("dry_run"))})
-        ws.editor.guard = settings.guard()
+        self.apply_guard()
         n = settings.get(settings.ANSWER_TOKENS)
         prompt = request.text
         kwargs = {k: options[k] for k in ("method", "key_mode", "hparams", "dry_run")}
@@ -671,7 +718,7 @@ class MainWindow(QMainWindow):
         if self.runner.busy:
             self.statusBar().showMessage("Busy: wait for the running job to finish.")
             return False
-        ws.editor.guard = settings.guard()
+        self.apply_guard()
         size, method = max(1, int(options.get("batch_size") or len(requests))), options["method"]
         dry_run, hparams = bool(options.get("dry_run", False)), options.get("hparams") or None
 
@@ -698,6 +745,47 @@ class MainWindow(QMainWindow):
 
         self.tabs.setCurrentWidget(self.batch_panel)
         return self.runner.start("batch", job)
+
+    def calibrate(self) -> None:
+        """Model ▸ Calibrate…: asks first (it runs about twenty edits), then :meth:`start_calibration`."""
+        if self.workspace is None:
+            self.show_error("Open a model first.")
+            return
+        if QApplication.platformName() not in ("offscreen", "minimal"):
+            answer = QMessageBox.question(
+                self, "Calibrate the thresholds",
+                "Run 10 no-op edits and the 10 shipped known facts as healthy edits on this model (the weights "
+                "are put back afterwards; the ledger is not touched), and set every guard and monitor threshold "
+                "at 1% false alarms per 100 edits? This takes several minutes.",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel)
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        self.start_calibration()
+
+    def start_calibration(self, *, requests: list | None = None, n_noop: int = 10,
+                          hparams: dict | None = None) -> bool:
+        """Calibrate the open model in the worker thread (run/calibration.py) and store the thresholds
+        under its base fingerprint; ``requests``: the healthy edits (default: the shipped known facts)."""
+        ws = self.workspace
+        if ws is None or self.runner.busy:
+            self.statusBar().showMessage("Open a model first." if ws is None else "Busy: wait for the running job to finish.")
+            return False
+
+        def job(report, cancel):
+            from auditor.model.requests import load_requests
+            from auditor.model.resources import resource_path
+            from auditor.run import calibration
+
+            healthy = requests if requests is not None else load_requests(resource_path("demo/known_facts.json"))
+            cal = calibration.calibrate(ws.editor, healthy, n_noop=n_noop, hparams=hparams,
+                                        fingerprint=ws.base_fingerprint, progress=report, cancel=cancel)
+            calibration.save(cal)
+            return cal
+
+        if self.runner.start("calibrate", job):
+            self.statusBar().showMessage("Calibrating the thresholds…")
+            return True
+        return False
 
     def revert(self, entry_id: int) -> None:
         ws = self.workspace
@@ -808,6 +896,8 @@ class MainWindow(QMainWindow):
             elif not isinstance(p, tuple):
                 self.batch_panel.show_progress(p)
                 self.statusBar().showMessage(self.batch_panel.progress.text())
+        elif name == "calibrate" and isinstance(p, Progress):
+            self.statusBar().showMessage(f"Calibrating: edit {(p.step or 0) + 1} of {p.total}, {p.message}")
         elif name == "export" and isinstance(p, tuple) and self.export_dialog is not None:
             self.export_dialog.set_progress(p[1])
         elif isinstance(p, str):
@@ -840,6 +930,11 @@ class MainWindow(QMainWindow):
             self.audit.show_verify(value)
             self.tabs.setCurrentWidget(self.audit)
             self.statusBar().showMessage(self.audit.verify_result.text())
+        elif name == "calibrate":
+            self.apply_guard()
+            self.refresh_info()
+            self.statusBar().showMessage(f"Calibrated: {value.source[:30]}… ({value.edits['noop']} no-op and "
+                                         f"{value.edits['healthy']} healthy edits, {value.seconds:.0f} s)")
         elif name == "export":
             if self.export_dialog is not None:
                 self.export_dialog.finished_ok(value)
@@ -1004,7 +1099,7 @@ class MainWindow(QMainWindow):
         if dialog.exec():
             dialog.save()
             if self.workspace is not None:
-                self.workspace.editor.guard = settings.guard()
+                self.apply_guard()
             self.refresh_charts()
 
     def guide(self) -> None:

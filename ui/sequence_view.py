@@ -13,6 +13,7 @@ sits above the curves. No science here.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 from typing import Any, Callable
@@ -144,6 +145,8 @@ class SequenceView(QWidget):
         self._timer.setInterval(REDRAW_MS)
         self._timer.timeout.connect(self._redraw)
         self._timer.start()
+        # the open model's monitor thresholds (its calibration or the defaults; the window sets them)
+        self.base_thresholds = Thresholds()
         self.set_thresholds(Thresholds(), list(FIGURE_KEYS))
         self.set_busy(False)
 
@@ -202,9 +205,15 @@ class SequenceView(QWidget):
         if path:
             self.requests_path.setText(path)
 
+    def set_base_thresholds(self, thresholds: Thresholds) -> None:
+        """The open model's monitor thresholds (calibrated or the defaults); "Stop on" overrides them."""
+        self.base_thresholds = thresholds
+        self._stop_on_changed()
+
     def _stop_on_changed(self) -> bool:
         try:
-            names, thresholds = parse_stop_on(self.stop_on.text().strip() or "all")
+            names, thresholds = parse_stop_on(self.stop_on.text().strip() or "all",
+                                              dataclasses.replace(self.base_thresholds))
         except MonitorError as e:
             self.stop_on.setStyleSheet("border: 1.5px solid #c0392b;")
             self.stop_on.setToolTip(str(e))

@@ -80,13 +80,21 @@ def workspaces_dir() -> Path:
     return Path(platformdirs.user_data_dir("edit-auditor")) / "workspaces"
 
 
-def guard():
-    """The engine's collapse guard with the user's thresholds (0 = keep the engine default)."""
+def guard(base=None):
+    """The collapse guard with the user's thresholds on top of ``base`` (default: the engine's
+    defaults; the window passes the model's calibrated guard); 0 = keep ``base``'s value."""
+    import dataclasses
+
     from auditor.run.edit import CollapseGuard
 
-    g = CollapseGuard()
+    return dataclasses.replace(base or CollapseGuard(), **guard_overrides())
+
+
+def guard_overrides() -> dict[str, float]:
+    """The guard thresholds the user set in Settings (those left at 0 are not overridden)."""
+    out = {}
     if get(MIN_DENOMINATOR) > 0:
-        g.min_denominator = get(MIN_DENOMINATOR)
+        out["min_denominator"] = get(MIN_DENOMINATOR)
     if get(MAX_PPL_RATIO) > 0:
-        g.max_ppl_ratio = get(MAX_PPL_RATIO)
-    return g
+        out["max_ppl_ratio"] = get(MAX_PPL_RATIO)
+    return out

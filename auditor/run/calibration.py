@@ -25,10 +25,11 @@ How a threshold is set (the rate is per run of ``horizon`` edits, default 1% per
   for a lower limit). Ratios and positive figures are taken in log space (a jump of x1.02 is 0.0198).
   A limit is never tighter than the worst healthy value seen.
 * cumulative figures (``ppl_ratio``, ``norm_ratio``, ``cond_ratio``: relative to the base) grow along a
-  run: their log is the sum of the per-edit log jumps, so after ``horizon`` healthy edits it is about
-  normal with mean ``horizon * mu`` and deviation ``sigma * sqrt(horizon)`` (mu, sigma: of the healthy
-  edits' log jumps; central limit). The limit is ``exp(horizon * mu + z * sigma * sqrt(horizon))``,
-  ``z`` the normal quantile of ``1 - rate``.
+  run: their log is the sum of the per-edit log jumps, so after ``H = horizon`` healthy edits it is
+  about normal (central limit) around ``H * mu``, mu and sigma the mean and deviation of the ``n``
+  healthy calibration edits' log jumps. Its prediction interval counts both the run's own spread
+  and mu's sampling error: deviation ``sigma * sqrt(H + H^2 / n)``. The limit is
+  ``exp(H * mu + z * sigma * sqrt(H + H^2 / n))``, ``z`` the normal quantile of ``1 - rate``.
 
 Not calibrated (kept at their defaults, and said so in the file): figures that are shares with a
 meaning of their own (retention, the watchlist's pass rate, the collateral audit's spill rate: a
@@ -189,10 +190,13 @@ def horizon_limit(jumps: list[float], rate: float, horizon: int, *, floor: float
     logs = [math.log(v) for v in jumps if v is not None and math.isfinite(v) and v > 0]
     if len(logs) < MIN_SAMPLES:
         raise CalibrationError(f"{len(logs)} usable samples; at least {MIN_SAMPLES} are needed")
+    n = len(logs)
     mu, sigma = statistics.fmean(logs), max(statistics.stdev(logs), floor)
     z = statistics.NormalDist().inv_cdf(1 - rate)
-    return {"threshold": math.exp(max(horizon * mu, 0.0) + z * sigma * math.sqrt(horizon)), "rule": "horizon",
-            "n": len(logs), "mu": mu, "sigma": sigma, "z": z, "horizon": horizon}
+    # the sum of H future jumps around H * (mean of n seen): variance sigma^2 (H + H^2 / n)
+    spread = sigma * math.sqrt(horizon + horizon ** 2 / n)
+    return {"threshold": math.exp(max(horizon * mu, 0.0) + z * spread), "rule": "horizon",
+            "n": n, "mu": mu, "sigma": sigma, "z": z, "horizon": horizon}
 
 
 def limits(samples: dict[str, list[float]], drift: dict[str, list[float]] | None = None, rate: float = DEFAULT_RATE,
@@ -354,8 +358,10 @@ def calibrate(editor: "Editor", requests: list["EditRequest"], *, n_noop: int = 
             jumps = {"ppl_jump": now["ppl"] / prev["ppl"], "norm_jump": now["norm"] / prev["norm"],
                      "cond_jump": now["cond"] / prev["cond"]}
             prev = now
-            log_ppl.append(math.log(now["ppl"] / ppl_base))
-            trend = slope(log_ppl[-Thresholds().trend_window:])
+            trend = None  # over the healthy edits only: the no-op edits before them would flatten it
+            if kind == "healthy":
+                log_ppl.append(math.log(now["ppl"] / ppl_base))
+                trend = slope(log_ppl[-Thresholds().trend_window:])
             d, m = result.diagnostics, result.metrics
             for name, value in (("denominator", abs(d["denominator"]) if d.get("denominator") is not None else None),
                                 ("edit_ppl_ratio", m.get("ppl_ratio")),
