@@ -155,6 +155,58 @@ def test_an_offloaded_tiny_model_has_the_in_memory_fingerprint_and_takes_the_sam
     assert {f.name: sha(f) for f in folder.glob("*.safetensors")} == before
 
 
+TINY_ROME_HP = {"layer": 1, "mom2_n_tokens": 2048, "mom2_seq_len": 64, "v_num_grad_steps": 4,
+                "context_templates": ["{}"]}
+FRANCE = EditRequest(prompt="The capital of {} is", subject="France", target_new="Rome", target_true="Paris")
+
+
+def test_a_failed_or_dry_edit_of_an_offloaded_model_puts_the_offloaded_weights_back(
+        tiny_checkpoint, isolated_cache: Path, tmp_path: Path) -> None:
+    """edit, edit_many(independent) and a batch restore the weights in the offload store, not only
+    those in memory: after a dry run (applied, measured, then undone) the fingerprint is the base's."""
+    from auditor.model.checkpoint import fingerprint_model
+    from auditor.run.batch import edit_batch
+    from auditor.run.edit import Editor
+
+    folder = tiny_checkpoint("llama")
+    off = load_model(folder, device="cpu", max_memory={"cpu": 2 << 20}, offload_folder=tmp_path / "off")
+    names = [off.spec.weight_name(i) for i in (0, 1)]
+    assert all(is_offloaded(off.model, n) for n in names)
+    base = {n: read_param(off.model, n).clone() for n in names}
+    editor = Editor(off)
+    res = editor.edit(FRANCE, hparams=TINY_ROME_HP, dry_run=True, measure_ppl=False, allow_collapse=True)
+    assert res.status == "dry-run" and res.delta is not None and res.delta.dense().abs().max() > 0
+    assert fingerprint_model(off.model) == off.fingerprint
+    many = editor.edit_many([FRANCE, TWO[1]], independent=True, hparams=TINY_ROME_HP, measure_ppl=False,
+                            allow_collapse=True)
+    assert [r.status for r in many] == ["applied", "applied"]
+    assert fingerprint_model(off.model) == off.fingerprint
+    batch = edit_batch(editor, TWO, method="memit", hparams=TINY_BATCH_HP, measure_ppl=False, dry_run=True,
+                       allow_collapse=True)
+    assert batch.status == "dry-run", batch.error
+    for n in names:
+        assert torch.equal(read_param(off.model, n), base[n])
+    assert fingerprint_model(off.model) == off.fingerprint
+
+
+def test_gradients_through_an_offloaded_model_are_the_in_memory_ones(tiny_checkpoint, tmp_path: Path) -> None:
+    """``weights_not_saved`` hands autograd the store key of an offloaded weight, or of a view of
+    it (matched by storage: ``matmul`` saves the transpose), and rebuilds the view in backward: the
+    gradient is the in-memory model's."""
+    from auditor.model.offload import weights_not_saved
+
+    folder = tiny_checkpoint("llama")
+    ref = load_model(folder, device="cpu")
+    off = load_model(folder, device="cpu", max_memory={"cpu": 2 << 20}, offload_folder=tmp_path / "off")
+    grads = []
+    for lm in (ref, off):
+        emb = lm.model.get_input_embeddings()(torch.tensor([[1, 2, 3, 4]])).detach().requires_grad_(True)
+        with torch.enable_grad(), weights_not_saved(lm.model):
+            (lm.model(inputs_embeds=emb).logits ** 2).sum().backward()
+        grads.append(emb.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-6)
+
+
 # ---------------------------------------------------------------- the demo, a third of it in memory
 
 SCRIPT = textwrap.dedent("""
