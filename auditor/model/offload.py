@@ -68,8 +68,8 @@ def _store(model: torch.nn.Module, name: str) -> tuple[Any, str]:
     return wm.dataset, wm.prefix + leaf
 
 
-def read_param(model: torch.nn.Module, name: str) -> torch.Tensor:
-    """The values of parameter or buffer ``name`` (a fresh tensor when offloaded to disk)."""
+def _tensor(model: torch.nn.Module, name: str) -> torch.Tensor:
+    """The parameter or buffer ``name`` as the module holds it (on ``meta`` when offloaded)."""
     module_name, leaf = _split(name)
     module = model.get_submodule(module_name)
     tensor = module._parameters.get(leaf)
@@ -77,6 +77,12 @@ def read_param(model: torch.nn.Module, name: str) -> torch.Tensor:
         tensor = module._buffers.get(leaf)
     if tensor is None:
         raise KeyError(name)
+    return tensor
+
+
+def read_param(model: torch.nn.Module, name: str) -> torch.Tensor:
+    """The values of parameter or buffer ``name`` (a fresh tensor when offloaded to disk)."""
+    tensor = _tensor(model, name)
     if tensor.device.type != "meta":
         return tensor.detach()
     loader, key = _store(model, name)
@@ -90,13 +96,7 @@ def read_param_chunks(model: torch.nn.Module, name: str, chunk_bytes: int = 1 <<
     materialised whole: a safetensors file is read through ``get_slice``, a ``.dat`` file through
     a memory map, a block at a time (what fingerprints and exports of big models need).
     """
-    module_name, leaf = _split(name)
-    module = model.get_submodule(module_name)
-    tensor = module._parameters.get(leaf)
-    if tensor is None:
-        tensor = module._buffers.get(leaf)
-    if tensor is None:
-        raise KeyError(name)
+    tensor = _tensor(model, name)
     shape = tuple(tensor.shape)
     rows = shape[0] if shape else 1
     row_bytes = max(1, tensor.numel() // max(rows, 1) * tensor.element_size())
