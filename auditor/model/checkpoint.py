@@ -401,11 +401,27 @@ def physical_memory(device: torch.device | None = None) -> dict[str, int]:
     return out
 
 
-def _big_model_options(folder: Path, config: Any, dtype: torch.dtype, device: torch.device,
-                       max_memory: dict[int | str, int] | None, offload_folder: str | Path | None,
-                       method: str | None, safetensors: bool) -> dict[str, Any]:
-    """Refuse a model the memory plan says will not fit; with a budget or an offload folder, the
-    keyword arguments that hand placement to accelerate (``device_map="auto"``)."""
+def check_memory(folder: str | Path, *, dtype: str | torch.dtype = "float32", device: str | torch.device = "auto",
+                 max_memory: dict[int | str, int] | None = None, offload_folder: str | Path | None = None,
+                 method: str | None = None) -> Any:
+    """The memory plan of loading the checkpoint ``folder`` as :func:`load_model` would, from its
+    ``config.json`` alone (nothing is loaded); :class:`MemoryRefused` when it will not fit."""
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    _read_config(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder}: cannot read config.json: {str(e).strip().splitlines()[0]}") from None
+    return _refuse_what_cannot_fit(folder, config, resolve_dtype(dtype), resolve_device(device), max_memory,
+                                   offload_folder, method)[0]
+
+
+def _refuse_what_cannot_fit(folder: Path, config: Any, dtype: torch.dtype, device: torch.device,
+                            max_memory: dict[int | str, int] | None, offload_folder: str | Path | None,
+                            method: str | None) -> tuple[Any, dict[str, int]]:
+    """(the plan, each device's memory), or :class:`MemoryRefused` with the options that would fit."""
     from auditor.model.memory_plan import budget_names, plan_config
 
     name = str(dtype).replace("torch.", "")
@@ -417,6 +433,16 @@ def _big_model_options(folder: Path, config: Any, dtype: torch.dtype, device: to
     if why:
         options = plan.options(budget, physical, offload_folder=offload)
         raise MemoryRefused(f"{folder.name} will not fit: {why}; try {options[0]}", plan, options)
+    return plan, physical
+
+
+def _big_model_options(folder: Path, config: Any, dtype: torch.dtype, device: torch.device,
+                       max_memory: dict[int | str, int] | None, offload_folder: str | Path | None,
+                       method: str | None, safetensors: bool) -> dict[str, Any]:
+    """Refuse a model the memory plan says will not fit; with a budget or an offload folder, the
+    keyword arguments that hand placement to accelerate (``device_map="auto"``)."""
+    plan, physical = _refuse_what_cannot_fit(folder, config, dtype, device, max_memory, offload_folder, method)
+    offload = offload_folder is not None
     if not max_memory and not offload:
         return {}
     if not safetensors:
