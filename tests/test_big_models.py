@@ -212,17 +212,23 @@ def test_gradients_through_an_offloaded_model_are_the_in_memory_ones(tiny_checkp
 SCRIPT = textwrap.dedent("""
     import json, sys, threading, time
     peak = {"anon": 0}
+    phase = ["start"]
+    phases = {}  # the peak of each phase
     def anon():
         for line in open("/proc/self/status"):
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
     def poll():
         while True:
-            peak["anon"] = max(peak["anon"], anon())
+            now = anon()
+            peak["anon"] = max(peak["anon"], now)
+            phases[phase[0]] = max(phases.get(phase[0], 0), now)
             time.sleep(0.02)
     from auditor.model.requests import EditRequest
     from auditor.run.workspace import Workspace
     import transformers, accelerate  # noqa: F401 (the baseline imports the same)
+    from transformers.models.llama import modeling_llama  # noqa: F401 (the model's code, imported by a load)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(sys.argv[2])  # what a load holds besides weights
     base = anon()
     threading.Thread(target=poll, daemon=True).start()
     if sys.argv[1] == "baseline":
@@ -231,11 +237,16 @@ SCRIPT = textwrap.dedent("""
         sys.exit(0)
     demo, ws_dir, off, export_dir, hp, req = sys.argv[2:8]
     memory = {"max_memory": {"cpu": int(sys.argv[1])}, "offload_folder": off}
+    phase[0] = "init"
     ws = Workspace.init(demo, ws_dir, device="cpu", dtype="bfloat16", memory=memory)
+    phase[0] = "edit"
     result, entry = ws.edit(EditRequest(**json.loads(req)), hparams=json.loads(hp), measure_ppl=False)
+    phase[0] = "replay"
     replay = ws.replay()
+    phase[0] = "export"
     ws.export(export_dir)
-    print(json.dumps({"base": base, "peak": peak["anon"], "status": result.status,
+    time.sleep(0.05)
+    print(json.dumps({"base": base, "peak": peak["anon"], "status": result.status, "phases": phases,
                       "delta": entry.delta_hash, "replay": replay["match"], "fingerprint": ws.fingerprint}))
 """)
 
@@ -256,7 +267,8 @@ def run_script(*argv: str) -> dict:
 def test_an_edit_of_the_demo_with_a_third_of_its_weights_in_memory(demo_dir: Path, tmp_path: Path) -> None:
     """bfloat16 demo, ``max_memory`` = weights / 3, the rest offloaded to disk: the delta is the
     in-memory one, the ledger replays bit for bit, the export holds the edit; the anonymous
-    resident memory above the interpreter's own is printed (not yet bounded: see below).
+    resident memory above the interpreter's own, sampled every 20 ms over the whole script, stays
+    under the budget + the plan's working memory + one block + the embedding.
 
     bfloat16 because a float32 checkpoint loaded in float32 is memory-mapped (file pages, not
     anonymous memory: 158 MiB anon + 533 MiB file for the demo), while a cast load is anonymous
@@ -272,7 +284,7 @@ def test_an_edit_of_the_demo_with_a_third_of_its_weights_in_memory(demo_dir: Pat
     budget = plan.weights // 3
     out = run_script(str(budget), str(demo_dir), str(tmp_path / "ws"), str(tmp_path / "off"),
                      str(tmp_path / "export"), json.dumps(HPARAMS), json.dumps(REQUEST))
-    baseline = run_script("baseline")
+    baseline = run_script("baseline", str(demo_dir))
     ref_lm = load_model(demo_dir, device="cpu", dtype="bfloat16")
     ref = Editor(ref_lm).edit(EditRequest(**REQUEST), hparams=HPARAMS, measure_ppl=False, dry_run=True)
     assert out["status"] == "applied" and out["replay"]
@@ -284,13 +296,19 @@ def test_an_edit_of_the_demo_with_a_third_of_its_weights_in_memory(demo_dir: Pat
     with safe_open(str(exported), framework="pt") as f:
         assert torch.equal(f.get_tensor(name), ref_lm.spec.weight(ref_lm.model, 4))
     used = out["peak"] - baseline["base"]
+    embedding = plan.vocab * plan.hidden * 2  # bfloat16; tied with the head, kept in memory by accelerate
+    bound = budget + plan.working + plan.largest_block + embedding
     print(f"\noffloaded bfloat16 demo edit: weights {plan.weights >> 20} MiB, budget {budget >> 20} MiB, "
           f"anonymous memory above the interpreter {used >> 20} MiB (interpreter {baseline['base'] >> 20} MiB); "
-          f"plan working {plan.working >> 20} MiB")
-    # The issue asks for peak memory under the budget plus a margin. Measured here over the whole
-    # script (init, edit, replay with a second model, export): 494 MiB anonymous memory above the
-    # interpreter, more than the 256 MiB of weights; the cause is not found yet (docs/notes/
-    # session-5/issue-20.md), so no memory bound is asserted: the figure is printed for the record.
+          f"bound {bound >> 20} MiB = budget + plan working {plan.working >> 20} + one block "
+          f"{plan.largest_block >> 20} + embedding {embedding >> 20}; by phase "
+          + ", ".join(f"{k} {(v - baseline['base']) >> 20}" for k, v in out["phases"].items()))
+    # The margin over the budget is the plan's working memory, one materialised block and the
+    # embedding (316 MiB in all). The baseline is an interpreter that has imported the model's code
+    # and loaded its tokenizer (what any load holds besides weights: 300 MiB). Measured in session 7
+    # (load 10): 191 MiB, by phase init 104, edit 145, replay 191 (a second, wholly offloaded
+    # model beside the first), export 105. Before the fixes of session 7: 494-516 MiB.
+    assert used <= bound, f"{used >> 20} MiB > {bound >> 20} MiB"
 
 
 # ---------------------------------------------------------------- bfloat16 end to end
