@@ -9,8 +9,11 @@ shape are saved once as safetensors with the demo's tokenizer, then
 * ``fingerprint``: ``fingerprint_model`` again (seconds; memory it adds: should be ~0, streamed),
 * ``stats``: key statistics of one layer over ``--stats-tokens`` tokens (seconds per layer; the
   memory above the weights vs the plan's statistics pass),
-* ``rome``: one ROME edit (C cached; seconds; peak above the weights vs the plan's working memory),
+* ``rome``: one ROME edit (C cached; seconds; the peak above what the process held when the edit
+  began, vs the plan's working memory of an edit without a statistics pass: :func:`edit_working`),
 * ``memit``: one MEMIT batch of ``--batch`` requests (same),
+
+and each edit's peak by progress phase (stats, keys, v, audit, eval).
 
 Peaks are anonymous resident memory (RssAnon, sampled every 10 ms from /proc: file pages of
 memory-mapped checkpoints are left out), minus the interpreter's own before loading. Random
@@ -141,27 +144,37 @@ def measure(folder: Path, dtype: str, args: argparse.Namespace) -> dict:
     requests = load_requests(REQUESTS)
     editor.edit(requests[0], hparams=hp, measure_ppl=False)  # statistics computed and cached here
     peak.reset()
+    row["rome_start"] = rss_anon() - base - weights  # what the process holds before the edit
     t = time.perf_counter()
     r = editor.edit(requests[1], hparams=hp, measure_ppl=False, progress=peak.enter)
     row["rome_s"] = time.perf_counter() - t
     row["rome_phases"] = peak.by_phase(base + weights)
     row["rome_status"] = r.status
-    row["rome_extra"] = peak.reset() - base - weights
-    row["plan_rome_working"] = plans["rome"].working
+    row["rome_extra"] = peak.reset() - base - weights - row["rome_start"]  # what the edit added
+    row["plan_rome_working"] = edit_working(plans["rome"])
     mhp = {**hp, "mom2_update_weight": 100.0}
     edit_batch(editor, requests[2:3], method="memit", hparams=mhp, measure_ppl=False)  # C of every layer, cached
     peak.reset()
+    row["memit_start"] = rss_anon() - base - weights
     t = time.perf_counter()
     b = edit_batch(editor, requests[3:3 + args.batch], method="memit", hparams=mhp, measure_ppl=False,
                    progress=peak.enter)
     row["memit_s"] = time.perf_counter() - t
     row["memit_phases"] = peak.by_phase(base + weights)
     row["memit_status"] = getattr(b, "status", "?")
-    row["memit_extra"] = peak.reset() - base - weights
-    row["plan_memit_working"] = plans["memit"].working
-    row["peak_total"] = max(row["load_peak"], weights + max(row["stats_extra"], row["rome_extra"], row["memit_extra"]))
+    row["memit_extra"] = peak.reset() - base - weights - row["memit_start"]
+    row["plan_memit_working"] = edit_working(plans["memit"])
+    row["peak_total"] = max(row["load_peak"], weights + max(row["stats_extra"], row["rome_start"] + row["rome_extra"],
+                                                             row["memit_start"] + row["memit_extra"]))
     row["plan_peak_memit"] = plans["memit"].peak
     return row
+
+
+def edit_working(plan) -> int:
+    """The plan's working memory of an edit whose key statistics are cached (no statistics pass;
+    ROME reads its C from the cache during the edit, MEMIT holds its Cs from the batch before,
+    so they are in what the process held when the edit began, not in what the edit adds)."""
+    return (plan.stats_held if plan.method == "rome" else 0) + max(plan.v_star, plan.solve, plan.evaluate)
 
 
 def mib(n: float) -> str:

@@ -64,6 +64,15 @@ def test_the_demo_plan_matches_the_loaded_demo_and_orders_the_methods(demo, demo
     assert plans["rome"].solve < plans["memit"].solve < plans["alphaedit"].solve
 
 
+def test_the_plan_sizes_the_passes_the_engine_runs() -> None:
+    """The plan's batch sizes are the engine's (the plan may not import the engine: layers)."""
+    from auditor.engine.methods import V_BATCH
+    from auditor.measure.collateral import SCORE_BATCH
+    from auditor.model import memory_plan
+
+    assert memory_plan.V_BATCH == V_BATCH and memory_plan.SCORE_BATCH == SCORE_BATCH
+
+
 @pytest.mark.parametrize("text,expected", [
     ("0=20GiB,cpu=8GiB", {0: 20 << 30, "cpu": 8 << 30}),
     ("cpu=512MB", {"cpu": 512_000_000}),
