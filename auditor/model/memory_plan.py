@@ -58,6 +58,7 @@ V_BATCH = 16  # requests whose v* are optimised together (auditor.engine.methods
 V_TARGET_TOKENS = 3  # tokens of a target: the head is applied at these positions and the KL one only
 SCORE_BATCH = 64  # prompts scored in one pass (auditor.measure.collateral.SCORE_BATCH; a test checks)
 SCORE_TOKENS = 16  # tokens of a scored prompt with its target
+EVAL_ROWS_PER_REQUEST = 32  # prompts scored per request: efficacy, paraphrases, neighbourhood, audit swaps
 
 
 class MemoryPlanError(AuditorError, RuntimeError):
@@ -314,14 +315,15 @@ def assemble(model: str, method: str, dtype: str, shape: dict[str, int], *, edit
     v_tokens = prompts * prompt_tokens * together
     above = shape["layers"] - min(edited_layers)
     # saved for backward per block above the edited layer: the normed inputs, q/k/v/o, attention
-    # output, gate/up/act/product (7 hidden- and 4 d_ff-wide in the weight dtype) and the RMS
-    # norms' float32 upcasts (2 x 2 hidden-wide float32)
-    saved = v_tokens * above * ((7 * hidden + 4 * d) * act + 16 * hidden)
+    # output, gate/up/act/product (7 hidden- and 4 d_ff-wide in the weight dtype) and the two RMS
+    # norms' float32 inputs (2 hidden-wide float32)
+    saved = v_tokens * above * ((7 * hidden + 4 * d) * act + 8 * hidden)
     # the head only at the target positions and the KL position: logits, float32 copy, log-softmax, grad
     head_rows = together * ((prompts - 1) * V_TARGET_TOKENS + 1)
     v_star = saved + head_rows * shape["vocab"] * (act + 3 * 4)
-    # a scoring pass (evaluation, collateral audit): the logits of every position of SCORE_BATCH prompts
-    evaluate = SCORE_BATCH * SCORE_TOKENS * (shape["vocab"] + per_token // act) * act
+    # a scoring pass (evaluation, collateral audit): the logits of every position of its prompts
+    scored = min(SCORE_BATCH, EVAL_ROWS_PER_REQUEST * requests)
+    evaluate = scored * SCORE_TOKENS * (shape["vocab"] + per_token // act) * act
     # the dense float64 update and weight copy; MEMIT/AlphaEdit also snapshot every edited weight
     dense = 2 * out * d * 8 + (len(edited_layers) * out * d * act if method != "rome" else 0)
     solve = SOLVE_SQUARES[method] * 8 * d * d + dense
