@@ -9,8 +9,11 @@ shape are saved once as safetensors with the demo's tokenizer, then
 * ``fingerprint``: ``fingerprint_model`` again (seconds; memory it adds: should be ~0, streamed),
 * ``stats``: key statistics of one layer over ``--stats-tokens`` tokens (seconds per layer; the
   memory above the weights vs the plan's statistics pass),
-* ``rome``: one ROME edit (C cached; seconds; peak above the weights vs the plan's working memory),
+* ``rome``: one ROME edit (C cached; seconds; the peak above what the process held when the edit
+  began, vs the plan's working memory of an edit without a statistics pass: :func:`edit_working`),
 * ``memit``: one MEMIT batch of ``--batch`` requests (same),
+
+and each edit's peak by progress phase (stats, keys, v, audit, eval).
 
 Peaks are anonymous resident memory (RssAnon, sampled every 10 ms from /proc: file pages of
 memory-mapped checkpoints are left out), minus the interpreter's own before loading. Random
@@ -58,17 +61,29 @@ class Peak:
 
     def __init__(self) -> None:
         self.value = 0
+        self.phase = "-"
+        self.phases: dict[str, int] = {}  # the peak of each progress phase since the last reset
         threading.Thread(target=self._poll, daemon=True).start()
 
     def _poll(self) -> None:
         while True:
-            self.value = max(self.value, rss_anon())
+            now = rss_anon()
+            self.value = max(self.value, now)
+            self.phases[self.phase] = max(self.phases.get(self.phase, 0), now)
             time.sleep(0.01)
+
+    def enter(self, progress) -> None:
+        """An edit's progress callback: later samples count toward its phase (stats, v, update, eval)."""
+        self.phase = progress.phase
 
     def reset(self) -> int:
         time.sleep(0.03)
         value, self.value = self.value, rss_anon()
+        self.phases, self.phase = {}, "-"
         return value
+
+    def by_phase(self, minus: int) -> dict[str, int]:
+        return {k: v - minus for k, v in self.phases.items()}
 
 
 def make_checkpoint(shape: str, folder: Path) -> Path:
@@ -129,24 +144,37 @@ def measure(folder: Path, dtype: str, args: argparse.Namespace) -> dict:
     requests = load_requests(REQUESTS)
     editor.edit(requests[0], hparams=hp, measure_ppl=False)  # statistics computed and cached here
     peak.reset()
+    row["rome_start"] = rss_anon() - base - weights  # what the process holds before the edit
     t = time.perf_counter()
-    r = editor.edit(requests[1], hparams=hp, measure_ppl=False)
+    r = editor.edit(requests[1], hparams=hp, measure_ppl=False, progress=peak.enter)
     row["rome_s"] = time.perf_counter() - t
+    row["rome_phases"] = peak.by_phase(base + weights)
     row["rome_status"] = r.status
-    row["rome_extra"] = peak.reset() - base - weights
-    row["plan_rome_working"] = plans["rome"].working
+    row["rome_extra"] = peak.reset() - base - weights - row["rome_start"]  # what the edit added
+    row["plan_rome_working"] = edit_working(plans["rome"])
     mhp = {**hp, "mom2_update_weight": 100.0}
     edit_batch(editor, requests[2:3], method="memit", hparams=mhp, measure_ppl=False)  # C of every layer, cached
     peak.reset()
+    row["memit_start"] = rss_anon() - base - weights
     t = time.perf_counter()
-    b = edit_batch(editor, requests[3:3 + args.batch], method="memit", hparams=mhp, measure_ppl=False)
+    b = edit_batch(editor, requests[3:3 + args.batch], method="memit", hparams=mhp, measure_ppl=False,
+                   progress=peak.enter)
     row["memit_s"] = time.perf_counter() - t
+    row["memit_phases"] = peak.by_phase(base + weights)
     row["memit_status"] = getattr(b, "status", "?")
-    row["memit_extra"] = peak.reset() - base - weights
-    row["plan_memit_working"] = plans["memit"].working
-    row["peak_total"] = max(row["load_peak"], weights + max(row["stats_extra"], row["rome_extra"], row["memit_extra"]))
+    row["memit_extra"] = peak.reset() - base - weights - row["memit_start"]
+    row["plan_memit_working"] = edit_working(plans["memit"])
+    row["peak_total"] = max(row["load_peak"], weights + max(row["stats_extra"], row["rome_start"] + row["rome_extra"],
+                                                             row["memit_start"] + row["memit_extra"]))
     row["plan_peak_memit"] = plans["memit"].peak
     return row
+
+
+def edit_working(plan) -> int:
+    """The plan's working memory of an edit whose key statistics are cached (no statistics pass;
+    ROME reads its C from the cache during the edit, MEMIT holds its Cs from the batch before,
+    so they are in what the process held when the edit began, not in what the edit adds)."""
+    return (plan.stats_held if plan.method == "rome" else 0) + max(plan.v_star, plan.solve, plan.evaluate)
 
 
 def mib(n: float) -> str:
@@ -179,6 +207,7 @@ def main() -> None:
             "memit +MiB", "plan memit"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
+    phases: list[str] = []
     for shape in args.shapes.split(","):
         for dtype in args.dtypes.split(","):
             need = plan_config(llama_config(shape), dtype=dtype, method="memit", requests=args.batch).peak
@@ -201,6 +230,12 @@ def main() -> None:
                 f"{r['stats_s_per_layer']:.1f}", mib(r["stats_extra"]), mib(r["plan_stats_pass"]),
                 f"{r['rome_s']:.1f}", mib(r["rome_extra"]), mib(r["plan_rome_working"]),
                 f"{r['memit_s']:.1f}", mib(r["memit_extra"]), mib(r["plan_memit_working"])]) + " |", flush=True)
+            phases.append(f"{shape} {dtype}: " + "; ".join(
+                f"{edit} " + ", ".join(f"{k} {mib(v)}" for k, v in r[f"{edit}_phases"].items())
+                for edit in ("rome", "memit")) + f" (MiB above the weights; raw {json.dumps(r)})")
+    print("\npeak by phase of the measured edits:")
+    print("\n".join(phases))
+    print(f"load average {os.getloadavg()}")
 
 
 if __name__ == "__main__":

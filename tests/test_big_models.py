@@ -64,6 +64,15 @@ def test_the_demo_plan_matches_the_loaded_demo_and_orders_the_methods(demo, demo
     assert plans["rome"].solve < plans["memit"].solve < plans["alphaedit"].solve
 
 
+def test_the_plan_sizes_the_passes_the_engine_runs() -> None:
+    """The plan's batch sizes are the engine's (the plan may not import the engine: layers)."""
+    from auditor.engine.methods import V_BATCH
+    from auditor.measure.collateral import SCORE_BATCH
+    from auditor.model import memory_plan
+
+    assert memory_plan.V_BATCH == V_BATCH and memory_plan.SCORE_BATCH == SCORE_BATCH
+
+
 @pytest.mark.parametrize("text,expected", [
     ("0=20GiB,cpu=8GiB", {0: 20 << 30, "cpu": 8 << 30}),
     ("cpu=512MB", {"cpu": 512_000_000}),
@@ -155,22 +164,80 @@ def test_an_offloaded_tiny_model_has_the_in_memory_fingerprint_and_takes_the_sam
     assert {f.name: sha(f) for f in folder.glob("*.safetensors")} == before
 
 
+TINY_ROME_HP = {"layer": 1, "mom2_n_tokens": 2048, "mom2_seq_len": 64, "v_num_grad_steps": 4,
+                "context_templates": ["{}"]}
+FRANCE = EditRequest(prompt="The capital of {} is", subject="France", target_new="Rome", target_true="Paris")
+
+
+def test_a_failed_or_dry_edit_of_an_offloaded_model_puts_the_offloaded_weights_back(
+        tiny_checkpoint, isolated_cache: Path, tmp_path: Path) -> None:
+    """edit, edit_many(independent) and a batch restore the weights in the offload store, not only
+    those in memory: after a dry run (applied, measured, then undone) the fingerprint is the base's."""
+    from auditor.model.checkpoint import fingerprint_model
+    from auditor.run.batch import edit_batch
+    from auditor.run.edit import Editor
+
+    folder = tiny_checkpoint("llama")
+    off = load_model(folder, device="cpu", max_memory={"cpu": 2 << 20}, offload_folder=tmp_path / "off")
+    names = [off.spec.weight_name(i) for i in (0, 1)]
+    assert all(is_offloaded(off.model, n) for n in names)
+    base = {n: read_param(off.model, n).clone() for n in names}
+    editor = Editor(off)
+    res = editor.edit(FRANCE, hparams=TINY_ROME_HP, dry_run=True, measure_ppl=False, allow_collapse=True)
+    assert res.status == "dry-run" and res.delta is not None and res.delta.dense().abs().max() > 0
+    assert fingerprint_model(off.model) == off.fingerprint
+    many = editor.edit_many([FRANCE, TWO[1]], independent=True, hparams=TINY_ROME_HP, measure_ppl=False,
+                            allow_collapse=True)
+    assert [r.status for r in many] == ["applied", "applied"]
+    assert fingerprint_model(off.model) == off.fingerprint
+    batch = edit_batch(editor, TWO, method="memit", hparams=TINY_BATCH_HP, measure_ppl=False, dry_run=True,
+                       allow_collapse=True)
+    assert batch.status == "dry-run", batch.error
+    for n in names:
+        assert torch.equal(read_param(off.model, n), base[n])
+    assert fingerprint_model(off.model) == off.fingerprint
+
+
+def test_gradients_through_an_offloaded_model_are_the_in_memory_ones(tiny_checkpoint, tmp_path: Path) -> None:
+    """``weights_not_saved`` hands autograd the store key of an offloaded weight, or of a view of
+    it (matched by storage: ``matmul`` saves the transpose), and rebuilds the view in backward: the
+    gradient is the in-memory model's."""
+    from auditor.model.offload import weights_not_saved
+
+    folder = tiny_checkpoint("llama")
+    ref = load_model(folder, device="cpu")
+    off = load_model(folder, device="cpu", max_memory={"cpu": 2 << 20}, offload_folder=tmp_path / "off")
+    grads = []
+    for lm in (ref, off):
+        emb = lm.model.get_input_embeddings()(torch.tensor([[1, 2, 3, 4]])).detach().requires_grad_(True)
+        with torch.enable_grad(), weights_not_saved(lm.model):
+            (lm.model(inputs_embeds=emb).logits ** 2).sum().backward()
+        grads.append(emb.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-6)
+
+
 # ---------------------------------------------------------------- the demo, a third of it in memory
 
 SCRIPT = textwrap.dedent("""
     import json, sys, threading, time
     peak = {"anon": 0}
+    phase = ["start"]
+    phases = {}  # the peak of each phase
     def anon():
         for line in open("/proc/self/status"):
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
     def poll():
         while True:
-            peak["anon"] = max(peak["anon"], anon())
+            now = anon()
+            peak["anon"] = max(peak["anon"], now)
+            phases[phase[0]] = max(phases.get(phase[0], 0), now)
             time.sleep(0.02)
     from auditor.model.requests import EditRequest
     from auditor.run.workspace import Workspace
     import transformers, accelerate  # noqa: F401 (the baseline imports the same)
+    from transformers.models.llama import modeling_llama  # noqa: F401 (the model's code, imported by a load)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(sys.argv[2])  # what a load holds besides weights
     base = anon()
     threading.Thread(target=poll, daemon=True).start()
     if sys.argv[1] == "baseline":
@@ -179,11 +246,16 @@ SCRIPT = textwrap.dedent("""
         sys.exit(0)
     demo, ws_dir, off, export_dir, hp, req = sys.argv[2:8]
     memory = {"max_memory": {"cpu": int(sys.argv[1])}, "offload_folder": off}
+    phase[0] = "init"
     ws = Workspace.init(demo, ws_dir, device="cpu", dtype="bfloat16", memory=memory)
+    phase[0] = "edit"
     result, entry = ws.edit(EditRequest(**json.loads(req)), hparams=json.loads(hp), measure_ppl=False)
+    phase[0] = "replay"
     replay = ws.replay()
+    phase[0] = "export"
     ws.export(export_dir)
-    print(json.dumps({"base": base, "peak": peak["anon"], "status": result.status,
+    time.sleep(0.05)
+    print(json.dumps({"base": base, "peak": peak["anon"], "status": result.status, "phases": phases,
                       "delta": entry.delta_hash, "replay": replay["match"], "fingerprint": ws.fingerprint}))
 """)
 
@@ -204,7 +276,8 @@ def run_script(*argv: str) -> dict:
 def test_an_edit_of_the_demo_with_a_third_of_its_weights_in_memory(demo_dir: Path, tmp_path: Path) -> None:
     """bfloat16 demo, ``max_memory`` = weights / 3, the rest offloaded to disk: the delta is the
     in-memory one, the ledger replays bit for bit, the export holds the edit; the anonymous
-    resident memory above the interpreter's own is printed (not yet bounded: see below).
+    resident memory above the interpreter's own, sampled every 20 ms over the whole script, stays
+    under the budget + the plan's working memory + one block + the embedding.
 
     bfloat16 because a float32 checkpoint loaded in float32 is memory-mapped (file pages, not
     anonymous memory: 158 MiB anon + 533 MiB file for the demo), while a cast load is anonymous
@@ -220,7 +293,7 @@ def test_an_edit_of_the_demo_with_a_third_of_its_weights_in_memory(demo_dir: Pat
     budget = plan.weights // 3
     out = run_script(str(budget), str(demo_dir), str(tmp_path / "ws"), str(tmp_path / "off"),
                      str(tmp_path / "export"), json.dumps(HPARAMS), json.dumps(REQUEST))
-    baseline = run_script("baseline")
+    baseline = run_script("baseline", str(demo_dir))
     ref_lm = load_model(demo_dir, device="cpu", dtype="bfloat16")
     ref = Editor(ref_lm).edit(EditRequest(**REQUEST), hparams=HPARAMS, measure_ppl=False, dry_run=True)
     assert out["status"] == "applied" and out["replay"]
@@ -232,13 +305,19 @@ def test_an_edit_of_the_demo_with_a_third_of_its_weights_in_memory(demo_dir: Pat
     with safe_open(str(exported), framework="pt") as f:
         assert torch.equal(f.get_tensor(name), ref_lm.spec.weight(ref_lm.model, 4))
     used = out["peak"] - baseline["base"]
+    embedding = plan.vocab * plan.hidden * 2  # bfloat16; tied with the head, kept in memory by accelerate
+    bound = budget + plan.working + plan.largest_block + embedding
     print(f"\noffloaded bfloat16 demo edit: weights {plan.weights >> 20} MiB, budget {budget >> 20} MiB, "
           f"anonymous memory above the interpreter {used >> 20} MiB (interpreter {baseline['base'] >> 20} MiB); "
-          f"plan working {plan.working >> 20} MiB")
-    # The issue asks for peak memory under the budget plus a margin. Measured here over the whole
-    # script (init, edit, replay with a second model, export): 494 MiB anonymous memory above the
-    # interpreter, more than the 256 MiB of weights; the cause is not found yet (docs/notes/
-    # session-5/issue-20.md), so no memory bound is asserted: the figure is printed for the record.
+          f"bound {bound >> 20} MiB = budget + plan working {plan.working >> 20} + one block "
+          f"{plan.largest_block >> 20} + embedding {embedding >> 20}; by phase "
+          + ", ".join(f"{k} {(v - baseline['base']) >> 20}" for k, v in out["phases"].items()))
+    # The margin over the budget is the plan's working memory, one materialised block and the
+    # embedding (316 MiB in all). The baseline is an interpreter that has imported the model's code
+    # and loaded its tokenizer (what any load holds besides weights: 300 MiB). Measured in session 7
+    # (load 10): 191 MiB, by phase init 104, edit 145, replay 191 (a second, wholly offloaded
+    # model beside the first), export 105. Before the fixes of session 7: 494-516 MiB.
+    assert used <= bound, f"{used >> 20} MiB > {bound >> 20} MiB"
 
 
 # ---------------------------------------------------------------- bfloat16 end to end

@@ -80,8 +80,11 @@ def test_revert_the_second_of_three_edits(ws: Workspace, demo_dir: Path) -> None
 
 
 def test_replay_reproduces_the_recorded_fingerprint_bit_for_bit(ws: Workspace) -> None:
+    # (what is active depends on whether the revert test ran first: the ledger says, not the order)
     report = ws.replay()
-    assert report["match"] and report["applied"] == 2 and report["head"] == 4
+    active = ws.ledger.active()
+    assert len(active) >= 2 and report["match"]
+    assert report["applied"] == len(active) and report["head"] == ws.ledger.head().id
     assert report["fingerprint"] == report["recorded"] == ws.fingerprint
 
 

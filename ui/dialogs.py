@@ -143,7 +143,8 @@ class ExportDialog(QDialog):
 
 
 class SettingsDialog(QDialog):
-    """Device, dtype for new workspaces, collapse thresholds, the workspaces folder."""
+    """Device, dtype for new workspaces, the memory budget and offload folder, collapse thresholds,
+    the workspaces folder."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -172,9 +173,20 @@ class SettingsDialog(QDialog):
         self.tokens.setRange(1, 64)
         self.tokens.setValue(settings.get(settings.ANSWER_TOKENS))
         self.folder = QLineEdit(str(settings.workspaces_dir()))
+        self.max_memory = QLineEdit(str(settings.get(settings.MAX_MEMORY) or ""))
+        self.max_memory.setPlaceholderText("none (e.g. 0=20GiB,cpu=8GiB)")
+        self.max_memory.setToolTip("The most weights each device may hold (accelerate's max_memory, as "
+                                   "--max-memory); what does not fit goes to the offload folder")
+        self.offload = QLineEdit(str(settings.get(settings.OFFLOAD_FOLDER) or ""))
+        self.offload.setPlaceholderText("none (weights beyond the budget are refused)")
+        self.memory_error = QLabel("")
+        self.memory_error.setStyleSheet("color: #c0392b;")
         form = QFormLayout(self)
         form.addRow("Device (new loads)", self.device)
         form.addRow("dtype (new workspaces)", self.dtype)
+        form.addRow("Memory budget (new loads)", self.max_memory)
+        form.addRow("Offload folder", _path_row(self.offload, self._pick_offload))
+        form.addRow("", self.memory_error)
         form.addRow("Collapse: minimum |denominator|", self.min_den)
         form.addRow("Collapse: maximum perplexity ratio", self.max_ppl)
         form.addRow("Answer length (tokens)", self.tokens)
@@ -189,6 +201,25 @@ class SettingsDialog(QDialog):
         if folder:
             self.folder.setText(folder)
 
+    def _pick_offload(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Offload folder", self.offload.text())
+        if folder:
+            self.offload.setText(folder)
+
+    def accept(self) -> None:
+        """Refuse a memory budget that does not parse (the reason under the field)."""
+        from auditor.model.memory_plan import parse_max_memory
+
+        text = self.max_memory.text().strip()
+        try:
+            if text:
+                parse_max_memory(text)
+        except ValueError as e:
+            self.memory_error.setText(f"Memory budget: {e}")
+            return
+        self.memory_error.setText("")
+        super().accept()
+
     def save(self) -> None:
         settings.put(settings.DEVICE, self.device.currentText().strip() or "auto")
         settings.put(settings.DTYPE, self.dtype.currentText())
@@ -196,3 +227,5 @@ class SettingsDialog(QDialog):
         settings.put(settings.MAX_PPL_RATIO, self.max_ppl.value())
         settings.put(settings.ANSWER_TOKENS, self.tokens.value())
         settings.put(settings.WORKSPACES_DIR, self.folder.text().strip())
+        settings.put(settings.MAX_MEMORY, self.max_memory.text().strip())
+        settings.put(settings.OFFLOAD_FOLDER, self.offload.text().strip())

@@ -127,6 +127,44 @@ def can_open(path: Path) -> bool:
     return path.is_dir() or (path.is_file() and path.suffix.lower() == ".gguf")
 
 
+
+def memory_refusal(model: str, ws_dir: Path, dtype: str, device: str, memory: dict[str, Any]) -> str | None:
+    """Why opening ``model`` (a checkpoint, or the workspace ``ws_dir``) with the memory settings
+    would fail, with the memory plan and what would fit; None when it may go ahead. Read from
+    ``config.json`` alone, before anything is loaded (a .gguf or the demo not yet converted is
+    checked by the load itself, which refuses the same way)."""
+    from auditor.model.checkpoint import CheckpointError, MemoryRefused, cache_dir, check_memory
+    from auditor.model.memory_plan import human
+    from auditor.model.offload import OffloadFolderError, check_offload_folder
+    from auditor.run.workspace import open_ledger
+
+    base: Path | None = Path(model).expanduser() if model != "demo" else None
+    if is_workspace(ws_dir):
+        ledger = open_ledger(ws_dir, readonly=True)
+        genesis = ledger.genesis
+        base = Path(str(ledger.get_setting("base_path") or genesis["base_source"]))
+        dtype = genesis["dtype"]
+        ledger.close()
+    if memory["offload_folder"] is not None:
+        try:
+            check_offload_folder(memory["offload_folder"],
+                                 protected=[p for p in (ws_dir, base, cache_dir() / "models") if p is not None])
+        except OffloadFolderError as e:
+            return f"Offload folder (Settings): {e}"
+    if base is None or not (base / "config.json").is_file():
+        return None
+    try:
+        plan = check_memory(base, dtype=dtype, device=device, **memory)
+    except MemoryRefused as e:
+        options = "\n".join(f"  - {o}" for o in e.options)
+        return (f"{e}\n\nThe memory plan:\n{e.plan.table()}\n\nWhat would fit (Settings: dtype, Memory "
+                f"budget, Offload folder):\n{options}")
+    except (CheckpointError, OSError, ValueError, KeyError):  # the load reports these, in its words
+        return None
+    log.info("memory plan of %s: peak %s", base.name, human(plan.peak))
+    return None
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
 
@@ -435,6 +473,15 @@ class MainWindow(QMainWindow):
             self.show_error(f"{p}: drop a checkpoint folder, a workspace folder or a .gguf file")
             return False
         ws_dir = p if text != "demo" and is_workspace(p) else self.workspace_dir_for(text)
+        try:
+            memory = settings.memory()
+        except ValueError as e:
+            self.show_error(f"Memory budget (Settings): {e}")
+            return False
+        refused = memory_refusal(text, ws_dir, dtype, device, memory)
+        if refused:
+            self.show_error(refused)
+            return False
 
         def job(report, cancel):
             from auditor.run.workspace import Workspace
@@ -444,10 +491,10 @@ class MainWindow(QMainWindow):
 
             if is_workspace(ws_dir):
                 report(f"opening workspace {ws_dir}")
-                ws = Workspace.open(ws_dir, device=device, progress=loading)
+                ws = Workspace.open(ws_dir, device=device, progress=loading, memory=memory)
             else:
                 report(f"creating workspace {ws_dir} for {text}")
-                ws = Workspace.init(text, ws_dir, dtype=dtype, device=device, progress=loading)
+                ws = Workspace.init(text, ws_dir, dtype=dtype, device=device, progress=loading, memory=memory)
             report("preparing the editor")
             warm_up(ws)
             return ws, ws.fingerprint

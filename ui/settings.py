@@ -22,6 +22,8 @@ WORKSPACES_DIR = "paths/workspaces_dir"
 EXPORT_DIR = "paths/export_dir"
 DEVICE = "model/device"
 DTYPE = "model/dtype"
+MAX_MEMORY = "model/max_memory"  # accelerate's budget of weights per device, as --max-memory ("" = none)
+OFFLOAD_FOLDER = "model/offload_folder"  # where weights beyond the budget go, as --offload-folder ("" = none)
 MIN_DENOMINATOR = "guard/min_denominator"  # |u.k| below this flags an edit (0 = engine default)
 MAX_PPL_RATIO = "guard/max_ppl_ratio"  # ppl_after / ppl_before above this flags an edit (0 = default)
 ANSWER_TOKENS = "edit/answer_tokens"
@@ -68,6 +70,18 @@ def put(key: str, value: Any) -> None:
     s = settings()
     s.setValue(key, value)
     s.sync()
+
+
+def memory() -> dict[str, Any]:
+    """``max_memory`` / ``offload_folder`` for loads, from the Memory budget and Offload folder
+    settings (as ``--max-memory`` and ``--offload-folder``); ValueError for a budget that does
+    not parse (the settings dialog refuses one, but the file may have been edited)."""
+    from auditor.model.memory_plan import parse_max_memory
+
+    budget = str(get(MAX_MEMORY) or "").strip()
+    folder = str(get(OFFLOAD_FOLDER) or "").strip()
+    return {"max_memory": parse_max_memory(budget) if budget else None,
+            "offload_folder": Path(folder).expanduser() if folder else None}
 
 
 def workspaces_dir() -> Path:

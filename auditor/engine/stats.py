@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from auditor.engine.rome import StopForward
 from auditor.model.checkpoint import LoadedModel, cache_dir, fingerprint_tensors, named_unique_tensors
+from auditor.model.offload import give_freed_buffers_back
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def collect_second_moment(
                 progress(min(count, total), total)
     finally:
         handle.remove()
+        give_freed_buffers_back()  # the batches' activations and any offloaded blocks read
     return acc / count, count
 
 

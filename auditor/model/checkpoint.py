@@ -163,21 +163,34 @@ def fingerprint_tensors(named: Iterable[tuple[str, torch.Tensor]],
     ``model``'s offload store one at a time (:func:`auditor.model.offload.read_param`), or by
     ``model(name)`` when ``model`` is a function.
     """
-    from auditor.model.offload import read_param
+    from auditor.model.offload import read_param_chunks
 
     h = hashlib.sha256()
     for name, t in sorted(named, key=lambda kv: kv[0]):
+        if t.device.type == "meta" and isinstance(model, torch.nn.Module):
+            # offloaded: the store read 16 MiB of rows at a time, never the whole tensor
+            h.update(json.dumps([name, str(t.dtype).replace("torch.", ""), list(t.shape)]).encode())
+            for piece in read_param_chunks(model, name):
+                _hash_bytes(h, piece)
+            continue
         if t.device.type == "meta" and model is not None:
-            t = model(name) if callable(model) and not isinstance(model, torch.nn.Module) else read_param(model, name)
+            t = model(name)
         t = t.detach()
         h.update(json.dumps([name, str(t.dtype).replace("torch.", ""), list(t.shape)]).encode())
         if t.numel():
-            flat = t.contiguous().reshape(-1)
-            chunk = max(1, (1 << 24) // t.element_size())  # 16 MiB at a time
-            for start in range(0, flat.numel(), chunk):
-                piece = flat[start:start + chunk].cpu()
-                h.update(piece.view(torch.uint8).numpy().data)
+            _hash_bytes(h, t)
     return "sha256:" + h.hexdigest()
+
+
+def _hash_bytes(h: Any, t: torch.Tensor) -> None:
+    """Feed ``t``'s bytes (row-major) to ``h``, 16 MiB at a time, through a view when possible."""
+    if not t.numel():
+        return
+    flat = t.detach().contiguous().reshape(-1)
+    chunk = max(1, (1 << 24) // t.element_size())
+    for start in range(0, flat.numel(), chunk):
+        piece = flat[start:start + chunk].cpu()
+        h.update(piece.view(torch.uint8).numpy().data)
 
 
 def fingerprint_model(model: torch.nn.Module) -> str:
@@ -286,8 +299,9 @@ def load_folder(
     max_memory: dict[int | str, int] | None = None,
     offload_folder: str | Path | None = None,
     method: str | None = None,
+    tokenizer: Any = None,
 ) -> LoadedModel:
-    """Load the checkpoint ``folder``; see :func:`load_model` for the memory options."""
+    """Load the checkpoint ``folder``; see :func:`load_model` for the memory options and ``tokenizer``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
@@ -337,7 +351,8 @@ def load_folder(
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{folder}: cannot load the model: {first}") from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
@@ -386,11 +401,27 @@ def physical_memory(device: torch.device | None = None) -> dict[str, int]:
     return out
 
 
-def _big_model_options(folder: Path, config: Any, dtype: torch.dtype, device: torch.device,
-                       max_memory: dict[int | str, int] | None, offload_folder: str | Path | None,
-                       method: str | None, safetensors: bool) -> dict[str, Any]:
-    """Refuse a model the memory plan says will not fit; with a budget or an offload folder, the
-    keyword arguments that hand placement to accelerate (``device_map="auto"``)."""
+def check_memory(folder: str | Path, *, dtype: str | torch.dtype = "float32", device: str | torch.device = "auto",
+                 max_memory: dict[int | str, int] | None = None, offload_folder: str | Path | None = None,
+                 method: str | None = None) -> Any:
+    """The memory plan of loading the checkpoint ``folder`` as :func:`load_model` would, from its
+    ``config.json`` alone (nothing is loaded); :class:`MemoryRefused` when it will not fit."""
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    _read_config(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder}: cannot read config.json: {str(e).strip().splitlines()[0]}") from None
+    return _refuse_what_cannot_fit(folder, config, resolve_dtype(dtype), resolve_device(device), max_memory,
+                                   offload_folder, method)[0]
+
+
+def _refuse_what_cannot_fit(folder: Path, config: Any, dtype: torch.dtype, device: torch.device,
+                            max_memory: dict[int | str, int] | None, offload_folder: str | Path | None,
+                            method: str | None) -> tuple[Any, dict[str, int]]:
+    """(the plan, each device's memory), or :class:`MemoryRefused` with the options that would fit."""
     from auditor.model.memory_plan import budget_names, plan_config
 
     name = str(dtype).replace("torch.", "")
@@ -402,6 +433,16 @@ def _big_model_options(folder: Path, config: Any, dtype: torch.dtype, device: to
     if why:
         options = plan.options(budget, physical, offload_folder=offload)
         raise MemoryRefused(f"{folder.name} will not fit: {why}; try {options[0]}", plan, options)
+    return plan, physical
+
+
+def _big_model_options(folder: Path, config: Any, dtype: torch.dtype, device: torch.device,
+                       max_memory: dict[int | str, int] | None, offload_folder: str | Path | None,
+                       method: str | None, safetensors: bool) -> dict[str, Any]:
+    """Refuse a model the memory plan says will not fit; with a budget or an offload folder, the
+    keyword arguments that hand placement to accelerate (``device_map="auto"``)."""
+    plan, physical = _refuse_what_cannot_fit(folder, config, dtype, device, max_memory, offload_folder, method)
+    offload = offload_folder is not None
     if not max_memory and not offload:
         return {}
     if not safetensors:
@@ -600,6 +641,7 @@ def load_model(
     max_memory: dict[int | str, int] | None = None,
     offload_folder: str | Path | None = None,
     method: str | None = None,
+    tokenizer: Any = None,
 ) -> LoadedModel:
     """Load ``demo``, a ``.gguf`` file or a Hugging Face folder, ready for editing.
 
@@ -612,12 +654,14 @@ def load_model(
     placement is accelerate's (``device_map="auto"``): what does not fit the budget goes to CPU,
     then to ``offload_folder`` on disk; :mod:`auditor.model.offload` reads and writes the weights
     of offloaded modules.
+
+    ``tokenizer``: one already loaded from the same checkpoint, reused (a replay's second model).
     """
     t0 = time.perf_counter()
     folder = resolve_checkpoint(name, progress)
     if progress is not None:
         progress(1, 1, f"loading {Path(folder).name}")
     lm = load_folder(folder, dtype=dtype, device=device, allow_pickle=allow_pickle, source=str(name),
-                     max_memory=max_memory, offload_folder=offload_folder, method=method)
+                     max_memory=max_memory, offload_folder=offload_folder, method=method, tokenizer=tokenizer)
     lm.load_seconds = time.perf_counter() - t0
     return lm

@@ -9,14 +9,17 @@ method's edited layers from ``resources/hparams/<method>_<family>.json`` and add
 * ``stats_held``: C = E[k k^T] of each edited layer, d_ff x d_ff float32, kept by the Editor;
 * ``stats_pass``: one layer's statistics pass: the float64 accumulator and its k^T k product
   (2 x 8 d_ff^2), one batch's keys in float64 and the forward activations up to that layer;
-* ``v_star``: the v* (ROME) / z* (MEMIT, AlphaEdit) optimisation: activations kept for the
-  backward pass through the layers above the edited one, and the logits (float32, x3 for
-  log-softmax and its gradient);
+* ``v_star``: the v* (ROME) / z* (MEMIT, AlphaEdit) optimisation of at most ``V_BATCH``
+  requests at once: activations kept for the backward pass through the layers above the edited
+  one (with the RMS norms' float32 upcasts), and the logits at the target and KL positions only
+  (float32, x3 for log-softmax and its gradient);
+* ``evaluate``: one scoring pass of the evaluation or the collateral audit (the logits of every
+  position of ``SCORE_BATCH`` prompts: the largest term of small models with large vocabularies);
 * ``solve``: the float64 algebra of the layer being edited, only that layer (ROME: the ridged
   C and an identity; MEMIT: C, K K^T, A and the LU factor of ``solve``; AlphaEdit: those plus
   ``eigh``'s eigenvectors and the projector P), plus the dense float64 update and weight copy.
 
-``peak = weights + stats_held + max(stats_pass, v_star, solve)``: the three phases run one
+``peak = weights + stats_held + max(stats_pass, v_star, solve, evaluate)``: the phases run one
 after another (kmeng01/memit ``compute_ks``/``compute_z``/``memit_main``; jianghoucheng/AlphaEdit
 ``AlphaEdit_main``). The estimate is checked against measured peaks by ``bench/bench_scale.py``.
 
@@ -51,6 +54,11 @@ V_PROMPTS_PER_REQUEST = 7  # the bare prompt, 5 context prefixes (context_n), th
 V_PROMPT_TOKENS = 20  # tokens per v* prompt (a prefix of context_len 10 + a request)
 # float64 d_ff x d_ff matrices alive at once while the edited layer is solved (see module docstring)
 SOLVE_SQUARES = {"rome": 2, "memit": 4, "alphaedit": 6}
+V_BATCH = 16  # requests whose v* are optimised together (auditor.engine.methods.V_BATCH; a test checks)
+V_TARGET_TOKENS = 3  # tokens of a target: the head is applied at these positions and the KL one only
+SCORE_BATCH = 64  # prompts scored in one pass (auditor.measure.collateral.SCORE_BATCH; a test checks)
+SCORE_TOKENS = 16  # tokens of a scored prompt with its target
+EVAL_ROWS_PER_REQUEST = 32  # prompts scored per request: efficacy, paraphrases, neighbourhood, audit swaps
 
 
 class MemoryPlanError(AuditorError, RuntimeError):
@@ -83,11 +91,12 @@ class MemoryPlan:
     requests: int = 1
     prompts: int = V_PROMPTS_PER_REQUEST  # v* prompts per request
     prompt_tokens: int = V_PROMPT_TOKENS  # tokens per v* prompt
+    evaluate: int = 0  # one scoring pass of the edit's evaluation and collateral audit
 
     @property
     def working(self) -> int:
         """Everything but the weights: what must sit on the computing device."""
-        return self.stats_held + max(self.stats_pass, self.v_star, self.solve)
+        return self.stats_held + max(self.stats_pass, self.v_star, self.solve, self.evaluate)
 
     @property
     def peak(self) -> int:
@@ -110,6 +119,7 @@ class MemoryPlan:
             "key statistics pass (float64, one layer)": human(self.stats_pass),
             "v* optimisation": human(self.v_star),
             f"float64 solve ({self.method}, edited layer only)": human(self.solve),
+            f"evaluation ({SCORE_BATCH} prompts a pass)": human(self.evaluate),
             "working memory": human(self.working),
             "peak": human(self.peak),
         }
@@ -301,18 +311,26 @@ def assemble(model: str, method: str, dtype: str, shape: dict[str, int], *, edit
     per_token = (6 * hidden + 3 * d) * act
     stats_pass = (2 * 8 * d * d + tokens * d * 8 + tokens * per_token
                   + STATS_BATCH * heads * STATS_SEQ_LEN ** 2 * act)
-    v_tokens = prompts * prompt_tokens * requests
+    together = min(requests, V_BATCH)  # v* runs V_BATCH requests at a time
+    v_tokens = prompts * prompt_tokens * together
     above = shape["layers"] - min(edited_layers)
-    # saved for backward per block above the edited layer: norms, q/k/v/o, attention, gate/up/act/down;
-    # the logits in float32 with their log-softmax and gradient
-    v_star = v_tokens * above * (10 * hidden + 4 * d) * act + 3 * v_tokens * shape["vocab"] * 4
+    # saved for backward per block above the edited layer: the normed inputs, q/k/v/o, attention
+    # output, gate/up/act/product (7 hidden- and 4 d_ff-wide in the weight dtype) and the two RMS
+    # norms' float32 inputs (2 hidden-wide float32)
+    saved = v_tokens * above * ((7 * hidden + 4 * d) * act + 8 * hidden)
+    # the head only at the target positions and the KL position: logits, float32 copy, log-softmax, grad
+    head_rows = together * ((prompts - 1) * V_TARGET_TOKENS + 1)
+    v_star = saved + head_rows * shape["vocab"] * (act + 3 * 4)
+    # a scoring pass (evaluation, collateral audit): the logits of every position of its prompts
+    scored = min(SCORE_BATCH, EVAL_ROWS_PER_REQUEST * requests)
+    evaluate = scored * SCORE_TOKENS * (shape["vocab"] + per_token // act) * act
     # the dense float64 update and weight copy; MEMIT/AlphaEdit also snapshot every edited weight
     dense = 2 * out * d * 8 + (len(edited_layers) * out * d * act if method != "rome" else 0)
     solve = SOLVE_SQUARES[method] * 8 * d * d + dense
     return MemoryPlan(model=model, method=method, dtype=dtype, **shape, edited_layers=list(edited_layers),
                       weights=weights, largest_block=largest_block, stats_held=len(edited_layers) * 4 * d * d,
                       stats_pass=stats_pass, v_star=v_star, solve=solve, requests=requests, prompts=prompts,
-                      prompt_tokens=prompt_tokens)
+                      prompt_tokens=prompt_tokens, evaluate=evaluate)
 
 
 def shape_of(plan: MemoryPlan) -> dict[str, int]:

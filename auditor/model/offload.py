@@ -68,8 +68,8 @@ def _store(model: torch.nn.Module, name: str) -> tuple[Any, str]:
     return wm.dataset, wm.prefix + leaf
 
 
-def read_param(model: torch.nn.Module, name: str) -> torch.Tensor:
-    """The values of parameter or buffer ``name`` (a fresh tensor when offloaded to disk)."""
+def _tensor(model: torch.nn.Module, name: str) -> torch.Tensor:
+    """The parameter or buffer ``name`` as the module holds it (on ``meta`` when offloaded)."""
     module_name, leaf = _split(name)
     module = model.get_submodule(module_name)
     tensor = module._parameters.get(leaf)
@@ -77,10 +77,78 @@ def read_param(model: torch.nn.Module, name: str) -> torch.Tensor:
         tensor = module._buffers.get(leaf)
     if tensor is None:
         raise KeyError(name)
+    return tensor
+
+
+def read_param(model: torch.nn.Module, name: str) -> torch.Tensor:
+    """The values of parameter or buffer ``name`` (a fresh tensor when offloaded to disk)."""
+    tensor = _tensor(model, name)
     if tensor.device.type != "meta":
         return tensor.detach()
     loader, key = _store(model, name)
     return loader[key]
+
+
+def read_param_chunks(model: torch.nn.Module, name: str, chunk_bytes: int = 1 << 24) -> Iterator[torch.Tensor]:
+    """The values of ``name`` as consecutive row blocks of about ``chunk_bytes`` each, in order.
+
+    Concatenated, the blocks are ``read_param(model, name)``; an offloaded tensor is never
+    materialised whole: a safetensors file is read through ``get_slice``, a ``.dat`` file through
+    a memory map, a block at a time (what fingerprints and exports of big models need).
+    """
+    tensor = _tensor(model, name)
+    shape = tuple(tensor.shape)
+    rows = shape[0] if shape else 1
+    row_bytes = max(1, tensor.numel() // max(rows, 1) * tensor.element_size())
+    step = max(1, chunk_bytes // row_bytes)
+    if tensor.device.type != "meta" or not shape:
+        t = read_param(model, name) if tensor.device.type == "meta" else tensor.detach()
+        for start in range(0, rows, step):
+            yield t[start:start + step] if shape else t
+        return
+    loader, key = _store(model, name)
+    if key in loader.state_dict:
+        t = loader.state_dict[key]
+        for start in range(0, rows, step):
+            yield t[start:start + step]
+        return
+    info = loader.index[key]
+    if info.get("safetensors_file") is not None:
+        from safetensors import safe_open
+
+        with safe_open(info["safetensors_file"], framework="pt", device="cpu") as f:
+            part = f.get_slice(info.get("weight_name", key))
+            for start in range(0, rows, step):
+                block = part[start:start + step]
+                yield block.to(getattr(torch, info["dtype"])) if "dtype" in info else block
+        return
+    import numpy as np
+
+    np_dtype = {"bfloat16": "int16"}.get(info["dtype"], info["dtype"])
+    mm = np.memmap(Path(loader.save_folder) / f"{key}.dat", dtype=np_dtype, shape=shape, mode="r")
+    for start in range(0, rows, step):
+        block = torch.from_numpy(np.array(mm[start:start + step]))
+        yield block.view(torch.bfloat16) if info["dtype"] == "bfloat16" else block
+    del mm
+
+
+def give_freed_buffers_back() -> None:
+    """Return freed memory to the system: a garbage collection, then glibc's ``malloc_trim``.
+
+    Offloaded weights are materialised and dropped block after block; glibc keeps the freed
+    arenas, so the resident size would count every block ever read. Harmless where ``malloc_trim``
+    does not exist (another libc, another system).
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @torch.no_grad()
@@ -153,15 +221,17 @@ def weights_not_saved(model: torch.nn.Module) -> Iterator[None]:
             held = module._parameters.get(leaf)
             if held is None or held.device.type == "meta":  # that module's forward is over
                 del seen[ident]
-            elif held.data_ptr() == t.data_ptr() and held.shape == t.shape and held.stride() == t.stride() \
-                    and held.dtype == t.dtype:
-                return ("offloaded", loader, key, t.device, t.dtype)
+            elif held.dtype == t.dtype and held.device == t.device \
+                    and held.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+                view = (tuple(t.shape), t.stride(), t.storage_offset() - held.storage_offset())
+                return ("offloaded", loader, key, t.device, t.dtype, view)
         return t
 
     def unpack(saved: Any) -> torch.Tensor:
         if isinstance(saved, tuple):
-            _, loader, key, device, dtype = saved
-            return loader[key].to(device=device, dtype=dtype)
+            _, loader, key, device, dtype, (size, stride, offset) = saved
+            weight = loader[key].to(device=device, dtype=dtype).contiguous()
+            return weight.as_strided(size, stride, offset)
         return saved
 
     try:
@@ -171,6 +241,7 @@ def weights_not_saved(model: torch.nn.Module) -> Iterator[None]:
         for _module, hook in hooks:
             hook.weights_map = hook.weights_map.inner
         seen.clear()
+        give_freed_buffers_back()  # the blocks read and dropped during forward and backward
 
 
 def offload_folder_of(model: torch.nn.Module) -> Path | None:

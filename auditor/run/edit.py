@@ -32,6 +32,7 @@ from auditor.measure import metrics
 from auditor.measure.collateral import CollateralAudit, CollateralConfig
 from auditor.measure.guard import CollapseGuard, collateral_reasons
 from auditor.model.checkpoint import LoadedModel, fingerprint_model
+from auditor.model.offload import read_param, write_param
 from auditor.model.requests import EditRequest
 from auditor.run.outcome import EditFailed, EditResult, settle
 
@@ -286,8 +287,8 @@ class Editor:
             dtype=str(self.lm.dtype).replace("torch.", ""), fingerprint_before=fp_before,
             fingerprint_after=fp_before,
         )
-        weight = self.lm.model.get_parameter(self.lm.spec.weight_name(hp.layer))
-        snapshot = weight.detach().clone()
+        weight = self.lm.spec.weight_name(hp.layer)
+        snapshot = read_param(self.lm.model, weight).clone()  # offloaded: read from its store
         applied = False
         try:
             t = time.perf_counter()
@@ -349,14 +350,15 @@ class Editor:
         timings["total"] = time.perf_counter() - t_start
         return result
 
-    def _restore(self, weight: torch.nn.Parameter, snapshot: torch.Tensor, applied: bool,
+    def _restore(self, weight: str, snapshot: torch.Tensor, applied: bool,
                  fingerprint: str | None = None) -> None:
-        """Put the edited matrix back bit for bit. ``fingerprint``: the weights' fingerprint when
-        ``snapshot`` was taken; the restored weights have it again (no other tensor was touched),
-        so it is not recomputed (hashing every weight costs a second per 500 MB)."""
+        """Put the edited matrix ``weight`` (its name) back bit for bit, wherever it lives (in
+        memory, or in an offload store: :func:`auditor.model.offload.write_param`).
+        ``fingerprint``: the weights' fingerprint when ``snapshot`` was taken; the restored weights
+        have it again (no other tensor was touched), so it is not recomputed (hashing every weight
+        costs a second per 500 MB)."""
         if applied:
-            with torch.no_grad():
-                weight.copy_(snapshot)
+            write_param(self.lm.model, weight, snapshot)
             self.invalidate(fingerprint)
 
     def _measure_before(self, request: EditRequest, measure_ppl: bool, emit: ProgressFn) -> dict:
@@ -395,9 +397,8 @@ class Editor:
         results = []
         for i, req in enumerate(requests):
             if independent:
-                weight = self.lm.model.get_parameter(
-                    self.lm.spec.weight_name(self.hparams(kwargs.get("hparams")).layer))
-                snapshot = weight.detach().clone()
+                weight = self.lm.spec.weight_name(self.hparams(kwargs.get("hparams")).layer)
+                snapshot = read_param(self.lm.model, weight).clone()
             res = self.edit(req, **kwargs)
             if independent:
                 self._restore(weight, snapshot, applied=True)

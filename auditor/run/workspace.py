@@ -41,7 +41,7 @@ from auditor.base import AuditorError
 from auditor.engine.deltas import apply_delta
 from auditor.files import atomic_folder, describe_os_error, protection
 from auditor.model.checkpoint import CheckpointError, LoadedModel, fingerprint_model, load_model, resolve_dtype
-from auditor.model.offload import write_param
+from auditor.model.offload import give_freed_buffers_back, write_param
 from auditor.record.ledger import Entry, Ledger, LedgerError, entry_facts, entry_params  # noqa: F401 (entry_facts: re-exported)
 from auditor.run.recheck import recheck_later
 
@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 LEDGER_FILE = "ledger.db"
 LOCK_FILE = "workspace.lock"
 REPLAY_OFFLOAD = "replay"  # subfolder of an offload folder where a replay's fresh model offloads
+REPLAY_CPU_BUDGET = 1 << 20  # the weights a replay's fresh model keeps in memory when it may offload
 FORMAT = 1
 
 # EditResult.diagnostics / .metrics keys that get their own ledger column
@@ -477,6 +478,9 @@ class Workspace:
         memory = dict(self.memory)
         if memory.get("offload_folder") is not None:
             memory["offload_folder"] = Path(memory["offload_folder"]) / REPLAY_OFFLOAD
+            # a replay never runs the model (it writes deltas and hashes weights): nothing of it needs
+            # to stay in memory while the workspace's own model is alive
+            memory["max_memory"] = {"cpu": REPLAY_CPU_BUDGET}
         return memory
 
     def replay(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -487,7 +491,8 @@ class Workspace:
         head = self.ledger.head()
         upto = head.id if head else 0
         genesis = self.ledger.genesis
-        fresh = load_model(self.lm.path, dtype=genesis["dtype"], device=self.lm.device, **self._replay_memory())
+        fresh = load_model(self.lm.path, dtype=genesis["dtype"], device=self.lm.device, tokenizer=self.lm.tokenizer,
+                           **self._replay_memory())
         if fresh.fingerprint != genesis["base_fingerprint"]:
             raise WorkspaceError(f"{self.lm.path}: the base checkpoint has changed since the workspace was created")
         active = self.ledger.active_at(upto)
@@ -496,6 +501,8 @@ class Workspace:
             if progress:
                 progress(i + 1, len(active))
         fp = fingerprint_model(fresh.model)
+        del fresh
+        give_freed_buffers_back()
         recorded = self.recorded_fingerprint(upto)
         return {"fingerprint": fp, "recorded": recorded, "match": fp == recorded, "applied": len(active),
                 "head": upto, "key_memory": key_memory_fingerprint(self.key_memory(upto))}
