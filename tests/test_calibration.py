@@ -216,3 +216,21 @@ def test_cli_calibrate_a_workspace(tiny_checkpoint, isolated_cache: Path, tmp_pa
         assert ws.editor.thresholds_source == f"calibrated {base}"
     finally:
         ws.close()
+
+
+def test_a_calibration_never_sets_a_limit_nothing_can_reach() -> None:
+    # three noisy healthy edits extrapolated to 100: honest but absurdly wide limits, cut at LOOSEST
+    jumps = [1.0, 1.5, 3.0]
+    samples = {"ppl_jump": jumps, "norm_jump": jumps, "cond_jump": jumps, "denominator": [1e-9, 1e-6, 1e-3]}
+    guard, monitor, figures = calibration.limits(samples)
+    assert monitor["max_norm_ratio"] == calibration.LOOSEST["monitor.max_norm_ratio"]
+    assert figures["norm_ratio"]["capped"]["uncapped"] > 1e6
+    assert guard["min_denominator"] == calibration.LOOSEST["guard.min_denominator"]
+    for name, rec in figures.items():
+        if rec["rule"] == "default":
+            continue
+        value, bound = rec["threshold"], calibration.LOOSEST[rec["field"]]
+        assert math.isfinite(value) and (value <= bound if rec["kind"] == "max" else value >= bound), name
+    # a tight, honest calibration is kept as it is
+    _, monitor, figures = calibration.limits({"norm_jump": [1.004, 1.005, 1.006, 1.004, 1.005]})
+    assert "capped" not in figures["norm_ratio"] and monitor["max_norm_ratio"] < 5.0

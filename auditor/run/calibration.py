@@ -91,6 +91,16 @@ FIGURES: dict[str, tuple[str, str, str, bool, str]] = {
     "norm_ratio": ("monitor", "max_norm_ratio", "max", True, "horizon"),
     "cond_ratio": ("monitor", "max_cond_ratio", "max", True, "horizon"),
 }
+# The loosest limit a calibration may set, per field: a few samples make the rules above honest but
+# wide (3 healthy edits extrapolated to 100 can give a norm limit of 1e40), and a limit nothing can
+# reach switches the check off without saying so. Past these a model is broken whatever its
+# calibration says (perplexity tripled, the edited matrix's norm x5, the ROME denominator in
+# the collapse paper's range, 0.01-0.04); a limit cut here is recorded with ``"capped"``.
+LOOSEST: dict[str, float] = {
+    "guard.min_denominator": 0.05, "guard.max_ppl_ratio": 3.0, "guard.max_preservation_cost": 0.25,
+    "monitor.max_ppl_jump": 2.0, "monitor.max_norm_jump": 2.0, "monitor.max_ppl_trend": 0.1,
+    "monitor.max_ppl_ratio": 3.0, "monitor.max_norm_ratio": 5.0, "monitor.max_cond_ratio": 20.0,
+}
 # the per-edit jump whose log increments drive each cumulative figure
 HORIZON_FROM = {"ppl_ratio": "ppl_jump", "norm_ratio": "norm_jump", "cond_ratio": "cond_jump"}
 NOT_CALIBRATED = {
@@ -220,7 +230,11 @@ def limits(samples: dict[str, list[float]], drift: dict[str, list[float]] | None
         except CalibrationError as e:
             figures[name] = {"rule": "default", "why": str(e), "field": f"{where}.{attr}"}
             continue
-        figures[name] = {**rec, "field": f"{where}.{attr}", "kind": kind}
+        field = f"{where}.{attr}"
+        bound = LOOSEST[field]
+        if not math.isfinite(rec["threshold"]) or (rec["threshold"] > bound if kind == "max" else rec["threshold"] < bound):
+            rec = {**rec, "capped": {"uncapped": rec["threshold"], "loosest": bound}, "threshold": bound}
+        figures[name] = {**rec, "field": field, "kind": kind}
         (guard if where == "guard" else monitor)[attr] = rec["threshold"]
     return guard, monitor, figures
 
