@@ -234,3 +234,18 @@ def test_a_calibration_never_sets_a_limit_nothing_can_reach() -> None:
     # a tight, honest calibration is kept as it is
     _, monitor, figures = calibration.limits({"norm_jump": [1.004, 1.005, 1.006, 1.004, 1.005]})
     assert "capped" not in figures["norm_ratio"] and monitor["max_norm_ratio"] < 5.0
+
+
+def test_a_calibration_never_sets_a_limit_healthy_noise_crosses() -> None:
+    # 20 quiet no-op-like edits fit a per-edit perplexity limit of about 1.01; a healthy CounterFact
+    # edit moved perplexity 3.4% (bench run B): the limit is widened to TIGHTEST, the collapse
+    # (ppl_jump 1.118, norm_jump 1.544) still crosses it
+    quiet = [1.0 + 0.0002 * i for i in range(20)]
+    guard, monitor, figures = calibration.limits({"edit_ppl_ratio": quiet, "ppl_jump": quiet, "norm_jump": quiet,
+                                                  "denominator": [5.0 + i for i in range(20)]})
+    assert guard["max_ppl_ratio"] == calibration.TIGHTEST["guard.max_ppl_ratio"] == 1.05
+    assert figures["edit_ppl_ratio"]["widened"]["fitted"] < 1.02
+    assert guard["min_denominator"] <= calibration.TIGHTEST["guard.min_denominator"]
+    assert 1.034 < monitor["max_ppl_jump"] < 1.118 and monitor["max_norm_jump"] < 1.544
+    for field, low in calibration.TIGHTEST.items():
+        assert low != calibration.LOOSEST[field] and (low < calibration.LOOSEST[field]) == field.split(".")[1].startswith("max")

@@ -101,6 +101,16 @@ LOOSEST: dict[str, float] = {
     "monitor.max_ppl_jump": 2.0, "monitor.max_norm_jump": 2.0, "monitor.max_ppl_trend": 0.1,
     "monitor.max_ppl_ratio": 3.0, "monitor.max_norm_ratio": 5.0, "monitor.max_cond_ratio": 20.0,
 }
+# The tightest limit a calibration may set, per field: 20 healthy edits cannot show a tail that one
+# edit in 45 reaches (bench run B: the calibrated 1.0143 refused a healthy CounterFact edit whose
+# perplexity rose 3.4%). Inside these a figure is ordinary edit-to-edit noise on the demo; the
+# collapse stays far outside them (ppl_jump 1.118, norm_jump 1.544, denominator 0.087). A limit
+# moved out to here is recorded with ``"widened"``.
+TIGHTEST: dict[str, float] = {
+    "guard.min_denominator": 1.0, "guard.max_ppl_ratio": 1.05, "guard.max_preservation_cost": 0.03,
+    "monitor.max_ppl_jump": 1.05, "monitor.max_norm_jump": 1.1, "monitor.max_ppl_trend": 0.005,
+    "monitor.max_ppl_ratio": 1.1, "monitor.max_norm_ratio": 1.25, "monitor.max_cond_ratio": 2.0,
+}
 # the per-edit jump whose log increments drive each cumulative figure
 HORIZON_FROM = {"ppl_ratio": "ppl_jump", "norm_ratio": "norm_jump", "cond_ratio": "cond_jump"}
 NOT_CALIBRATED = {
@@ -234,6 +244,9 @@ def limits(samples: dict[str, list[float]], drift: dict[str, list[float]] | None
         bound = LOOSEST[field]
         if not math.isfinite(rec["threshold"]) or (rec["threshold"] > bound if kind == "max" else rec["threshold"] < bound):
             rec = {**rec, "capped": {"uncapped": rec["threshold"], "loosest": bound}, "threshold": bound}
+        near = TIGHTEST[field]
+        if rec["threshold"] < near if kind == "max" else rec["threshold"] > near:
+            rec = {**rec, "widened": {"fitted": rec["threshold"], "tightest": near}, "threshold": near}
         figures[name] = {**rec, "field": field, "kind": kind}
         (guard if where == "guard" else monitor)[attr] = rec["threshold"]
     return guard, monitor, figures
