@@ -48,7 +48,7 @@ def audited(method: str, requests: list, args: argparse.Namespace, editor: Edito
                     "edit_s": res.timings["total"] - c["seconds"],
                     "flagged": bool(collateral_reasons(CollapseGuard(), c)), "moved": c["moved"]})
         if args.rows:
-            print(json.dumps({"method": method, "first": start, **out[-1]}), flush=True)
+            print(json.dumps({"method": method, "first": args.skip + start, **out[-1]}), flush=True)
     return out
 
 
@@ -79,6 +79,9 @@ def rows_in(log: Path) -> dict[str, list[dict]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=30, help="requests per method (default 30)")
+    ap.add_argument("--skip", type=int, default=0,
+                    help="start at this request (a run in parts: each update is a dry run on the unedited "
+                         "model, so parts summed with --from-rows equal one run)")
     ap.add_argument("--methods", default="rome,memit,alphaedit")
     ap.add_argument("--batch-size", type=int, default=5, help="requests per MEMIT/AlphaEdit update")
     ap.add_argument("--steps", type=int, default=None, help="v* steps (default: the hyper-parameters')")
@@ -91,12 +94,12 @@ def main() -> None:
                     help="only summarise the --rows lines of an earlier run's output (one stopped early)")
     args = ap.parse_args()
     if args.from_rows:
-        for method, rows in rows_in(args.from_rows).items():
+        for method, rows in rows_in(args.from_rows).items():  # several logs: cat them into one
             print(json.dumps(summary(method, rows)))
         return
     torch.set_num_threads(args.threads)
     print(f"load average before: {os.getloadavg()}")
-    requests = load_requests(DATA)[:args.n]
+    requests = load_requests(DATA)[args.skip:args.skip + args.n]
     editor = Editor(load_model("demo", device=args.device))
     for method in args.methods.split(","):
         print(json.dumps(summary(method, audited(method, requests, args, editor))), flush=True)

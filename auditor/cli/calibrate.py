@@ -92,6 +92,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print_table(rows, ("figure", "field", "threshold", "rule", "n", "median", "worst_seen"))
     print(f"{cal.source}: {cal.edits['noop']} no-op and {cal.edits['healthy']} healthy edits in {cal.seconds:.0f} s, "
           f"false-alarm rate {cal.rate:g} per {cal.horizon} edits; written to {target}", file=sys.stderr)
+    for name, rec in cal.figures.items():
+        for word, key, detail in (("capped", "capped", "loosest"), ("widened", "widened", "tightest")):
+            if key in rec:
+                print(f"{name}: the fitted limit {rec[key].get('uncapped', rec[key].get('fitted')):.4g} was {word} to "
+                      f"{rec[key][detail]:g} (calibration.{detail.upper()})", file=sys.stderr)
+        worst = rec.get("worst_seen")
+        if "capped" in rec and worst is not None and (worst > rec["threshold"] if rec.get("kind") == "max"
+                                                       else worst < rec["threshold"]):
+            print(f"{name}: a calibration edit itself ({worst:.4g}) is past the loosest limit: these edits are not "
+                  "healthy ones for this model; calibrate with other --requests", file=sys.stderr)
     return 0
 
 
