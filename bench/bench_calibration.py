@@ -1,7 +1,9 @@
 """Calibrated thresholds on the demo model: long healthy runs go on, the collapse is stopped (issue 19).
 
-1. ``calibrate`` the demo (no-op edits on the prompts, then healthy edits, of CounterFact records
-   50-59, held out from the run; 1% false alarms per run of 100 edits), into a private cache folder (the user's
+1. ``calibrate`` the demo as the CLI does by default (no-op edits on the prompts, then healthy edits,
+   of the shipped resources/demo/calibration_counterfact.json: CounterFact records 100-109 of the
+   500-record sample, held out from the run's records 0-99; 1% false alarms per run of 100 edits),
+   into a private cache folder (the user's
    cache and the test suite never see the calibration: the other cache entries are linked in);
 2. the first-token original-key collapse (resources/demo/first_token_subjects.json, key mode
    ``original``, ``--allow-collapse`` so that the monitor, not the guard, has to catch it), on a
@@ -28,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 COUNTERFACT = ROOT / "tests" / "data" / "counterfact_100.json"
 FIRST_TOKEN = ROOT / "resources" / "demo" / "first_token_subjects.json"
-HELD_OUT = 50  # CounterFact records from here on calibrate; the run takes the first --n (at most 50)
+CALIBRATION = ROOT / "resources" / "demo" / "calibration_counterfact.json"  # held out from COUNTERFACT
 SHOWN = ("ppl_ratio", "ppl_jump", "norm_ratio", "norm_jump", "cond_ratio", "ppl_trend", "retention")
 
 
@@ -78,11 +80,10 @@ def run(ws: Any, requests: list, label: str, *, stop_on: str = "all", **kwargs: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=50, help="consistent CounterFact edits in a row (at most 50: "
-                    "records 50.. calibrate)")
+    ap.add_argument("--n", type=int, default=100, help="consistent CounterFact edits in a row (at most 100)")
     ap.add_argument("--noop", type=int, default=10, help="no-op calibration edits")
     ap.add_argument("--known", type=int, default=10,
-                    help="healthy calibration edits: CounterFact records 50.. (held out from the run's first 50)")
+                    help="healthy calibration edits: the first N of the shipped calibration requests")
     ap.add_argument("--audit", action="store_true",
                     help="keep the collateral audit on (off by default: it doubles the time per edit)")
     ap.add_argument("--device", default="auto")
@@ -103,8 +104,8 @@ def main() -> None:
         editor = Editor(load_model("demo", device=args.device))
         if not args.audit:
             editor.collateral = None
-        held_out = load_requests(COUNTERFACT)[HELD_OUT:HELD_OUT + args.known]
-        print(f"calibrating: {args.noop} no-op + {len(held_out)} CounterFact records from {HELD_OUT}, "
+        held_out = load_requests(CALIBRATION)[:args.known]
+        print(f"calibrating: {args.noop} no-op + {len(held_out)} held-out CounterFact records ({CALIBRATION.name}), "
               f"load {os.getloadavg()}", flush=True)
         cal = calibration.calibrate(editor, held_out, n_noop=args.noop,
                                     progress=lambda p: print(f"  {p.step + 1}/{p.total} {p.message} "

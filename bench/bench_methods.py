@@ -5,9 +5,12 @@ after another on its own copy of the demo model: ROME one request per update, ME
 ``--batch-size`` requests per update. After 10, 50 and 100 edits (``--sizes``) it measures, over
 *every* request edited so far: efficacy (new target beats the true one on the edit prompt),
 generalization (paraphrases), locality (neighbourhood answers unchanged from the unedited model),
-and the reference perplexity; and the efficacy of the first 10 requests alone (the first batch:
-does it still hold after the later ones?). Seconds per edit are the engine's compute time (statistics cached,
-evaluation excluded) divided by the edits.
+and the reference perplexity; the efficacy of the first 10 requests alone (the first batch:
+does it still hold after the later ones?); and the preservation cost of everything edited so far,
+``||(W - W0) Kh|| / ||W0 Kh||`` on held-out text keys Kh of the base model (stats.held_out_keys:
+the perplexity sentences, which C never sees), the worst edited matrix. Seconds per edit are the
+engine's compute time (statistics cached, evaluation excluded) divided by the edits. v* steps are
+each family's shipped defaults unless ``--steps`` is given (the references' settings, issue 19).
 
     python bench/bench_methods.py                          # 10, 50, 100 edits, all three methods
     python bench/bench_methods.py --sizes 10 --methods memit,alphaedit --steps 15
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from auditor.engine.stats import held_out_keys
 from auditor.measure import metrics
 from auditor.model.checkpoint import load_model
 from auditor.model.requests import load_requests
@@ -47,11 +51,28 @@ def quality(lm, editor: Editor, requests: list, refs: list) -> dict:
     return {"efficacy": mean(eff), "generalization": mean(gen), "locality": mean(loc), "ppl": editor.perplexity()}
 
 
+def preservation(lm, base: dict) -> float:
+    """Worst ``||(W - W0) Kh|| / ||W0 Kh||`` over the matrices in ``base`` (name -> (W0, Kh))."""
+    params = dict(lm.model.named_parameters())
+    worst = 0.0
+    for name, (W0, Kh) in base.items():
+        W = params[name].detach().double().cpu()
+        W, W0d = (W.T, W0.T) if W.shape[1] != Kh.shape[0] else (W, W0)
+        worst = max(worst, float(((W - W0d) @ Kh).norm() / (W0d @ Kh).norm()))
+    return worst
+
+
 def run(method: str, requests: list, sizes: list[int], args: argparse.Namespace) -> list[dict]:
     lm = load_model("demo", device=args.device)
     editor = Editor(lm)
     refs = [metrics.locality_reference(lm, r.neighborhood) for r in requests[:max(sizes)]]
-    hp = {"v_num_grad_steps": args.steps}
+    params = dict(lm.model.named_parameters())
+    base = {}
+    for layer in range(3, 7):  # ROME's layer 4, MEMIT's and AlphaEdit's 3-6 (the Llama files)
+        module = lm.spec.module(lm.model, layer)
+        name = next(n for n, p in params.items() if p is module.weight)
+        base[name] = (module.weight.detach().double().cpu().clone(), held_out_keys(lm, layer))
+    hp = {"v_num_grad_steps": args.steps} if args.steps else {}
     if args.fixed_templates:
         hp["context_templates"] = FIXED_TEMPLATES
     rows, done, compute = [], 0, 0.0
@@ -75,7 +96,7 @@ def run(method: str, requests: list, sizes: list[int], args: argparse.Namespace)
             q = quality(lm, editor, requests[:done], refs[:done])
             first = sum(metrics.success(lm, [r.text], r.target_new, r.target_true)[0] for r in requests[:10]) / 10
             row = {"method": method, "edits": done, "s_per_edit": compute / done, **q, "ppl_ratio": q["ppl"] / ppl0,
-                   "first10_efficacy": first, "load": os.getloadavg()[0]}
+                   "first10_efficacy": first, "preservation": preservation(lm, base), "load": os.getloadavg()[0]}
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -87,7 +108,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="10,50,100", help="edit counts at which to measure (at most 100)")
     ap.add_argument("--methods", default="rome,memit,alphaedit")
     ap.add_argument("--batch-size", type=int, default=10, help="requests per MEMIT/AlphaEdit update")
-    ap.add_argument("--steps", type=int, default=25, help="v* steps (z* for MEMIT/AlphaEdit)")
+    ap.add_argument("--steps", type=int, default=None, help="v* steps (z* for MEMIT/AlphaEdit); default: the family's")
     ap.add_argument("--fixed-templates", action="store_true", help="3 fixed context templates (faster)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
@@ -98,10 +119,10 @@ def main() -> None:
     for method in args.methods.split(","):
         rows += run(method, requests, sizes, args)
     print(f"\n{'method':<10}{'edits':>6}{'s/edit':>9}{'efficacy':>10}{'general.':>10}{'locality':>10}{'ppl':>8}"
-          f"{'ppl x':>8}{'first10':>8}{'load':>6}")
+          f"{'ppl x':>8}{'first10':>8}{'preserv.':>10}{'load':>6}")
     for r in rows:
         print(f"{r['method']:<10}{r['edits']:>6}{r['s_per_edit']:>9.2f}{r['efficacy']:>10.3f}{r['generalization']:>10.3f}"
-              f"{r['locality']:>10.3f}{r['ppl']:>8.2f}{r['ppl_ratio']:>8.3f}{r['first10_efficacy']:>8.2f}{r['load']:>6.1f}")
+              f"{r['locality']:>10.3f}{r['ppl']:>8.2f}{r['ppl_ratio']:>8.3f}{r['first10_efficacy']:>8.2f}{r['preservation']:>10.4f}{r['load']:>6.1f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -165,7 +165,12 @@ def test_cli_calibrate_a_tiny_model(tiny_checkpoint, isolated_cache: Path, tmp_p
     loosest = calibration.LOOSEST["monitor.max_norm_jump"]
     assert cal.monitor["max_norm_jump"] >= min(max(cal.samples["norm_jump"]), loosest)
     assert cal.monitor["max_norm_jump"] <= loosest
-    assert ("capped" in cal.figures["norm_jump"]) == (max(cal.samples["norm_jump"]) > loosest)
+    capped = cal.figures["norm_jump"].get("capped")
+    # cut exactly when the fitted limit is past the loosest one (always, when an edit itself is)
+    if capped is not None:
+        assert capped["fitted"] > loosest == cal.monitor["max_norm_jump"]
+    else:
+        assert max(cal.samples["norm_jump"]) <= cal.monitor["max_norm_jump"] <= loosest
     assert set(cal.not_calibrated) >= {"monitor.min_retention", "guard.max_update_ratio"}
     # the model file is untouched and the thresholds are found for it
     assert thresholds_for(fp)[2] == f"calibrated {fp}"
@@ -229,7 +234,7 @@ def test_a_calibration_never_sets_a_limit_nothing_can_reach() -> None:
     samples = {"ppl_jump": jumps, "norm_jump": jumps, "cond_jump": jumps, "denominator": [1e-9, 1e-6, 1e-3]}
     guard, monitor, figures = calibration.limits(samples)
     assert monitor["max_norm_ratio"] == calibration.LOOSEST["monitor.max_norm_ratio"]
-    assert figures["norm_ratio"]["capped"]["uncapped"] > 1e6
+    assert figures["norm_ratio"]["capped"]["fitted"] > 1e6
     assert guard["min_denominator"] == calibration.LOOSEST["guard.min_denominator"]
     for name, rec in figures.items():
         if rec["rule"] == "default":
@@ -254,3 +259,15 @@ def test_a_calibration_never_sets_a_limit_healthy_noise_crosses() -> None:
     assert 1.034 < monitor["max_ppl_jump"] < 1.118 and monitor["max_norm_jump"] < 1.544
     for field, low in calibration.TIGHTEST.items():
         assert low != calibration.LOOSEST[field] and (low < calibration.LOOSEST[field]) == field.split(".")[1].startswith("max")
+
+
+def test_the_default_calibration_requests_are_counterfact_records_no_test_or_bench_edits():
+    # counterfactual edits move a model more than re-asserting known facts: limits set on the known
+    # facts stopped a healthy CounterFact run (issue 19); the default is ten held-out CounterFact records
+    from auditor.model.resources import resource_path
+
+    shipped = load_requests(resource_path(calibration.DEFAULT_REQUESTS))
+    edited = load_requests(Path(__file__).parent / "data" / "counterfact_100.json")
+    assert len(shipped) == 10 and all(r.target_true and r.neighborhood and r.paraphrases for r in shipped)
+    assert not {(r.subject, r.prompt) for r in shipped} & {(r.subject, r.prompt) for r in edited}
+    assert all(r.target_new != r.target_true for r in shipped)

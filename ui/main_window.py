@@ -801,7 +801,7 @@ class MainWindow(QMainWindow):
         if QApplication.platformName() not in ("offscreen", "minimal"):
             answer = QMessageBox.question(
                 self, "Calibrate the thresholds",
-                "Run 10 no-op edits and the 10 shipped known facts as healthy edits on this model (the weights "
+                "Run 10 no-op edits and 10 shipped CounterFact edits as healthy edits on this model (the weights "
                 "are put back afterwards; the ledger is not touched), and set every guard and monitor threshold "
                 "at 1% false alarms per 100 edits? This takes several minutes.",
                 QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel)
@@ -812,7 +812,7 @@ class MainWindow(QMainWindow):
     def start_calibration(self, *, requests: list | None = None, n_noop: int = 10,
                           hparams: dict | None = None) -> bool:
         """Calibrate the open model in the worker thread (run/calibration.py) and store the thresholds
-        under its base fingerprint; ``requests``: the healthy edits (default: the shipped known facts)."""
+        under its base fingerprint; ``requests``: the healthy edits (default: the shipped CounterFact sample, calibration.DEFAULT_REQUESTS)."""
         ws = self.workspace
         if ws is None or self.runner.busy:
             self.statusBar().showMessage("Open a model first." if ws is None else "Busy: wait for the running job to finish.")
@@ -823,7 +823,7 @@ class MainWindow(QMainWindow):
             from auditor.model.resources import resource_path
             from auditor.run import calibration
 
-            healthy = requests if requests is not None else load_requests(resource_path("demo/known_facts.json"))
+            healthy = requests if requests is not None else load_requests(resource_path(calibration.DEFAULT_REQUESTS))
             cal = calibration.calibrate(ws.editor, healthy, n_noop=n_noop, hparams=hparams,
                                         fingerprint=ws.base_fingerprint, progress=report, cancel=cancel)
             calibration.save(cal)

@@ -1,7 +1,7 @@
 """``edit-auditor calibrate MODEL|WS``: set the guard's and the monitor's thresholds for one model.
 
 Runs no-op edits (each prompt edited to the model's own answer) and healthy ROME edits of the
-requests (default: the shipped ``resources/demo/known_facts.json``) on the model, puts its weights
+requests (default: the shipped ``resources/demo/calibration_counterfact.json``) on the model, puts its weights
 back, and stores every threshold at the stated false-alarm rate (default 1% per run of 100 edits)
 under the model's fingerprint in ``cache_dir()/calibration/`` (run/calibration.py says how). From
 then on every edit, batch and sequence on that model uses them and records their source. A
@@ -57,7 +57,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from auditor.run.workspace import Workspace
 
     overrides = _hparam_overrides(args)
-    requests = load_requests(args.requests or resource_path("demo/known_facts.json"))
+    requests = load_requests(args.requests or resource_path(calibration.DEFAULT_REQUESTS))
     if not requests:
         raise fail("the requests file holds no requests")
     ws = None
@@ -95,7 +95,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for name, rec in cal.figures.items():
         for word, key, detail in (("capped", "capped", "loosest"), ("widened", "widened", "tightest")):
             if key in rec:
-                print(f"{name}: the fitted limit {rec[key].get('uncapped', rec[key].get('fitted')):.4g} was {word} to "
+                print(f"{name}: the fitted limit {rec[key]['fitted']:.4g} was {word} to "
                       f"{rec[key][detail]:g} (calibration.{detail.upper()})", file=sys.stderr)
         worst = rec.get("worst_seen")
         if "capped" in rec and worst is not None and (worst > rec["threshold"] if rec.get("kind") == "max"
@@ -118,7 +118,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_args(p, model=False)
     p.add_argument("--requests", type=Path, default=None, metavar="FILE",
                    help="the healthy edits (CounterFact, ZsRE or flat JSON; default: the shipped "
-                        "resources/demo/known_facts.json)")
+                        "resources/demo/calibration_counterfact.json: ten held-out CounterFact records)")
     p.add_argument("--noop", type=bounded_int(0, 1000, what="--noop"), default=10, metavar="N",
                    help="no-op edits, on the first N requests' prompts (default 10)")
     p.add_argument("--edits", type=bounded_int(0, 10000, what="--edits"), default=None, metavar="N",

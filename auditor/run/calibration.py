@@ -6,8 +6,11 @@ something else. :func:`calibrate` runs, on the model as it is, edits that must n
 
 * no-op edits: each request's prompt edited to the model's own greedy answer (the edit changes no
   fact; what it moves is the method's own noise);
-* healthy edits: the requests as given (by default the shipped ``resources/demo/known_facts.json``;
-  CounterFact records work too), ROME in ``consistent`` key mode,
+* healthy edits: the requests as given (by default the shipped
+  ``resources/demo/calibration_counterfact.json``, :data:`DEFAULT_REQUESTS`: ten CounterFact records
+  held out from every request file the tests and benches edit; counterfactual edits move a model
+  more than re-asserting known facts does, so limits set on known facts stopped a healthy
+  CounterFact run, issue 19), ROME in ``consistent`` key mode,
 
 one after another, as a sequence would, measuring after each the guard's figures (|u.k*|, the
 edit's perplexity ratio, the collateral audit's preservation cost) and the monitor's (perplexity,
@@ -43,7 +46,7 @@ verdict records.
 
 Example::
 
-    cal = calibrate(Editor(lm), load_requests(KNOWN_FACTS), n_noop=10)
+    cal = calibrate(Editor(lm), load_requests(resource_path(DEFAULT_REQUESTS)), n_noop=10)
     save(cal)
     guard, thresholds, source = thresholds_for(fingerprint_model(lm.model))
 """
@@ -78,6 +81,9 @@ DEFAULT_HORIZON = 100  # edits in the run the rate is stated for
 MIN_SAMPLES = 3  # fewer than this: the figure keeps its default
 LOG_FLOOR = 1e-3  # smallest tail scale in log space (a jump of 0.1%): identical samples give no scale
 TREND_FLOOR = 1e-4  # the same for the trend (a slope of log perplexity per edit)
+
+# The healthy edits calibrate() runs when none are given (a resource path, model/resources.py).
+DEFAULT_REQUESTS = "demo/calibration_counterfact.json"
 
 # figure -> (where the limit goes: "guard" | "monitor", its field, "max" | "min", log space, rule)
 FIGURES: dict[str, tuple[str, str, str, bool, str]] = {
@@ -243,7 +249,7 @@ def limits(samples: dict[str, list[float]], drift: dict[str, list[float]] | None
         field = f"{where}.{attr}"
         bound = LOOSEST[field]
         if not math.isfinite(rec["threshold"]) or (rec["threshold"] > bound if kind == "max" else rec["threshold"] < bound):
-            rec = {**rec, "capped": {"uncapped": rec["threshold"], "loosest": bound}, "threshold": bound}
+            rec = {**rec, "capped": {"fitted": rec["threshold"], "loosest": bound}, "threshold": bound}
         near = TIGHTEST[field]
         if rec["threshold"] < near if kind == "max" else rec["threshold"] > near:
             rec = {**rec, "widened": {"fitted": rec["threshold"], "tightest": near}, "threshold": near}
