@@ -10,7 +10,13 @@
    fresh workspace with the calibrated guard and monitor (stop on every figure): must be stopped at
    its first bad edit;
 3. ``--n`` consistent ROME edits of tests/data/counterfact_100.json in a row on another fresh
-   workspace, the same way: must not be stopped.
+   workspace, the same way: must not be stopped;
+4. ``--noop-check N`` no-op edits (records 0..N-1's prompts, each edited to the model's own answer:
+   other prompts than the calibration's) in a row, the same way: the stated false-alarm rate (1% per
+   100 edits) says they must not be stopped either.
+
+``--reuse OUT.json`` takes the calibration from an earlier run's ``--out`` (skips step 1) and
+``--parts`` chooses the steps (default ``collapse,healthy,noop``), so a step can be run on its own.
 
 Prints each step's figures with the load average and writes everything to ``--out`` (JSON).
 
@@ -86,71 +92,106 @@ def main() -> None:
                     help="healthy calibration edits: the first N of the shipped calibration requests")
     ap.add_argument("--audit", action="store_true",
                     help="keep the collateral audit on (off by default: it doubles the time per edit)")
+    ap.add_argument("--noop-check", type=int, default=20, help="no-op edits in a row after the calibration")
+    ap.add_argument("--parts", default="collapse,healthy,noop", help="which runs after the calibration")
+    ap.add_argument("--reuse", type=Path, default=None, help="the calibration of an earlier --out JSON")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     load_start = os.getloadavg()
     out: dict[str, Any] = {"load_start": load_start, "n": args.n, "audit": args.audit}
     with tempfile.TemporaryDirectory(prefix="bench-calibration-") as tmp:
         private_cache(Path(tmp))
-        from auditor.model.checkpoint import load_model
         from auditor.model.requests import load_requests
         from auditor.run import calibration
-        from auditor.run.edit import Editor
-        from auditor.run.workspace import Workspace
 
         # 1. calibrate
         t = time.perf_counter()
-        editor = Editor(load_model("demo", device=args.device))
-        if not args.audit:
-            editor.collateral = None
-        held_out = load_requests(CALIBRATION)[:args.known]
-        print(f"calibrating: {args.noop} no-op + {len(held_out)} held-out CounterFact records ({CALIBRATION.name}), "
-              f"load {os.getloadavg()}", flush=True)
-        cal = calibration.calibrate(editor, held_out, n_noop=args.noop,
-                                    progress=lambda p: print(f"  {p.step + 1}/{p.total} {p.message} "
-                                                             f"load {os.getloadavg()[0]:.1f}", flush=True))
-        calibration.save(cal)
-        del editor
+        if args.reuse:
+            cal = calibration.Calibration.from_dict(json.loads(args.reuse.read_text())["calibration"])
+            calibration.save(cal)
+            print(f"calibration reused from {args.reuse}: {cal.source}", flush=True)
+        else:
+            cal = calibrate(args)
         out["calibration"] = cal.to_dict()
         out["calibration_seconds"] = time.perf_counter() - t
-        print(f"calibrated in {cal.seconds:.0f} s ({cal.edits['noop']} no-op, {cal.edits['healthy']} healthy, "
-              f"skipped {cal.edits['skipped']})", flush=True)
         for name, rec in cal.figures.items():
             print(f"  {name:<18} {rec['field']:<30} {rec.get('threshold', 'default')!s:<22} rule {rec['rule']} "
                   f"n {rec.get('n')} median {rec.get('median', rec.get('mu'))} worst {rec.get('worst_seen')}")
-
-        # 2. the collapse (first: it is short)
-        ws = Workspace.init("demo", Path(tmp) / "ws-collapse", device=args.device)
-        if not args.audit:
-            ws.editor.collateral = None
-        out["collapse"] = run(ws, load_requests(FIRST_TOKEN), "first-token original-key collapse",
-                              key_mode="original", allow_collapse=True)
-        entry = ws.ledger.get(out["collapse"]["final"]["rolled_back"][0]) if out["collapse"]["final"].get(
-            "rolled_back") else None
-        if entry is not None:
-            out["collapse"]["guard"] = {"collapse_reasons": entry["collapse_reasons"],
-                                        "diagnostics_thresholds_source": entry["diagnostics"].get("thresholds_source")}
-            print(f"the collapsed edit's guard verdict: {out['collapse']['guard']}", flush=True)
-        ws.close()
-
-        # 3. a long healthy run (last: the longest part)
-        ws = Workspace.init("demo", Path(tmp) / "ws", device=args.device)
-        if not args.audit:
-            ws.editor.collateral = None
-        assert ws.editor.thresholds_source == cal.source, ws.editor.thresholds_source
-        out["healthy"] = run(ws, load_requests(COUNTERFACT)[: args.n], f"{args.n} consistent CounterFact edits",
-                             key_mode="consistent")
-        ws.close()
+        if "collapse" in parts:
+            out["collapse"] = collapse(args, Path(tmp))
+        if "healthy" in parts:
+            ws = fresh(args, Path(tmp) / "ws")
+            assert ws.editor.thresholds_source == cal.source, ws.editor.thresholds_source
+            out["healthy"] = run(ws, load_requests(COUNTERFACT)[: args.n], f"{args.n} consistent CounterFact edits",
+                                 key_mode="consistent")
+            ws.close()
+        if "noop" in parts and args.noop_check:
+            ws = fresh(args, Path(tmp) / "ws-noop")
+            noops = [r for r in (calibration.noop_request(ws.lm, q)
+                                 for q in load_requests(COUNTERFACT)[: args.noop_check]) if r is not None]
+            out["noop"] = run(ws, noops, f"{len(noops)} no-op edits (the model's own answers)", key_mode="consistent")
+            ws.close()
     out["load_end"] = os.getloadavg()
-    healthy, collapse = out["healthy"]["final"], out["collapse"]["final"]
-    print(f"\nSUMMARY: healthy run stopped {healthy['stopped']} ({healthy['edits_applied']}/{args.n} applied); "
-          f"collapse stopped at step {collapse.get('stopped_at_step')} ({collapse['reason']}); "
-          f"load start {load_start}, end {out['load_end']}", flush=True)
+    summary = [f"{k} run stopped {out[k]['final']['stopped']} at step {out[k]['final'].get('stopped_at_step')} "
+               f"({out[k]['final']['edits_applied']} applied; {out[k]['final']['reason']})"
+               for k in ("collapse", "healthy", "noop") if k in out]
+    print(f"\nSUMMARY: {'; '.join(summary)}; load start {load_start}, end {out['load_end']}", flush=True)
     if args.out:
         from auditor.files import write_file
 
         write_file(args.out, json.dumps(out, indent=1, default=str), what="bench --out")
+
+
+# the imports are inside the functions: after private_cache() has set the cache folder
+
+def fresh(args: argparse.Namespace, folder: Path) -> Any:
+    from auditor.run.workspace import Workspace
+
+    ws = Workspace.init("demo", folder, device=args.device)
+    if not args.audit:
+        ws.editor.collateral = None
+    return ws
+
+
+def calibrate(args: argparse.Namespace) -> Any:
+    """Step 1: calibrate the demo into the private cache."""
+    from auditor.model.checkpoint import load_model
+    from auditor.model.requests import load_requests
+    from auditor.run import calibration
+    from auditor.run.edit import Editor
+
+    editor = Editor(load_model("demo", device=args.device))
+    if not args.audit:
+        editor.collateral = None
+    held_out = load_requests(CALIBRATION)[:args.known]
+    print(f"calibrating: {args.noop} no-op + {len(held_out)} held-out CounterFact records ({CALIBRATION.name}), "
+          f"load {os.getloadavg()}", flush=True)
+    cal = calibration.calibrate(editor, held_out, n_noop=args.noop,
+                                progress=lambda p: print(f"  {p.step + 1}/{p.total} {p.message} "
+                                                         f"load {os.getloadavg()[0]:.1f}", flush=True))
+    calibration.save(cal)
+    del editor
+    print(f"calibrated in {cal.seconds:.0f} s ({cal.edits['noop']} no-op, {cal.edits['healthy']} healthy, "
+          f"skipped {cal.edits['skipped']})", flush=True)
+    return cal
+
+
+def collapse(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The first-token original-key collapse on a fresh workspace (must be stopped at its first edit)."""
+    from auditor.model.requests import load_requests
+
+    ws = fresh(args, tmp / "ws-collapse")
+    out = run(ws, load_requests(FIRST_TOKEN), "first-token original-key collapse",
+              key_mode="original", allow_collapse=True)
+    entry = ws.ledger.get(out["final"]["rolled_back"][0]) if out["final"].get("rolled_back") else None
+    if entry is not None:
+        out["guard"] = {"collapse_reasons": entry["collapse_reasons"],
+                        "diagnostics_thresholds_source": entry["diagnostics"].get("thresholds_source")}
+        print(f"the collapsed edit's guard verdict: {out['guard']}", flush=True)
+    ws.close()
+    return out
 
 
 if __name__ == "__main__":
