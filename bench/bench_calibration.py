@@ -15,7 +15,8 @@
    other prompts than the calibration's) in a row, the same way: the stated false-alarm rate (1% per
    100 edits) says they must not be stopped either.
 
-``--reuse OUT.json`` takes the calibration from an earlier run's ``--out`` (skips step 1) and
+``--reuse FILE`` takes the calibration from an earlier run's ``--out`` or a calibration file, its
+limits set again from its samples by the current rules (``calibration.refit``; skips step 1), and
 ``--parts`` chooses the steps (default ``collapse,healthy,noop``), so a step can be run on its own.
 
 Prints each step's figures with the load average and writes everything to ``--out`` (JSON).
@@ -109,9 +110,11 @@ def main() -> None:
         # 1. calibrate
         t = time.perf_counter()
         if args.reuse:
-            cal = calibration.Calibration.from_dict(json.loads(args.reuse.read_text())["calibration"])
+            data = json.loads(args.reuse.read_text())
+            cal = calibration.refit(calibration.Calibration.from_dict(data.get("calibration", data)))
             calibration.save(cal)
-            print(f"calibration reused from {args.reuse}: {cal.source}", flush=True)
+            print(f"calibration reused from {args.reuse} (limits refitted by the current rules): {cal.source}",
+                  flush=True)
         else:
             cal = calibrate(args)
         out["calibration"] = cal.to_dict()

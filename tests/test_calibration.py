@@ -67,11 +67,28 @@ def test_horizon_limit_is_the_sum_of_log_jumps() -> None:
     rec = horizon_limit(jumps, 0.01, 100)
     logs = [math.log(j) for j in jumps]
     mu, sigma = statistics.fmean(logs), statistics.stdev(logs)
-    # the run's own spread (H) and the mean's sampling error from 5 edits (H^2 / n)
-    assert rec["threshold"] == pytest.approx(math.exp(100 * mu + 2.3263 * sigma * math.sqrt(100 + 100 ** 2 / 5)),
-                                             rel=1e-4)
+    # the mean's upper bound from 5 edits (here the exponential one: 2 sum / chi2_0.01(10), chi2 = 2.558)
+    # over H edits, and the run's own spread (sqrt H)
+    mu_up = max(mu + 2.3263 * sigma / math.sqrt(5), 2 * sum(logs) / 2.558)
+    assert rec["mu_upper"] == pytest.approx(mu_up, rel=0.02) and rec["mu_bound"] == "exponential"
+    assert rec["threshold"] == pytest.approx(math.exp(100 * rec["mu_upper"] + 2.3263 * sigma * 10), rel=1e-4)
     # a shorter horizon, a lower limit
     assert horizon_limit(jumps, 0.01, 10)["threshold"] < rec["threshold"]
+
+
+def test_the_drift_bound_holds_its_rate_on_skewed_jumps() -> None:
+    # per-edit log growth exponential (most edits small, a few large): the bound on the mean from
+    # n = 10 edits is under the true mean in about `rate` of the calibrations, not in a third of them
+    rng = random.Random(3)
+    for n, mean in ((10, 0.004), (20, 0.001)):
+        under = 0
+        for _ in range(2000):
+            jumps = [math.exp(rng.expovariate(1 / mean)) for _ in range(n)]
+            under += horizon_limit(jumps, 0.01, 100)["mu_upper"] < mean
+        assert under / 2000 < 0.02
+        normal_only = sum(statistics.fmean(xs) + 2.3263 * statistics.stdev(xs) / math.sqrt(n) < mean
+                          for xs in ([rng.expovariate(1 / mean) for _ in range(n)] for _ in range(2000)))
+        assert normal_only / 2000 > 0.02  # what the normal bound alone gave
 
 
 def test_limits_keep_defaults_with_too_few_samples() -> None:
@@ -242,7 +259,7 @@ def test_a_calibration_never_sets_a_limit_nothing_can_reach() -> None:
         value, bound = rec["threshold"], calibration.LOOSEST[rec["field"]]
         assert math.isfinite(value) and (value <= bound if rec["kind"] == "max" else value >= bound), name
     # a tight, honest calibration is kept as it is
-    _, monitor, figures = calibration.limits({"norm_jump": [1.004, 1.005, 1.006, 1.004, 1.005]})
+    _, monitor, figures = calibration.limits({"norm_jump": [1.004, 1.005, 1.006, 1.004, 1.005] * 2})
     assert "capped" not in figures["norm_ratio"] and monitor["max_norm_ratio"] < 5.0
 
 
@@ -271,3 +288,19 @@ def test_the_default_calibration_requests_are_counterfact_records_no_test_or_ben
     assert len(shipped) == 10 and all(r.target_true and r.neighborhood and r.paraphrases for r in shipped)
     assert not {(r.subject, r.prompt) for r in shipped} & {(r.subject, r.prompt) for r in edited}
     assert all(r.target_new != r.target_true for r in shipped)
+
+
+def test_refit_sets_the_limits_again_from_the_stored_samples() -> None:
+    rng = random.Random(5)
+    samples = {"norm_jump": [1 + rng.uniform(0, 0.004) for _ in range(20)],
+               "ppl_jump": [1 + rng.uniform(-0.003, 0.003) for _ in range(20)]}
+    drift = {"norm_jump": samples["norm_jump"][10:], "ppl_jump": samples["ppl_jump"][10:]}
+    guard, monitor, figures = calibration.limits(samples, drift)
+    stale = Calibration(fingerprint="sha256:x", monitor={k: 9.0 for k in monitor}, samples=samples, drift=drift,
+                        edits={"requests": list("abcdefghij"), "skipped": []})
+    fresh = calibration.refit(stale)
+    assert fresh.monitor == monitor and fresh.guard == guard and "refitted" in fresh.edits
+    # a file written before the healthy jumps were stored: they are the last healthy samples
+    old = Calibration.from_dict({**stale.to_dict(), "drift": {}})
+    assert calibration.refit(old).monitor == monitor
+    assert Calibration.from_dict(json.loads(json.dumps(fresh.to_dict()))).drift == drift
