@@ -19,8 +19,11 @@ process would not finish in the time there is); the child prints each finished p
 stderr as it goes (``partial {...}``), so a run stopped midway keeps what it measured.
 
 Peaks are anonymous resident memory (RssAnon, sampled every 10 ms from /proc: file pages of
-memory-mapped checkpoints are left out), minus the interpreter's own before loading. Random
-weights give meaningless edits but the same shapes, so the same memory and time.
+memory-mapped checkpoints are left out), minus the interpreter's own before loading. A float32
+checkpoint loaded in float32 is memory-mapped: its weights are file pages (``load_file``, RssFile
+after the load), so its load peak is not the weights, but what a phase or an edit adds above what
+the process held before it is measured alike for every dtype. Random weights give meaningless
+edits but the same shapes, so the same memory and time.
 
     python bench/bench_scale.py                                  # all shapes, bfloat16 and float32
     python bench/bench_scale.py --shapes smollm2-135m --dtypes float32 --stats-tokens 2048 --steps 5
@@ -52,10 +55,10 @@ TEMPLATES = ["{}", "The following is a fact. {}"]
 V_TOKENS = 12  # tokens of a v* prompt here: a CounterFact prompt (~7) behind "The following is a fact." (~5)
 
 
-def rss_anon() -> int:
+def rss_anon(field: str = "RssAnon") -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("RssAnon:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -127,6 +130,7 @@ def measure(folder: Path, dtype: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     peak = Peak()
     base = peak.reset()
+    base_file = rss_anon("RssFile")
     # the v* prompts this benchmark uses: its fixed templates and the KL prompt, ~12 tokens each
     plans = {m: plan_memory(folder, dtype=dtype, method=m, requests=n, prompts=len(TEMPLATES) + 1,
                             prompt_tokens=V_TOKENS) for m, n in (("rome", 1), ("memit", args.batch))}
@@ -137,6 +141,8 @@ def measure(folder: Path, dtype: str, args: argparse.Namespace) -> dict:
     row["load_peak"] = peak.reset() - base
     row["plan_weights"] = plans["rome"].weights
     weights = rss_anon() - base
+    # a float32 checkpoint loaded in float32 is memory-mapped: its weights are file pages, not RssAnon
+    row["load_file"] = rss_anon("RssFile") - base_file
     t = time.perf_counter()
     fingerprint_model(lm.model)
     row["fingerprint_s"] = time.perf_counter() - t
