@@ -198,6 +198,89 @@ def test_a_failed_or_dry_edit_of_an_offloaded_model_puts_the_offloaded_weights_b
     assert fingerprint_model(off.model) == off.fingerprint
 
 
+@pytest.fixture
+def offloaded_pair(tiny_checkpoint, isolated_cache: Path, tmp_path: Path):
+    """(an in-memory workspace, a workspace whose edited matrices are offloaded to disk) of the same
+    tiny checkpoint, each with the same ROME edit applied."""
+    from auditor.run.workspace import Workspace
+
+    folder = tiny_checkpoint("llama")
+    ref = Workspace.init(folder, tmp_path / "ref", device="cpu")
+    off = Workspace.init(folder, tmp_path / "off", device="cpu",
+                         memory={"max_memory": {"cpu": 2 << 20}, "offload_folder": tmp_path / "store"})
+    assert is_offloaded(off.lm.model, off.lm.spec.weight_name(1))
+    for ws in (ref, off):
+        result, _ = ws.edit(FRANCE, hparams=TINY_ROME_HP, measure_ppl=False, allow_collapse=True)
+        assert result.status == "applied"
+    assert off.fingerprint == ref.fingerprint != ref.base_fingerprint
+    yield ref, off
+    ref.close()
+    off.close()
+
+
+def test_ask_about_the_base_of_an_offloaded_model_puts_the_edit_back(offloaded_pair) -> None:
+    """``weights_at`` (ask's earlier state) rebuilds and restores the offloaded weights in their store."""
+    from auditor.model.checkpoint import fingerprint_model
+    from auditor.run.ask import ask, weights_at
+
+    ref, off = offloaded_pair
+    with weights_at(off, 0):
+        assert fingerprint_model(off.lm.model) == off.base_fingerprint
+    assert fingerprint_model(off.lm.model) == off.fingerprint
+    a, b = ask(ref, "The capital of France is", max_new_tokens=3), ask(off, "The capital of France is", max_new_tokens=3)
+    assert (a.base, a.current) == (b.base, b.current)
+    assert fingerprint_model(off.lm.model) == off.fingerprint
+
+
+def test_the_monitor_of_an_offloaded_model_reads_its_matrices_and_base_perplexity(offloaded_pair) -> None:
+    """The monitor's matrix figures and base perplexity read offloaded weights from their store
+    (a meta tensor has no norm) and put the edit back afterwards."""
+    from auditor.model.checkpoint import fingerprint_model
+    from auditor.run.monitor import base_perplexity, matrix_figures
+
+    ref, off = offloaded_pair
+    assert base_perplexity(off) == pytest.approx(base_perplexity(ref), rel=1e-5)
+    assert base_perplexity(off) != pytest.approx(off.editor.perplexity(), rel=1e-5)  # the edit changes it
+    assert fingerprint_model(off.lm.model) == off.fingerprint
+    name = off.lm.spec.weight_name(1)
+    assert matrix_figures(read_param(off.lm.model, name)) == matrix_figures(read_param(ref.lm.model, name))
+    figures = {}
+    for ws in (ref, off):
+        from auditor.run.monitor import Monitor
+
+        figures[ws] = Monitor().measure(ws)["matrices"][name]
+    assert figures[off] == pytest.approx(figures[ref], rel=1e-5)
+    assert fingerprint_model(off.lm.model) == off.fingerprint
+
+
+def test_a_patch_on_an_offloaded_model_applies_or_leaves_its_store_as_it_was(
+        offloaded_pair, tiny_checkpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``apply-patch`` snapshots and restores offloaded weights in their store: a patch whose entry
+    cannot be written (a full disk) leaves the offloaded model as it was; applied, it gives the
+    source's fingerprint."""
+    from auditor.model.checkpoint import fingerprint_model
+    from auditor.run.patch import apply_patch_to_workspace
+    from auditor.run.workspace import Workspace
+
+    ref, _ = offloaded_pair
+    patch = ref.export(tmp_path / "edit.patch", patch=True)
+    ws = Workspace.init(tiny_checkpoint("llama"), tmp_path / "target", device="cpu",
+                        memory={"max_memory": {"cpu": 2 << 20}, "offload_folder": tmp_path / "store2"})
+    try:
+        def full_disk(*_args, **_kwargs):
+            raise OSError(28, "No space left on device")
+
+        with monkeypatch.context() as m:
+            m.setattr(ws.ledger, "append", full_disk)
+            with pytest.raises(OSError):
+                apply_patch_to_workspace(ws, patch)
+        assert fingerprint_model(ws.lm.model) == ws.base_fingerprint
+        entry = apply_patch_to_workspace(ws, patch)
+        assert entry["fingerprint_after"] == ref.fingerprint == fingerprint_model(ws.lm.model)
+    finally:
+        ws.close()
+
+
 def test_gradients_through_an_offloaded_model_are_the_in_memory_ones(tiny_checkpoint, tmp_path: Path) -> None:
     """``weights_not_saved`` hands autograd the store key of an offloaded weight, or of a view of
     it (matched by storage: ``matmul`` saves the transpose), and rebuilds the view in backward: the
