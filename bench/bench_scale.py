@@ -211,7 +211,9 @@ def measure_memit(editor, requests: list, hp: dict, peak: Peak, base: int, weigh
 def edit_working(plan) -> int:
     """The plan's working memory of an edit whose key statistics are cached (no statistics pass;
     ROME reads its C from the cache during the edit, MEMIT holds its Cs from the batch before,
-    so they are in what the process held when the edit began, not in what the edit adds)."""
+    so they are in what the process held when the edit began, not in what the edit adds; so are
+    the held-out keys of the batch before, which a batch's own replace: the Editor keeps one weight
+    state's)."""
     return (plan.stats_held if plan.method == "rome" else 0) + max(plan.v_star, plan.solve, plan.evaluate)
 
 

@@ -67,10 +67,12 @@ def test_the_demo_plan_matches_the_loaded_demo_and_orders_the_methods(demo, demo
 def test_the_plan_sizes_the_passes_the_engine_runs() -> None:
     """The plan's batch sizes are the engine's (the plan may not import the engine: layers)."""
     from auditor.engine.methods import V_BATCH
+    from auditor.engine.stats import HELD_OUT_TOKENS
     from auditor.measure.collateral import SCORE_BATCH
     from auditor.model import memory_plan
 
     assert memory_plan.V_BATCH == V_BATCH and memory_plan.SCORE_BATCH == SCORE_BATCH
+    assert memory_plan.HELD_OUT_TOKENS == HELD_OUT_TOKENS
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -429,6 +431,22 @@ def test_memit_and_alphaedit_on_a_bfloat16_model_solve_in_float64_and_round_once
         after = lm.model.get_parameter(n).detach()
         assert after.dtype == torch.bfloat16
         assert torch.equal(after, (before[n].double() + part.dense()).to(torch.bfloat16))  # rounded once
+
+
+def test_an_editor_keeps_the_held_out_keys_of_one_weight_state(tiny_checkpoint, isolated_cache: Path) -> None:
+    """A batch's held-out keys (d_ff x 2048 float64 per layer: 128 MiB a layer for a 1B model) are
+    kept for the weight state they were taken on only, not for every state a session went through."""
+    from auditor.run.batch import edit_batch
+    from auditor.run.edit import Editor
+
+    editor = Editor(load_model(tiny_checkpoint("llama"), device="cpu"))
+    states = []
+    for pair in (TWO, TWO[::-1]):
+        states.append(editor.fingerprint())
+        res = edit_batch(editor, pair, method="memit", hparams=TINY_BATCH_HP, measure_ppl=False, allow_collapse=True)
+        assert res.status == "applied", res.error
+        assert editor.fingerprint() != states[-1]
+    assert sorted(editor._held_out) == [(0, states[1]), (1, states[1])]  # the second batch's, not the first's
 
 
 @pytest.mark.slow
