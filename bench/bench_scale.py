@@ -13,14 +13,21 @@ shape are saved once as safetensors with the demo's tokenizer, then
   began, vs the plan's working memory of an edit without a statistics pass: :func:`edit_working`),
 * ``memit``: one MEMIT batch of ``--batch`` requests (same),
 
-and each edit's peak by progress phase (stats, keys, v, audit, eval).
+and each edit's peak by progress phase (stats, keys, v, audit, eval). ``--phases`` runs some of
+``stats,rome,memit`` only (e.g. one process for ``stats,rome`` and another for ``memit``, when one
+process would not finish in the time there is); the child prints each finished phase's figures to
+stderr as it goes (``partial {...}``), so a run stopped midway keeps what it measured.
 
 Peaks are anonymous resident memory (RssAnon, sampled every 10 ms from /proc: file pages of
-memory-mapped checkpoints are left out), minus the interpreter's own before loading. Random
-weights give meaningless edits but the same shapes, so the same memory and time.
+memory-mapped checkpoints are left out), minus the interpreter's own before loading. A float32
+checkpoint loaded in float32 is memory-mapped: its weights are file pages (``load_file``, RssFile
+after the load), so its load peak is not the weights, but what a phase or an edit adds above what
+the process held before it is measured alike for every dtype. Random weights give meaningless
+edits but the same shapes, so the same memory and time.
 
     python bench/bench_scale.py                                  # all shapes, bfloat16 and float32
     python bench/bench_scale.py --shapes smollm2-135m --dtypes float32 --stats-tokens 2048 --steps 5
+    python bench/bench_scale.py --shapes llama-3.2-1b --dtypes bfloat16 --phases memit
 
 The load average is printed: timings on a shared machine are only indicative.
 """
@@ -48,10 +55,10 @@ TEMPLATES = ["{}", "The following is a fact. {}"]
 V_TOKENS = 12  # tokens of a v* prompt here: a CounterFact prompt (~7) behind "The following is a fact." (~5)
 
 
-def rss_anon() -> int:
+def rss_anon(field: str = "RssAnon") -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("RssAnon:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -102,20 +109,28 @@ def make_checkpoint(shape: str, folder: Path) -> Path:
     return folder
 
 
+PHASES = ("stats", "rome", "memit")
+
+
+def partial(row: dict) -> None:
+    """What is measured so far, to stderr (the parent passes it through): kept if the run is stopped."""
+    print("partial " + json.dumps(row), file=sys.stderr, flush=True)
+
+
 def measure(folder: Path, dtype: str, args: argparse.Namespace) -> dict:
-    """One shape and dtype (run in its own process)."""
+    """One shape and dtype (run in its own process); ``args.phases``: which of :data:`PHASES`."""
     import torch
 
     from auditor.engine import stats
     from auditor.model.checkpoint import fingerprint_model, load_model
     from auditor.model.memory_plan import plan_memory
     from auditor.model.requests import load_requests
-    from auditor.run.batch import edit_batch
     from auditor.run.edit import Editor
 
     torch.set_num_threads(args.threads)
     peak = Peak()
     base = peak.reset()
+    base_file = rss_anon("RssFile")
     # the v* prompts this benchmark uses: its fixed templates and the KL prompt, ~12 tokens each
     plans = {m: plan_memory(folder, dtype=dtype, method=m, requests=n, prompts=len(TEMPLATES) + 1,
                             prompt_tokens=V_TOKENS) for m, n in (("rome", 1), ("memit", args.batch))}
@@ -126,22 +141,44 @@ def measure(folder: Path, dtype: str, args: argparse.Namespace) -> dict:
     row["load_peak"] = peak.reset() - base
     row["plan_weights"] = plans["rome"].weights
     weights = rss_anon() - base
+    # a float32 checkpoint loaded in float32 is memory-mapped: its weights are file pages, not RssAnon
+    row["load_file"] = rss_anon("RssFile") - base_file
     t = time.perf_counter()
     fingerprint_model(lm.model)
     row["fingerprint_s"] = time.perf_counter() - t
     row["fingerprint_extra"] = peak.reset() - base - weights
+    partial(row)
+    phases = set(args.phases.split(","))
     hp = {"context_templates": TEMPLATES, "mom2_n_tokens": args.stats_tokens, "v_num_grad_steps": args.steps}
     editor = Editor(lm)
     rome_hp = editor.hparams(hp)
-    t = time.perf_counter()
-    from auditor.model.corpus import read_text, stats_text_path
-
-    windows = stats.corpus_tokens(lm, read_text(stats_text_path()), args.stats_tokens, rome_hp.mom2_seq_len)
-    stats.collect_second_moment(lm, rome_hp.layer, windows)
-    row["stats_s_per_layer"] = time.perf_counter() - t
-    row["stats_extra"] = peak.reset() - base - weights
     row["plan_stats_pass"] = plans["rome"].stats_pass
+    row["plan_rome_working"] = edit_working(plans["rome"])
+    row["plan_memit_working"] = edit_working(plans["memit"])
+    row["plan_peak_memit"] = plans["memit"].peak
     requests = load_requests(REQUESTS)
+    if "stats" in phases:
+        t = time.perf_counter()
+        from auditor.model.corpus import read_text, stats_text_path
+
+        windows = stats.corpus_tokens(lm, read_text(stats_text_path()), args.stats_tokens, rome_hp.mom2_seq_len)
+        stats.collect_second_moment(lm, rome_hp.layer, windows)
+        row["stats_s_per_layer"] = time.perf_counter() - t
+        row["stats_extra"] = peak.reset() - base - weights
+        partial(row)
+    if "rome" in phases:
+        measure_rome(editor, requests, hp, peak, base, weights, row)
+        partial(row)
+    if "memit" in phases:
+        measure_memit(editor, requests, hp, peak, base, weights, row, args.batch)
+    if phases == set(PHASES):
+        row["peak_total"] = max(row["load_peak"], weights + max(
+            row["stats_extra"], row["rome_start"] + row["rome_extra"], row["memit_start"] + row["memit_extra"]))
+    return row
+
+
+def measure_rome(editor, requests: list, hp: dict, peak: Peak, base: int, weights: int, row: dict) -> None:
+    """One ROME edit with its key statistics cached (a first edit computes and caches them)."""
     editor.edit(requests[0], hparams=hp, measure_ppl=False)  # statistics computed and cached here
     peak.reset()
     row["rome_start"] = rss_anon() - base - weights  # what the process holds before the edit
@@ -151,34 +188,41 @@ def measure(folder: Path, dtype: str, args: argparse.Namespace) -> dict:
     row["rome_phases"] = peak.by_phase(base + weights)
     row["rome_status"] = r.status
     row["rome_extra"] = peak.reset() - base - weights - row["rome_start"]  # what the edit added
-    row["plan_rome_working"] = edit_working(plans["rome"])
+
+
+def measure_memit(editor, requests: list, hp: dict, peak: Peak, base: int, weights: int, row: dict,
+                  batch: int) -> None:
+    """One MEMIT batch of ``batch`` requests, the C of every edited layer cached by a batch before."""
+    from auditor.run.batch import edit_batch
+
     mhp = {**hp, "mom2_update_weight": 100.0}
     edit_batch(editor, requests[2:3], method="memit", hparams=mhp, measure_ppl=False)  # C of every layer, cached
     peak.reset()
     row["memit_start"] = rss_anon() - base - weights
     t = time.perf_counter()
-    b = edit_batch(editor, requests[3:3 + args.batch], method="memit", hparams=mhp, measure_ppl=False,
+    b = edit_batch(editor, requests[3:3 + batch], method="memit", hparams=mhp, measure_ppl=False,
                    progress=peak.enter)
     row["memit_s"] = time.perf_counter() - t
     row["memit_phases"] = peak.by_phase(base + weights)
     row["memit_status"] = getattr(b, "status", "?")
     row["memit_extra"] = peak.reset() - base - weights - row["memit_start"]
-    row["plan_memit_working"] = edit_working(plans["memit"])
-    row["peak_total"] = max(row["load_peak"], weights + max(row["stats_extra"], row["rome_start"] + row["rome_extra"],
-                                                             row["memit_start"] + row["memit_extra"]))
-    row["plan_peak_memit"] = plans["memit"].peak
-    return row
 
 
 def edit_working(plan) -> int:
     """The plan's working memory of an edit whose key statistics are cached (no statistics pass;
     ROME reads its C from the cache during the edit, MEMIT holds its Cs from the batch before,
-    so they are in what the process held when the edit began, not in what the edit adds)."""
+    so they are in what the process held when the edit began, not in what the edit adds; so are
+    the held-out keys of the batch before, which a batch's own replace: the Editor keeps one weight
+    state's)."""
     return (plan.stats_held if plan.method == "rome" else 0) + max(plan.v_star, plan.solve, plan.evaluate)
 
 
-def mib(n: float) -> str:
-    return f"{n / (1 << 20):.0f}"
+def mib(n: float | None) -> str:
+    return "-" if n is None else f"{n / (1 << 20):.0f}"
+
+
+def secs(n: float | None, digits: int = 1) -> str:
+    return "-" if n is None else f"{n:.{digits}f}"
 
 
 def main() -> None:
@@ -189,9 +233,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="v* steps (random weights never converge)")
     p.add_argument("--batch", type=int, default=10, help="MEMIT batch size")
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    p.add_argument("--phases", default=",".join(PHASES),
+                   help="which measured phases run after the load and fingerprint (default: all)")
     p.add_argument("--workdir", type=Path, default=None, help="where random checkpoints are kept (default: temp)")
     p.add_argument("--one", nargs=2, metavar=("FOLDER", "DTYPE"), help=argparse.SUPPRESS)  # the subprocess
     args = p.parse_args()
+    if set(args.phases.split(",")) - set(PHASES):
+        p.error(f"--phases: a comma-separated subset of {','.join(PHASES)}")
     if args.one:
         print(json.dumps(measure(Path(args.one[0]), args.one[1], args)))
         return
@@ -200,7 +248,7 @@ def main() -> None:
     from auditor.model.memory_plan import plan_config
 
     print(f"load average {os.getloadavg()}, {args.threads} threads, stats {args.stats_tokens} tokens, "
-          f"{args.steps} v* steps, MEMIT batch {args.batch}")
+          f"{args.steps} v* steps, MEMIT batch {args.batch}, phases {args.phases}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     cols = ["shape", "dtype", "params", "load s", "load MiB", "plan weights", "fp s", "fp +MiB",
             "stats s/layer", "stats +MiB", "plan stats", "rome s", "rome +MiB", "plan rome", "memit s",
@@ -218,21 +266,24 @@ def main() -> None:
                 continue
             folder = make_checkpoint(shape, work / shape)
             cmd = [sys.executable, __file__, "--one", str(folder), dtype, "--stats-tokens", str(args.stats_tokens),
-                   "--steps", str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+                   "--steps", str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads),
+                   "--phases", args.phases]
+            # the child's stderr (its partial figures) passes through, to be kept if the run is stopped
+            out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(HERE.parent)})
             if out.returncode:
-                print(f"| {shape} | {dtype} | failed: {out.stderr.strip().splitlines()[-1]} |")
+                print(f"| {shape} | {dtype} | failed: exit code {out.returncode} (its stderr is above) |")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print("| " + " | ".join([
                 shape, dtype, f"{r['parameters'] / 1e6:.0f}M", f"{r['load_s']:.1f}", mib(r["load_peak"]),
                 mib(r["plan_weights"]), f"{r['fingerprint_s']:.2f}", mib(r["fingerprint_extra"]),
-                f"{r['stats_s_per_layer']:.1f}", mib(r["stats_extra"]), mib(r["plan_stats_pass"]),
-                f"{r['rome_s']:.1f}", mib(r["rome_extra"]), mib(r["plan_rome_working"]),
-                f"{r['memit_s']:.1f}", mib(r["memit_extra"]), mib(r["plan_memit_working"])]) + " |", flush=True)
+                secs(r.get("stats_s_per_layer")), mib(r.get("stats_extra")), mib(r["plan_stats_pass"]),
+                secs(r.get("rome_s")), mib(r.get("rome_extra")), mib(r["plan_rome_working"]),
+                secs(r.get("memit_s")), mib(r.get("memit_extra")), mib(r["plan_memit_working"])]) + " |", flush=True)
             phases.append(f"{shape} {dtype}: " + "; ".join(
                 f"{edit} " + ", ".join(f"{k} {mib(v)}" for k, v in r[f"{edit}_phases"].items())
-                for edit in ("rome", "memit")) + f" (MiB above the weights; raw {json.dumps(r)})")
+                for edit in ("rome", "memit") if f"{edit}_phases" in r) + f" (MiB above the weights; raw {json.dumps(r)})")
     print("\npeak by phase of the measured edits:")
     print("\n".join(phases))
     print(f"load average {os.getloadavg()}")

@@ -28,7 +28,7 @@ METHODS = ("rome", "memit", "alphaedit")
 
 def fits(plan, gb: int) -> str:
     room = gb * 10**9  # GPU memory is sold in decimal gigabytes
-    if plan.peak <= room:
+    if plan.peak <= room:  # the GPU's peak (a batch's held-out keys are in host memory)
         return "yes"
     if plan.working + plan.largest_block <= room:
         return "offload"
@@ -36,15 +36,17 @@ def fits(plan, gb: int) -> str:
 
 
 def main() -> None:
-    print("| model | dtype | method | weights | working memory | peak | " + " | ".join(f"{g} GB" for g in GPUS_GB) + " |")
-    print("|---|---|---|---|---|---|" + "---|" * len(GPUS_GB))
+    print("| model | dtype | method | weights | working memory | peak | host: held-out keys | "
+          + " | ".join(f"{g} GB" for g in GPUS_GB) + " |")
+    print("|---|---|---|---|---|---|---|" + "---|" * len(GPUS_GB))
     for shape in SHAPES:
         config = llama_config(shape)
         for dtype in ("bfloat16", "float32"):
             for method in METHODS:
                 plan = plan_config(config, dtype=dtype, method=method, name=shape)
                 print(f"| {shape} | {dtype} | {method} | {human(plan.weights)} | {human(plan.working)} | "
-                      f"{human(plan.peak)} | " + " | ".join(fits(plan, g) for g in GPUS_GB) + " |")
+                      f"{human(plan.peak)} | {human(plan.held_out) if plan.held_out else '-'} | "
+                      + " | ".join(fits(plan, g) for g in GPUS_GB) + " |")
 
 
 if __name__ == "__main__":

@@ -67,10 +67,12 @@ def test_the_demo_plan_matches_the_loaded_demo_and_orders_the_methods(demo, demo
 def test_the_plan_sizes_the_passes_the_engine_runs() -> None:
     """The plan's batch sizes are the engine's (the plan may not import the engine: layers)."""
     from auditor.engine.methods import V_BATCH
+    from auditor.engine.stats import HELD_OUT_TOKENS
     from auditor.measure.collateral import SCORE_BATCH
     from auditor.model import memory_plan
 
     assert memory_plan.V_BATCH == V_BATCH and memory_plan.SCORE_BATCH == SCORE_BATCH
+    assert memory_plan.HELD_OUT_TOKENS == HELD_OUT_TOKENS
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -196,6 +198,89 @@ def test_a_failed_or_dry_edit_of_an_offloaded_model_puts_the_offloaded_weights_b
     for n in names:
         assert torch.equal(read_param(off.model, n), base[n])
     assert fingerprint_model(off.model) == off.fingerprint
+
+
+@pytest.fixture
+def offloaded_pair(tiny_checkpoint, isolated_cache: Path, tmp_path: Path):
+    """(an in-memory workspace, a workspace whose edited matrices are offloaded to disk) of the same
+    tiny checkpoint, each with the same ROME edit applied."""
+    from auditor.run.workspace import Workspace
+
+    folder = tiny_checkpoint("llama")
+    ref = Workspace.init(folder, tmp_path / "ref", device="cpu")
+    off = Workspace.init(folder, tmp_path / "off", device="cpu",
+                         memory={"max_memory": {"cpu": 2 << 20}, "offload_folder": tmp_path / "store"})
+    assert is_offloaded(off.lm.model, off.lm.spec.weight_name(1))
+    for ws in (ref, off):
+        result, _ = ws.edit(FRANCE, hparams=TINY_ROME_HP, measure_ppl=False, allow_collapse=True)
+        assert result.status == "applied"
+    assert off.fingerprint == ref.fingerprint != ref.base_fingerprint
+    yield ref, off
+    ref.close()
+    off.close()
+
+
+def test_ask_about_the_base_of_an_offloaded_model_puts_the_edit_back(offloaded_pair) -> None:
+    """``weights_at`` (ask's earlier state) rebuilds and restores the offloaded weights in their store."""
+    from auditor.model.checkpoint import fingerprint_model
+    from auditor.run.ask import ask, weights_at
+
+    ref, off = offloaded_pair
+    with weights_at(off, 0):
+        assert fingerprint_model(off.lm.model) == off.base_fingerprint
+    assert fingerprint_model(off.lm.model) == off.fingerprint
+    a, b = ask(ref, "The capital of France is", max_new_tokens=3), ask(off, "The capital of France is", max_new_tokens=3)
+    assert (a.base, a.current) == (b.base, b.current)
+    assert fingerprint_model(off.lm.model) == off.fingerprint
+
+
+def test_the_monitor_of_an_offloaded_model_reads_its_matrices_and_base_perplexity(offloaded_pair) -> None:
+    """The monitor's matrix figures and base perplexity read offloaded weights from their store
+    (a meta tensor has no norm) and put the edit back afterwards."""
+    from auditor.model.checkpoint import fingerprint_model
+    from auditor.run.monitor import base_perplexity, matrix_figures
+
+    ref, off = offloaded_pair
+    assert base_perplexity(off) == pytest.approx(base_perplexity(ref), rel=1e-5)
+    assert base_perplexity(off) != pytest.approx(off.editor.perplexity(), rel=1e-5)  # the edit changes it
+    assert fingerprint_model(off.lm.model) == off.fingerprint
+    name = off.lm.spec.weight_name(1)
+    assert matrix_figures(read_param(off.lm.model, name)) == matrix_figures(read_param(ref.lm.model, name))
+    figures = {}
+    for ws in (ref, off):
+        from auditor.run.monitor import Monitor
+
+        figures[ws] = Monitor().measure(ws)["matrices"][name]
+    assert figures[off] == pytest.approx(figures[ref], rel=1e-5)
+    assert fingerprint_model(off.lm.model) == off.fingerprint
+
+
+def test_a_patch_on_an_offloaded_model_applies_or_leaves_its_store_as_it_was(
+        offloaded_pair, tiny_checkpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``apply-patch`` snapshots and restores offloaded weights in their store: a patch whose entry
+    cannot be written (a full disk) leaves the offloaded model as it was; applied, it gives the
+    source's fingerprint."""
+    from auditor.model.checkpoint import fingerprint_model
+    from auditor.run.patch import apply_patch_to_workspace
+    from auditor.run.workspace import Workspace
+
+    ref, _ = offloaded_pair
+    patch = ref.export(tmp_path / "edit.patch", patch=True)
+    ws = Workspace.init(tiny_checkpoint("llama"), tmp_path / "target", device="cpu",
+                        memory={"max_memory": {"cpu": 2 << 20}, "offload_folder": tmp_path / "store2"})
+    try:
+        def full_disk(*_args, **_kwargs):
+            raise OSError(28, "No space left on device")
+
+        with monkeypatch.context() as m:
+            m.setattr(ws.ledger, "append", full_disk)
+            with pytest.raises(OSError):
+                apply_patch_to_workspace(ws, patch)
+        assert fingerprint_model(ws.lm.model) == ws.base_fingerprint
+        entry = apply_patch_to_workspace(ws, patch)
+        assert entry["fingerprint_after"] == ref.fingerprint == fingerprint_model(ws.lm.model)
+    finally:
+        ws.close()
 
 
 def test_gradients_through_an_offloaded_model_are_the_in_memory_ones(tiny_checkpoint, tmp_path: Path) -> None:
@@ -346,6 +431,22 @@ def test_memit_and_alphaedit_on_a_bfloat16_model_solve_in_float64_and_round_once
         after = lm.model.get_parameter(n).detach()
         assert after.dtype == torch.bfloat16
         assert torch.equal(after, (before[n].double() + part.dense()).to(torch.bfloat16))  # rounded once
+
+
+def test_an_editor_keeps_the_held_out_keys_of_one_weight_state(tiny_checkpoint, isolated_cache: Path) -> None:
+    """A batch's held-out keys (d_ff x 2048 float64 per layer: 128 MiB a layer for a 1B model) are
+    kept for the weight state they were taken on only, not for every state a session went through."""
+    from auditor.run.batch import edit_batch
+    from auditor.run.edit import Editor
+
+    editor = Editor(load_model(tiny_checkpoint("llama"), device="cpu"))
+    states = []
+    for pair in (TWO, TWO[::-1]):
+        states.append(editor.fingerprint())
+        res = edit_batch(editor, pair, method="memit", hparams=TINY_BATCH_HP, measure_ppl=False, allow_collapse=True)
+        assert res.status == "applied", res.error
+        assert editor.fingerprint() != states[-1]
+    assert sorted(editor._held_out) == [(0, states[1]), (1, states[1])]  # the second batch's, not the first's
 
 
 @pytest.mark.slow

@@ -48,7 +48,13 @@ def max_positions(config: Any) -> int | None:
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """Where the model computes: the first device of accelerate's map that is not ``cpu`` or
+    ``disk`` (a dispatched model), else its first parameter's that is not ``meta`` (an offloaded
+    parameter sits there), else the CPU. Inputs put there are moved on by accelerate's hooks."""
+    mapped = [d for d in (getattr(model, "hf_device_map", None) or {}).values() if str(d) not in ("cpu", "disk")]
+    if mapped:
+        return torch.device(mapped[0])
+    return next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
 
 
 @torch.no_grad()
@@ -60,7 +66,7 @@ def perplexity_of_tokens(model: torch.nn.Module, tokens: torch.Tensor, batch_siz
     for start in range(0, tokens.shape[0], batch_size):
         batch = tokens[start:start + batch_size].to(device)  # (B, T)
         logits = model(input_ids=batch).logits[:, :-1].float()  # (B, T-1, V)
-        targets = batch[:, 1:]  # (B, T-1)
+        targets = batch[:, 1:].to(logits.device)  # (B, T-1)
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
         total_nll += float(nll)
         total_count += targets.numel()

@@ -449,7 +449,7 @@ def _big_model_options(folder: Path, config: Any, dtype: torch.dtype, device: to
         raise CheckpointError("--max-memory and --offload-folder need safetensors weights (pickle weights are "
                               "loaded whole)")
     if not max_memory:  # an offload folder alone: weights up to the device's memory less the working memory
-        room = physical[next(iter(physical))] - plan.working - plan.largest_block
+        room = physical[next(iter(physical))] - plan.on(next(iter(physical))) - plan.largest_block
         max_memory = {(k if k == "cpu" else int(k)): room for k in list(physical)[:1]}
     if device.type == "cpu":  # accelerate would place weights on any GPU it sees: keep to the CPU
         max_memory = {"cpu": max_memory.get("cpu", 0)}

@@ -7,6 +7,10 @@ method's edited layers from ``resources/hparams/<method>_<family>.json`` and add
 * ``weights``: every unique parameter in the load dtype (accelerate's ``compute_module_sizes``
   does the same sum for ``device_map="auto"``);
 * ``stats_held``: C = E[k k^T] of each edited layer, d_ff x d_ff float32, kept by the Editor;
+* ``held_out``: MEMIT's and AlphaEdit's held-out text keys (``HELD_OUT_TOKENS`` keys of d_ff
+  float64 per edited layer, for the batch's ``held_out_change``), held from the batch's start
+  through its evaluation, in host memory wherever the edit computes (``stats.held_out_keys``
+  keeps them on the CPU): on the computing device only when that is the CPU;
 * ``stats_pass``: one layer's statistics pass: the float64 accumulator and its k^T k product
   (2 x 8 d_ff^2), one batch's keys in float64 and the forward activations up to that layer;
 * ``v_star``: the v* (ROME) / z* (MEMIT, AlphaEdit) optimisation of at most ``V_BATCH``
@@ -19,7 +23,8 @@ method's edited layers from ``resources/hparams/<method>_<family>.json`` and add
   C and an identity; MEMIT: C, K K^T, A and the LU factor of ``solve``; AlphaEdit: those plus
   ``eigh``'s eigenvectors and the projector P), plus the dense float64 update and weight copy.
 
-``peak = weights + stats_held + max(stats_pass, v_star, solve, evaluate)``: the phases run one
+``peak = weights + stats_held + max(stats_pass, v_star, solve, evaluate)`` on the computing device,
+plus ``held_out`` in host memory (on the same memory when the CPU computes: ``cpu_peak``): the phases run one
 after another (kmeng01/memit ``compute_ks``/``compute_z``/``memit_main``; jianghoucheng/AlphaEdit
 ``AlphaEdit_main``). The estimate is checked against measured peaks by ``bench/bench_scale.py``.
 
@@ -59,6 +64,7 @@ V_TARGET_TOKENS = 3  # tokens of a target: the head is applied at these position
 SCORE_BATCH = 64  # prompts scored in one pass (auditor.measure.collateral.SCORE_BATCH; a test checks)
 SCORE_TOKENS = 16  # tokens of a scored prompt with its target
 EVAL_ROWS_PER_REQUEST = 32  # prompts scored per request: efficacy, paraphrases, neighbourhood, audit swaps
+HELD_OUT_TOKENS = 2048  # held-out keys per layer of a batch (auditor.engine.stats.HELD_OUT_TOKENS; a test checks)
 
 
 class MemoryPlanError(AuditorError, RuntimeError):
@@ -92,6 +98,7 @@ class MemoryPlan:
     prompts: int = V_PROMPTS_PER_REQUEST  # v* prompts per request
     prompt_tokens: int = V_PROMPT_TOKENS  # tokens per v* prompt
     evaluate: int = 0  # one scoring pass of the edit's evaluation and collateral audit
+    held_out: int = 0  # a batch's held-out text keys (float64), held through the whole batch
 
     @property
     def working(self) -> int:
@@ -100,10 +107,20 @@ class MemoryPlan:
 
     @property
     def peak(self) -> int:
+        """The computing device's peak (a batch's held-out keys are in host memory besides)."""
         return self.weights + self.working
 
+    @property
+    def cpu_peak(self) -> int:
+        """The peak when the CPU computes: the device's and the host's memory are one."""
+        return self.peak + self.held_out
+
+    def on(self, compute: str) -> int:
+        """What the edit needs on ``compute`` besides the weights (``"cpu"`` or a GPU's name)."""
+        return self.working + (self.held_out if compute == "cpu" else 0)
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "working": self.working, "peak": self.peak}
+        return {**asdict(self), "working": self.working, "peak": self.peak, "cpu_peak": self.cpu_peak}
 
     def rows(self) -> dict[str, str]:
         """The plan as ``label: size`` lines for a table."""
@@ -116,12 +133,14 @@ class MemoryPlan:
             "weights": human(self.weights),
             "largest block": human(self.largest_block),
             f"key statistics held ({len(self.edited_layers)} x {d}x{d} float32)": human(self.stats_held),
+            f"held-out keys ({HELD_OUT_TOKENS} per layer, float64, host memory)": human(self.held_out),
             "key statistics pass (float64, one layer)": human(self.stats_pass),
             "v* optimisation": human(self.v_star),
             f"float64 solve ({self.method}, edited layer only)": human(self.solve),
             f"evaluation ({SCORE_BATCH} prompts a pass)": human(self.evaluate),
-            "working memory": human(self.working),
-            "peak": human(self.peak),
+            "working memory (computing device)": human(self.working),
+            "peak (computing device)": human(self.peak),
+            "peak, computed on the CPU": human(self.cpu_peak),
         }
 
     def table(self) -> str:
@@ -137,22 +156,25 @@ class MemoryPlan:
         hold, device names ``"0"``, ``"cpu"``), or None for the whole model on one device.
         ``physical`` is each present device's whole memory. The computing device is the first GPU
         of the budget, else ``cpu``; it also holds the working memory and one materialised block.
+        A batch's held-out keys are in host memory (``cpu``) wherever the edit computes.
         """
         compute = next(iter(physical)) if not budget else next((k for k in budget if k != "cpu"), "cpu")
-        extra = self.working + self.largest_block
+        extra = self.on(compute) + self.largest_block
         if not budget:
             room = physical[compute]
-            if self.peak > room:
-                return f"it needs {human(self.peak)} ({human(self.weights)} of weights), {compute} has {human(room)}"
+            need = self.weights + self.on(compute)
+            if need > room:
+                return f"it needs {human(need)} ({human(self.weights)} of weights), {compute} has {human(room)}"
             return None
         if self.weights > sum(budget.values()) and not offload_folder:
             return (f"its weights take {human(self.weights)}, more than the {human(sum(budget.values()))} "
                     f"--max-memory allows, and no --offload-folder is given")
         for dev, allowed in budget.items():
-            held = min(allowed, self.weights) + (extra if dev == compute else 0)
+            held = min(allowed, self.weights) + (extra if dev == compute else self.held_out if dev == "cpu" else 0)
             if dev in physical and held > physical[dev]:
                 return (f"{dev} would hold {human(held)} (weights up to {human(min(allowed, self.weights))}"
-                        + (f" + working memory and one block {human(extra)}" if dev == compute else "")
+                        + (f" + working memory and one block {human(extra)}" if dev == compute else
+                           f" + held-out keys {human(self.held_out)}" if dev == "cpu" and self.held_out else "")
                         + f"), it has {human(physical[dev])}")
         return None
 
@@ -168,8 +190,8 @@ class MemoryPlan:
         if budget and not offload_folder and self.verdict(budget, physical, offload_folder=True) is None:
             spilled = self.weights - sum(budget.values())
             out.append(f"--offload-folder DIR (the other {human(spilled)} of weights on disk)")
-        elif room is not None and room > self.working + self.largest_block:
-            weights_here = int(room - self.working - self.largest_block) * 9 // 10
+        elif room is not None and room > self.on(compute) + self.largest_block:
+            weights_here = int(room - self.on(compute) - self.largest_block) * 9 // 10
             spill = {compute: weights_here}
             if self.verdict(spill, physical, offload_folder=True) is None:
                 out.append(f"--max-memory {compute}={human(weights_here).replace(' ', '')} --offload-folder DIR "
@@ -179,7 +201,7 @@ class MemoryPlan:
             if rome.verdict(budget, physical, offload_folder=offload_folder) is None:
                 out.append(f"--method rome (working memory {human(rome.working)})")
         if not out:
-            out.append(f"a device with at least {human(self.working + self.largest_block)} free for the working "
+            out.append(f"a device with at least {human(self.on(compute) + self.largest_block)} free for the working "
                        "memory (it cannot be offloaded)")
         return out
 
@@ -327,10 +349,11 @@ def assemble(model: str, method: str, dtype: str, shape: dict[str, int], *, edit
     # the dense float64 update and weight copy; MEMIT/AlphaEdit also snapshot every edited weight
     dense = 2 * out * d * 8 + (len(edited_layers) * out * d * act if method != "rome" else 0)
     solve = SOLVE_SQUARES[method] * 8 * d * d + dense
+    held_out = len(edited_layers) * d * HELD_OUT_TOKENS * 8 if method != "rome" else 0
     return MemoryPlan(model=model, method=method, dtype=dtype, **shape, edited_layers=list(edited_layers),
                       weights=weights, largest_block=largest_block, stats_held=len(edited_layers) * 4 * d * d,
                       stats_pass=stats_pass, v_star=v_star, solve=solve, requests=requests, prompts=prompts,
-                      prompt_tokens=prompt_tokens, evaluate=evaluate)
+                      prompt_tokens=prompt_tokens, evaluate=evaluate, held_out=held_out)
 
 
 def shape_of(plan: MemoryPlan) -> dict[str, int]:

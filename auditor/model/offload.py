@@ -23,7 +23,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,19 @@ def write_param(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
     # now points at the new .dat file in the offload folder (the checkpoint is never written)
     loader.save_folder = str(folder)
     offload_weight(value.detach().to("cpu", dtype).contiguous(), key, str(folder), index=loader.index)
+
+
+def snapshot_params(model: torch.nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Copies of the named weights wherever they live (an offloaded one read from its store), for
+    :func:`restore_params` to put back."""
+    return {n: read_param(model, n).clone() for n in names}
+
+
+@torch.no_grad()
+def restore_params(model: torch.nn.Module, saved: Mapping[str, torch.Tensor]) -> None:
+    """Put a :func:`snapshot_params` back, in memory or in the offload store."""
+    for name, tensor in saved.items():
+        write_param(model, name, tensor)
 
 
 class _Recording(Mapping):

@@ -49,7 +49,7 @@ from auditor.base import AuditorError
 from auditor.files import OutputError, ReadError, atomic_folder, check_output, check_regular, owned_files, read_regular
 from auditor.engine.deltas import AnyDelta, apply_delta, load_delta
 from auditor.model.checkpoint import LoadedModel, fingerprint_model, fingerprint_tensors, resolve_dtype
-from auditor.model.offload import read_param
+from auditor.model.offload import read_param, restore_params, snapshot_params
 from auditor.record.ledger import app_version, sha256_file
 
 if TYPE_CHECKING:
@@ -345,13 +345,12 @@ def check_patch(lm: LoadedModel, patch_dir: str | Path, *, base_fingerprint: str
 @torch.no_grad()
 def apply_checked(model: torch.nn.Module, patch: CheckedPatch) -> None:
     """Apply a checked patch's deltas in order; on any failure every touched weight is restored."""
-    saved = {name: model.get_parameter(name).detach().clone() for name in patch.params}
+    saved = snapshot_params(model, patch.params)  # offloaded weights: read from their store
     try:
         for delta in patch.deltas:
             apply_delta(model, delta)
     except BaseException:
-        for name, tensor in saved.items():
-            model.get_parameter(name).copy_(tensor)
+        restore_params(model, saved)
         raise
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from auditor.measure.metrics import greedy_answer
+from auditor.model.offload import restore_params, snapshot_params
 from auditor.record.ledger import entry_params
 
 if TYPE_CHECKING:
@@ -61,16 +62,13 @@ def weights_at(ws: Workspace, upto: int = 0) -> Iterator[int]:
     upto = max(0, min(int(upto), head))
     now, then = ws.ledger.active_at(head), ws.ledger.active_at(upto) if upto else []
     params = sorted({p for e in (*now, *then) for p in entry_params(e)})
-    model = ws.lm.model
-    saved = {p: model.get_parameter(p).detach().clone() for p in params}
+    saved = snapshot_params(ws.lm.model, params)  # offloaded weights: read from their store
     try:
         for p in params:
             ws._rebuild(p, upto=upto)  # base tensor + the deltas in effect at `upto`, in ledger order
         yield len(then)
     finally:
-        with torch.no_grad():
-            for p, tensor in saved.items():
-                model.get_parameter(p).copy_(tensor)
+        restore_params(ws.lm.model, saved)  # in memory or in the offload store
 
 
 def ask(ws: Workspace, prompt: str, *, max_new_tokens: int = 8, upto: int = 0) -> Answers:

@@ -169,10 +169,12 @@ class Editor:
         weight state: each batch's ``held_out_change`` is measured on them."""
         from auditor.engine.stats import held_out_keys
 
-        key = (layer, self.fingerprint())
+        fp = self.fingerprint()
+        key = (layer, fp)
         if key not in self._held_out:
-            if len(self._held_out) > 64:
-                self._held_out.clear()
+            # only the current weight state's keys are kept: each is d_ff x 2048 float64 per layer
+            # (128 MiB for a 1B model's layer), and a batch moves the weights to a new state
+            self._held_out = {k: v for k, v in self._held_out.items() if k[1] == fp}
             self._held_out[key] = held_out_keys(self.lm, layer)
         return self._held_out[key]
 

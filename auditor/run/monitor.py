@@ -39,6 +39,7 @@ import torch
 
 from auditor.base import AuditorError
 from auditor.measure.guard import above, below
+from auditor.model.offload import read_param, restore_params, snapshot_params, write_param
 
 if TYPE_CHECKING:
     from auditor.measure.watch_bank import WatchBank
@@ -246,7 +247,7 @@ class Monitor:
         prev = self.history[-1] if self.history else None  # the previous step's figures (None: the base)
         matrices = {}
         for param in sorted(_active_params(ws) | set(_result_params(result))):
-            base, now = self.base_figures(ws, param), matrix_figures(ws.lm.model.get_parameter(param))
+            base, now = self.base_figures(ws, param), matrix_figures(read_param(ws.lm.model, param))
             before = (prev or {}).get("matrices", {}).get(param, base)
             matrices[param] = {"norm_ratio": now["norm"] / base["norm"], "cond_ratio": now["cond"] / base["cond"],
                                "norm": now["norm"], "cond": now["cond"], "norm_jump": now["norm"] / before["norm"]}
@@ -337,15 +338,13 @@ def base_perplexity(ws: "Workspace") -> float:
     if ws.fingerprint == ws.base_fingerprint:
         return ws.editor.perplexity()
     params = sorted(_active_params(ws))
-    saved = {p: ws.lm.model.get_parameter(p).detach().clone() for p in params}
+    saved = snapshot_params(ws.lm.model, params)  # offloaded weights: read from their store
     try:
         for p in params:
-            w = ws.lm.model.get_parameter(p)
-            w.copy_(ws.base_tensor(p).to(device=w.device, dtype=w.dtype))
+            write_param(ws.lm.model, p, ws.base_tensor(p))
         return ws.editor.ppl.compute()
     finally:
-        for p, t in saved.items():
-            ws.lm.model.get_parameter(p).copy_(t)
+        restore_params(ws.lm.model, saved)
 
 
 def threshold_fields() -> list[str]:

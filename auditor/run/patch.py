@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from auditor.engine.deltas import DeltaSet
 from auditor.model.checkpoint import fingerprint_model
+from auditor.model.offload import restore_params, snapshot_params
 from auditor.record.export import CheckedPatch, apply_checked, check_patch
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def apply_patch_to_workspace(ws: "Workspace", patch_dir: str | Path, *, note: st
         patch = check_patch(ws.lm, patch_dir, base_fingerprint=ws.base_fingerprint)
         delta = patch_delta(patch)
         before = ws.fingerprint
-        saved = {name: ws.lm.model.get_parameter(name).detach().clone() for name in patch.params}
+        saved = snapshot_params(ws.lm.model, patch.params)  # offloaded weights: read from their store
         try:
             apply_checked(ws.lm.model, patch)
             after = fingerprint_model(ws.lm.model)
@@ -74,11 +75,7 @@ def apply_patch_to_workspace(ws: "Workspace", patch_dir: str | Path, *, note: st
                 "fingerprint_before": before, "fingerprint_after": after,
             }, delta=delta)
         except BaseException:
-            import torch
-
-            with torch.no_grad():
-                for name, tensor in saved.items():
-                    ws.lm.model.get_parameter(name).copy_(tensor)
+            restore_params(ws.lm.model, saved)
             raise
         ws._synced_id = entry.id
         ws._weights_changed()
