@@ -255,6 +255,7 @@ def test_audit_trail_lists_sorts_filters_and_searches(qtbot, ledger):
 
     long = "batch of 2: The Eiffel Tower → Rome, Canada → Sydney, and a few more words to make it long"
     audit.set_rows([{**r, "subject": long} if r["id"] == 2 else r for r in rows_of(ledger.entries())])
+    audit.widths.flush()  # the columns are measured when the table is seen (ui.refresh); it is not shown here
     col = [k for k, _ in COLUMNS].index("subject")
     assert audit.table.columnWidth(col) <= MAX_COLUMN_WIDTH
     cell = audit.proxy.index([audit.proxy.index(i, 0).data() for i in range(3)].index("2"), col)
@@ -346,6 +347,7 @@ def test_health_charts_keep_their_edge_points_and_title_inside_at_1280x800(qtbot
         chart.resize(360, 200)  # a little under the ~390 px it gets at 1280x800
         chart.show()
         chart.set_points(points, limit)
+        qtbot.waitUntil(lambda: chart.refresh.redraws == 1)  # drawn by its ui.refresh.Refresh, soon after
         qtbot.wait(20)
         (x0, x1), _ = chart.plot_item.viewRange()
         assert x0 <= 0.5 and x1 >= 4.5  # room for the first and the last point
