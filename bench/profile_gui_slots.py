@@ -6,9 +6,11 @@ driven through the same slots (apply, revert from the Edit run tab and from anot
 sequence, a tab switch, a close during an edit), and every ``processEvents()`` call is timed with
 ``time.thread_time()`` (the GUI thread's CPU). Printed per action: the GUI CPU of the longest
 event-loop turn, the total, the turns, and the live charts' redraws. ``--profile ACTION`` prints
-cProfile's top functions of the GUI thread for that action.
+cProfile's top functions of the GUI thread for that action, ``--longest-turn ACTION`` those of its
+longest turn (each turn profiled on its own).
 
-    QT_QPA_PLATFORM=offscreen nice -n 10 .venv/bin/python bench/profile_gui_slots.py [--entries N] [--profile revert]
+    QT_QPA_PLATFORM=offscreen nice -n 10 .venv/bin/python bench/profile_gui_slots.py [--entries N]
+        [--profile "revert (Edit run tab)"] [--longest-turn "apply again"]
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=6, help="ledger entries made before the measured actions")
     parser.add_argument("--profile", default="", help="actions to run under cProfile, comma-separated (as printed)")
+    parser.add_argument("--longest-turn", default="",
+                        help="actions whose longest event-loop turn is profiled, comma-separated")
     args = parser.parse_args()
 
     from PySide6.QtCore import QEventLoop, QSettings
@@ -67,18 +71,30 @@ def main() -> int:
     turns: list[float] = []
     profiles: dict[str, cProfile.Profile] = {}
     wanted = {a.strip() for a in args.profile.split(",") if a.strip()}
+    wanted_turns = {a.strip() for a in args.longest_turn.split(",") if a.strip()}
+
+    longest: dict[str, tuple[float, cProfile.Profile]] = {}  # action -> its longest turn, profiled
+    current = {"name": ""}
+
+    def turn() -> None:
+        prof = cProfile.Profile() if current["name"] in wanted_turns else None
+        t0 = time.thread_time()
+        if prof is not None:
+            prof.enable()
+        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents)
+        if prof is not None:
+            prof.disable()
+        turns.append(time.thread_time() - t0)
+        if prof is not None and turns[-1] > longest.get(current["name"], (0.0, None))[0]:
+            longest[current["name"]] = (turns[-1], prof)
 
     def spin(until, timeout=300.0) -> None:
         end = time.monotonic() + timeout
         while not until() and time.monotonic() < end:
-            t0 = time.thread_time()
-            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents)
-            turns.append(time.thread_time() - t0)
+            turn()
             time.sleep(0.002)
         for _ in range(20):  # what the last slots posted (deferred redraws, paints)
-            t0 = time.thread_time()
-            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents)
-            turns.append(time.thread_time() - t0)
+            turn()
             time.sleep(0.01)
 
     def idle() -> bool:
@@ -94,9 +110,10 @@ def main() -> int:
     def live_redraws() -> int:
         return w.live_chart.redraws + getattr(w.sequence_view, "redraws", 0)
 
-    def measure(name: str, act, until=idle) -> None:
-        spin(until)
+    def measure(name: str, act, until=idle, before=idle) -> None:
+        spin(before)
         turns.clear()
+        current["name"] = name
         redraws = live_redraws()
         prof = profiles.setdefault(name, cProfile.Profile()) if name in wanted else None
         if prof is not None:
@@ -153,7 +170,10 @@ def main() -> int:
 
     p.target_new.setText("Berlin")
     measure("apply from the Audit tab", apply, lambda: w.live_chart.steps >= 1 or not w.runner.busy)
-    measure("close during an edit", close_and_quit, lambda: not w.isVisible())
+    measure("close during an edit", close_and_quit, lambda: not w.isVisible(), before=lambda: True)
+    for name, (took, prof) in longest.items():
+        print(f"\n---- {name}: its longest event-loop turn ({took * 1000:.1f} ms of GUI CPU, profiled)")
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
     for name, prof in profiles.items():
         print(f"\n---- {name}: the GUI thread's functions by cumulative time")
         pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
