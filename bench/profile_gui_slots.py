@@ -41,7 +41,7 @@ def main() -> int:
                         help="actions whose longest event-loop turn is profiled, comma-separated")
     args = parser.parse_args()
 
-    from PySide6.QtCore import QEventLoop, QSettings
+    from PySide6.QtCore import QEvent, QEventLoop, QObject, QSettings
     from PySide6.QtWidgets import QApplication
 
     from auditor.model.checkpoint import demo_folder
@@ -105,7 +105,20 @@ def main() -> int:
     w.ask_view.prompt.setText("The capital of France is")
     spin(idle)
     print(f"tiny Llama workspace with {len(w.rows)} entries; load {os.getloadavg()[0]:.1f}")
-    print(f"{'action':28s} {'max turn ms':>11s} {'total ms':>9s} {'turns':>6s} {'live redraws':>12s}")
+    print(f"{'action':28s} {'max turn ms':>11s} {'total ms':>9s} {'turns':>6s} {'live redraws':>12s} "
+          f"{'chart resizes':>13s}")
+
+    class Resizes(QObject):  # a chart resized is a chart whose every axis is laid out and drawn again
+        count = 0
+
+        def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+            if event.type() == QEvent.Type.Resize:
+                Resizes.count += 1
+            return False
+
+    resizes = Resizes()
+    for chart in (w.live_chart, w.ppl_chart, w.den_chart, w.sequence_view.charts):
+        chart.installEventFilter(resizes)
 
     def live_redraws() -> int:
         return w.live_chart.redraws + getattr(w.sequence_view, "redraws", 0)
@@ -114,7 +127,7 @@ def main() -> int:
         spin(before)
         turns.clear()
         current["name"] = name
-        redraws = live_redraws()
+        redraws, resized = live_redraws(), Resizes.count
         prof = profiles.setdefault(name, cProfile.Profile()) if name in wanted else None
         if prof is not None:
             prof.enable()
@@ -125,7 +138,7 @@ def main() -> int:
         if prof is not None:
             prof.disable()
         print(f"{name:28s} {max(turns) * 1000:11.1f} {sum(turns) * 1000:9.1f} {len(turns):6d} "
-              f"{live_redraws() - redraws:12d}", flush=True)
+              f"{live_redraws() - redraws:12d} {Resizes.count - resized:13d}", flush=True)
 
     p = w.panel
     p.hp["v_num_grad_steps"].setValue(TINY_HP["v_num_grad_steps"])

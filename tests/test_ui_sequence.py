@@ -94,6 +94,7 @@ def test_sequence_view_draws_live_and_shows_the_stop(window, tmp_path: Path) -> 
     final = view.final
     assert final["stopped"] and "norm_ratio" in final["reason"], [(s["norm_ratio"], s["status"], s["errors"]) for s in view.steps]
     assert "Stopped at step" in view.status.text() and "norm_ratio" in view.status.text()
+    assert spin(lambda: not view.refresh.stale and view.refresh.pieces is None, 10)  # drawn, a plot a turn
     x, y = view.curves["norm_ratio"].getData()
     assert list(x) == [s["edits"] for s in view.steps] and len(x) == final["stopped_at_step"]
     assert y[-1] > 1.3 and all(v <= 1.3 for v in y[:-1])

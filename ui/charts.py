@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import pyqtgraph as pg
 from PySide6.QtCore import QSize, Signal
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QScrollArea, QWidget
+from PySide6.QtWidgets import QGraphicsItem, QScrollArea, QWidget
 
 from .refresh import Refresh
 
@@ -48,6 +48,30 @@ class IntAxis(pg.AxisItem):
             lo, hi = int(math.ceil(minVal)), int(math.floor(maxVal))
             out = [(1.0, list(range(lo, hi + 1)))]
         return out
+
+
+LEFT_AXIS_PX = 48  # the left axis of a live chart, with its label: as wide empty as with values (see cache_axes)
+TICKS_AXIS_PX = 40  # a left axis without a label (the Sequence tab's: "1.002", "0.95", "450")
+BOTTOM_AXIS_PX = 38  # a bottom axis with tick values and a label (20 without the label)
+
+
+def cache_axes(plot: pg.PlotItem, left_width: float | None = None, bottom_height: float | None = None) -> None:
+    """Keep each axis's rendered picture between paints (Qt's item cache); ``left_width`` and
+    ``bottom_height``: a fixed size for the left and the bottom axis.
+
+    With a grid, an axis covers its whole plot, so every curve update repainted all of a chart's
+    axes, replaying their tick labels' text at 3-8 ms an axis (the bulk of the GUI thread's time
+    after an edit or a revert, measured with bench/profile_gui_slots.py). Cached, an unchanged axis
+    is one blit; it is rendered again only when its range or size changes. An axis sized by its
+    tick labels changes size with them (none on an empty chart, then "12.5"), and a new size lays
+    out every plot of the chart again: a live chart's axes have a fixed size.
+    """
+    for name in ("left", "bottom", "right", "top"):
+        plot.getAxis(name).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+    if left_width is not None:
+        plot.getAxis("left").setWidth(left_width)
+    if bottom_height is not None:
+        plot.getAxis("bottom").setHeight(bottom_height)
 
 
 class _FitPage(QWidget):
@@ -134,6 +158,8 @@ class LiveEditChart(pg.GraphicsLayoutWidget):
         self.prob_plot.setXLink(self.loss_plot)
         self.prob_plot.setYRange(0.0, 1.0, padding=0.02)
         self.prob_plot.showGrid(x=True, y=True, alpha=0.2)
+        cache_axes(self.loss_plot, LEFT_AXIS_PX, BOTTOM_AXIS_PX - 18)  # ticks, no label (the x axis is shared)
+        cache_axes(self.prob_plot, LEFT_AXIS_PX, BOTTOM_AXIS_PX)
         self.loss_curve = self.loss_plot.plot([], [], pen=pg.mkPen(BLUE, width=2), symbol="o", symbolSize=5,
                                               symbolBrush=BLUE, symbolPen=None)
         self.prob_curve = self.prob_plot.plot([], [], pen=pg.mkPen(ORANGE, width=2), symbol="o", symbolSize=5,
@@ -141,6 +167,8 @@ class LiveEditChart(pg.GraphicsLayoutWidget):
         self._steps: list[int] = []
         self._loss: list[float] = []
         self._prob: list[float] = []
+        self._total: int | None = None  # the optimisation's steps: the x axis spans them from the start
+        self._x_range: tuple[float, float] | None = None
         self.empty_notes = [EmptyNote(self.loss_plot, "the v* loss of each step appears here during an edit"),
                             EmptyNote(self.prob_plot, "P(new target) of each step appears here during an edit")]
         self.refresh = Refresh(self, self._redraw, delay_ms=REDRAW_MS)
@@ -163,6 +191,7 @@ class LiveEditChart(pg.GraphicsLayoutWidget):
         self._steps.clear()
         self._loss.clear()
         self._prob.clear()
+        self._total = self._x_range = None
         self.refresh.mark()
 
     def add(self, progress) -> None:
@@ -171,6 +200,8 @@ class LiveEditChart(pg.GraphicsLayoutWidget):
             return
         loss = progress.loss if progress.loss is not None else math.nan
         prob = progress.target_prob if progress.target_prob is not None else math.nan
+        if progress.total:
+            self._total = max(int(progress.total), self._total or 0)
         self._steps.append(int(progress.step))
         self._loss.append(float(loss))
         self._prob.append(float(prob))
@@ -186,6 +217,11 @@ class LiveEditChart(pg.GraphicsLayoutWidget):
             note.set_empty(not self._steps)
         self.loss_curve.setData(self._steps, self._loss)
         self.prob_curve.setData(self._steps, self._prob)
+        if self._steps and self._total:  # a fixed x axis: not measured and laid out again at every point
+            wanted = (min(0, min(self._steps)) - 0.5, max(self._total - 1, max(self._steps)) + 0.5)
+            if wanted != self._x_range:
+                self._x_range = wanted
+                self.loss_plot.setXRange(*wanted, padding=0)
 
 
 @dataclass
@@ -213,6 +249,7 @@ class _HealthChart(pg.PlotWidget):
         self.plot_item.setLabel("left", ylabel)
         self.plot_item.setLabel("bottom", "ledger entry")
         self.plot_item.showGrid(x=True, y=True, alpha=0.2)
+        cache_axes(self.plot_item)
         self.line = self.plot([], [], pen=pg.mkPen(GREY, width=1))
         self.points = pg.PlotDataItem([], [], pen=None, symbol="o", symbolSize=9)
         self.points.sigPointsClicked.connect(self._clicked)

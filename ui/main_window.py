@@ -362,6 +362,10 @@ class MainWindow(QMainWindow):
         self.result_label.setObjectName("resultSummary")
         self.result_label.setWordWrap(True)
         self.result_label.setTextFormat(Qt.TextFormat.RichText)
+        # room for a usual summary from the start: "Applying…" (one line) then a summary of four
+        # changed the label's height, which resized the three charts above it (all their axes drawn again)
+        self.result_label.setMinimumHeight(4 * self.result_label.fontMetrics().lineSpacing())
+        self.result_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         vsplit = QSplitter(Qt.Orientation.Vertical)
         vsplit.addWidget(self.live_chart)
         vsplit.addWidget(health)

@@ -14,13 +14,16 @@ during an edit. A :class:`Refresh` gives a view one rule instead:
   marks arrived meanwhile (a burst of progress events is one redraw).
 - Due redraws of several views are drawn one per turn, :data:`STAGGER_MS` apart, so their paints
   fall in separate event-loop turns instead of one long one (:class:`_Turns`).
+- A redraw too long for one turn is written as a generator: each ``yield`` ends a piece, and the
+  pieces are drawn one per turn like separate views (the Sequence tab's seven plots, one a turn).
+  A view being shown, or a :meth:`Refresh.flush`, draws every piece at once.
 
 :meth:`Refresh.flush` redraws now, visible or not (a screenshot, a test reading what is drawn).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtWidgets import QWidget
@@ -51,10 +54,14 @@ class _Turns(QObject):
 
     def _next(self) -> None:
         if self.due:
+            refresh = self.due.pop(0)
             try:
-                self.due.pop(0).draw_if_seen()
+                refresh.draw_if_seen()
+                again = refresh.pieces is not None and refresh.view.isVisible()
             except RuntimeError:  # its view was deleted (a closed window) while it waited
-                pass
+                again = False
+            if again:  # more pieces: after the views already waiting
+                self.add(refresh)
         if self.due:
             self.timer.start(STAGGER_MS)
 
@@ -72,10 +79,11 @@ def _queue() -> _Turns:
 class Refresh(QObject):
     """Redraws ``view`` with ``redraw()`` when the state it shows has changed and it can be seen."""
 
-    def __init__(self, view: QWidget, redraw: Callable[[], None], *, delay_ms: int = 0):
+    def __init__(self, view: QWidget, redraw: Callable[[], Iterator[None] | None], *, delay_ms: int = 0):
         super().__init__(view)
         self.view = view
         self._redraw = redraw
+        self.pieces: Iterator[None] | None = None  # the rest of a redraw drawn in pieces
         self.stale = False
         self.redraws = 0  # redraws done (tests count them; a burst of marks is one)
         self.timer = QTimer(self)
@@ -91,19 +99,36 @@ class Refresh(QObject):
             self.timer.start()
 
     def flush(self) -> None:
-        """Redraw now if stale, seen or not."""
+        """Redraw now if stale (every piece), seen or not."""
         self.timer.stop()
         _queue().drop(self)
-        if self.stale:
-            self.stale = False
-            self.redraws += 1
-            self._redraw()
+        self._start()
+        while self._piece():
+            pass
 
     def draw_if_seen(self) -> None:
+        """One piece of the redraw (the first, or the next) if the view is seen."""
         if self.view.isVisible():
-            self.flush()
+            self._start()  # a newer state, if any, replaces the pieces of an older one
+            self._piece()
+
+    def _start(self) -> None:
+        if self.stale:  # a new redraw: any unfinished one is dropped (it drew an older state)
+            self.stale = False
+            self.redraws += 1
+            out = self._redraw()
+            self.pieces = out if isinstance(out, Iterator) else None
+
+    def _piece(self) -> bool:
+        """Draw the next piece; False when there is none left."""
+        if self.pieces is None:
+            return False
+        if next(self.pieces, StopIteration) is StopIteration:
+            self.pieces = None
+            return False
+        return True
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
-        if obj is self.view and event.type() == QEvent.Type.Show and self.stale:
+        if obj is self.view and event.type() == QEvent.Type.Show and (self.stale or self.pieces is not None):
             self.flush()  # before the first paint: a view is never seen showing an old state
         return False

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import pyqtgraph as pg
@@ -38,7 +39,18 @@ from PySide6.QtWidgets import (
 from auditor.run.monitor import FIGURE_KEYS, FIGURES, MonitorError, Thresholds, parse_stop_on
 from auditor.run.report import PLOTS, THRESHOLD_OF
 
-from .charts import BLUE, RED, REDRAW_MS, EmptyNote, IntAxis, chart_page, wrapped
+from .charts import (
+    BLUE,
+    BOTTOM_AXIS_PX,
+    RED,
+    REDRAW_MS,
+    TICKS_AXIS_PX,
+    EmptyNote,
+    IntAxis,
+    cache_axes,
+    chart_page,
+    wrapped,
+)
 from .dialogs import output_refusal
 from .refresh import Refresh
 from .watch_panel import WatchPanel
@@ -131,6 +143,11 @@ class SequenceView(QWidget):
             plot.setLabel("bottom", "edits")
             self.empty_notes[key] = EmptyNote(plot, EMPTY_NOTE)
             plot.showGrid(x=True, y=True, alpha=0.2)
+            cache_axes(plot, TICKS_AXIS_PX, BOTTOM_AXIS_PX)
+            # the title spans the left axis too: with a fixed-width axis beside it, a title as wide
+            # as the plot area pushed the third column past the window at 1280x800
+            plot.layout.removeItem(plot.titleLabel)
+            plot.layout.addItem(plot.titleLabel, 0, 0, 1, 2)
             self.plots[key] = plot
             self.curves[key] = plot.plot([], [], pen=pg.mkPen(BLUE, width=2), symbol="o", symbolSize=5,
                                          symbolBrush=BLUE, symbolPen=None)
@@ -141,6 +158,7 @@ class SequenceView(QWidget):
         for col in range(3):  # three equal columns, whatever the titles' lengths
             self.charts.ci.layout.setColumnStretchFactor(col, 1)
             self.charts.ci.layout.setColumnMinimumWidth(col, 180)
+        self._drawn: dict[str, tuple] = {}  # key -> (xs, ys, threshold shown) as drawn
         self.refresh = Refresh(self.charts, self._redraw, delay_ms=REDRAW_MS)
         # the open model's monitor thresholds (its calibration or the defaults; the window sets them)
         self.base_thresholds = Thresholds()
@@ -310,8 +328,7 @@ class SequenceView(QWidget):
 
     def finish(self, final: dict[str, Any]) -> None:
         self.final = final
-        self.refresh.stale = True
-        self.refresh.draw_if_seen()  # the final curves now, or when the tab is shown
+        self.refresh.mark()  # the final curves soon, or when the tab is shown
         self.set_idle_text("cancelled" if final.get("cancelled") else "stopped" if final.get("stopped") else "done")
         if final.get("cancelled"):
             self.show_message("Cancelled: the edits already applied stay on record.")
@@ -345,12 +362,19 @@ class SequenceView(QWidget):
                 ys.append(float(v))
         return xs, ys
 
-    def _redraw(self) -> None:
+    def _redraw(self) -> Iterator[None]:
+        """One plot a piece (``ui.refresh``): each plot's axes are laid out and painted in an
+        event-loop turn of their own; a plot whose points did not change is not touched."""
         for key, curve in self.curves.items():
             xs, ys = self.series(key)
+            shown = self.threshold_shown.get(key, False) and bool(xs)
+            if self._drawn.get(key) == (xs, ys, shown):
+                continue
+            self._drawn[key] = (xs, ys, shown)
             self.empty_notes[key].set_empty(not xs)
-            self.threshold_lines[key].setVisible(self.threshold_shown.get(key, False) and bool(xs))
+            self.threshold_lines[key].setVisible(shown)
             curve.setData(xs, ys)
+            yield
 
 
 def _methods() -> list[str]:
