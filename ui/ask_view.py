@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from .entries import revertible
+from .refresh import SteadyLabel
 
 PLACEHOLDER = "Ask anything, e.g. The capital city of Canada is"
 BASE = "the base model"
@@ -42,8 +43,8 @@ class AskView(QGroupBox):
         self.against.addItem(BASE, 0)
         self.base_title = QLabel(f"<b>{BASE}</b>")
         self.current_title = QLabel("<b>current model</b>")
-        self.base_answer = QLabel("—")
-        self.current_answer = QLabel("—")
+        self.base_answer = SteadyLabel("—")
+        self.current_answer = SteadyLabel("—")
         for label in (self.base_answer, self.current_answer):
             label.setWordWrap(True)
             label.setTextFormat(Qt.TextFormat.RichText)

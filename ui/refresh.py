@@ -18,6 +18,10 @@ during an edit. A :class:`Refresh` gives a view one rule instead:
   pieces are drawn one per turn like separate views (the Sequence tab's seven plots, one a turn).
   A view being shown, or a :meth:`Refresh.flush`, draws every piece at once.
 
+Layout counts too: a chart resized lays out and draws all its axes again. A word-wrapped label
+above or below charts is a :class:`SteadyLabel`, whose height only grows, so a shorter or longer
+text ("Applying…", then a summary of six lines) does not resize the charts at every edit.
+
 :meth:`Refresh.flush` redraws now, visible or not (a screenshot, a test reading what is drawn).
 """
 
@@ -26,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from PySide6.QtCore import QEvent, QObject, QTimer
-from PySide6.QtWidgets import QWidget
+from PySide6.QtWidgets import QLabel, QWidget
 
 STAGGER_MS = 15  # between two views' redraws: each view's paint gets an event-loop turn of its own
 
@@ -132,3 +136,18 @@ class Refresh(QObject):
         if obj is self.view and event.type() == QEvent.Type.Show and (self.stale or self.pieces is not None):
             self.flush()  # before the first paint: a view is never seen showing an old state
         return False
+
+
+class SteadyLabel(QLabel):
+    """A word-wrapped label whose height only grows (the tallest text it has shown sets it)."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None):
+        super().__init__(text, parent)
+        self.setWordWrap(True)
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt API
+        super().setText(text)
+        if self.width() > 0:
+            need = self.heightForWidth(self.width())
+            if need > self.minimumHeight():
+                self.setMinimumHeight(need)
