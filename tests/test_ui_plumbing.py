@@ -255,6 +255,7 @@ def test_audit_trail_lists_sorts_filters_and_searches(qtbot, ledger):
 
     long = "batch of 2: The Eiffel Tower → Rome, Canada → Sydney, and a few more words to make it long"
     audit.set_rows([{**r, "subject": long} if r["id"] == 2 else r for r in rows_of(ledger.entries())])
+    audit.widths.flush()  # the columns are measured when the table is seen (ui.refresh); it is not shown here
     col = [k for k, _ in COLUMNS].index("subject")
     assert audit.table.columnWidth(col) <= MAX_COLUMN_WIDTH
     cell = audit.proxy.index([audit.proxy.index(i, 0).data() for i in range(3)].index("2"), col)
@@ -335,6 +336,38 @@ def test_batch_and_collateral_tables_read_as_words_before_any_run(qtbot):
         "ID", "Prompt", "Watched answer", "The model now"]
 
 
+def test_a_burst_of_progress_is_a_few_redraws_and_a_hidden_chart_none(qtbot):
+    """The live chart redraws once per burst of v* steps, not once per step (a fast optimiser used to
+    cost a repaint per tick), and not at all while hidden: it is drawn when shown, with every step."""
+    from auditor.base import Progress
+    from ui.charts import REDRAW_MS, LiveEditChart
+
+    chart = LiveEditChart()
+    qtbot.addWidget(chart)
+    chart.show()
+    qtbot.waitUntil(lambda: not chart.refresh.stale)
+    start = chart.redraws
+    for step in range(50):  # one burst: 50 steps within one event-loop turn
+        chart.add(Progress("v", step=step, total=100, loss=5.0 - step / 20, target_prob=step / 100))
+    qtbot.waitUntil(lambda: chart.drawn_points() == 50)
+    assert chart.redraws - start == 1
+    for step in range(50, 100):  # 50 more, the event loop turning between them
+        chart.add(Progress("v", step=step, total=100, loss=5.0 - step / 20, target_prob=step / 100))
+        qtbot.wait(2)
+    qtbot.waitUntil(lambda: chart.drawn_points() == 100)
+    assert 1 <= chart.redraws - start < 50 // 2, chart.redraws - start  # far fewer redraws than steps
+    chart.hide()
+    drawn = chart.redraws
+    chart.reset()
+    for step in range(30):
+        chart.add(Progress("v", step=step, total=30, loss=1.0, target_prob=0.5))
+        qtbot.wait(2)
+    qtbot.wait(3 * REDRAW_MS)
+    assert chart.redraws == drawn and chart.drawn_points() == 100  # hidden: stale, not redrawn
+    chart.show()  # drawn in its Show event, before its first paint
+    assert chart.redraws == drawn + 1 and chart.drawn_points() == 30
+
+
 def test_health_charts_keep_their_edge_points_and_title_inside_at_1280x800(qtbot):
     """The last entry's point was cut by the frame and the threshold subtitle ran past the chart at
     1280x800 (where each health chart is about 390 px wide)."""
@@ -346,6 +379,7 @@ def test_health_charts_keep_their_edge_points_and_title_inside_at_1280x800(qtbot
         chart.resize(360, 200)  # a little under the ~390 px it gets at 1280x800
         chart.show()
         chart.set_points(points, limit)
+        qtbot.waitUntil(lambda: chart.refresh.redraws == 1)  # drawn by its ui.refresh.Refresh, soon after
         qtbot.wait(20)
         (x0, x1), _ = chart.plot_item.viewRange()
         assert x0 <= 0.5 and x1 >= 4.5  # room for the first and the last point

@@ -94,6 +94,7 @@ def test_sequence_view_draws_live_and_shows_the_stop(window, tmp_path: Path) -> 
     final = view.final
     assert final["stopped"] and "norm_ratio" in final["reason"], [(s["norm_ratio"], s["status"], s["errors"]) for s in view.steps]
     assert "Stopped at step" in view.status.text() and "norm_ratio" in view.status.text()
+    assert spin(lambda: not view.refresh.stale and view.refresh.pieces is None, 10)  # drawn, a plot a turn
     x, y = view.curves["norm_ratio"].getData()
     assert list(x) == [s["edits"] for s in view.steps] and len(x) == final["stopped_at_step"]
     assert y[-1] > 1.3 and all(v <= 1.3 for v in y[:-1])
@@ -210,3 +211,51 @@ def test_every_chart_fits_the_sequence_tab_at_1280x800(qtbot) -> None:
         box = plot.sceneBoundingRect()
         assert box.right() <= view.charts.viewport().width() + 1, (key, box.right())
         assert plot.vb.boundingRect().height() >= 60, (key, plot.vb.boundingRect().height())
+
+
+def test_a_hidden_tab_is_not_redrawn_and_shows_the_new_state_when_made_current(window, tmp_path: Path) -> None:
+    """Issue 21 item 3 with ui.refresh: while another tab is current, a state change marks the Edit run
+    tab's charts stale instead of redrawing them (no GUI time on a tab nobody sees); made current,
+    the tab shows the new state before its first paint: the new edit's point, the revert in its
+    status line, the reverted model in its Ask box."""
+    from auditor.model.requests import EditRequest
+    from ui.entries import number
+
+    w = window
+    w.ask_view.prompt.setText("The capital of France is")
+    options = w.panel.options(dry_run=False)
+    assert w.start_edit(EditRequest(prompt="The capital of {} is", subject="France", target_new="Rome",
+                                    target_true="Paris"),
+                        {**options, "hparams": {**options["hparams"], **TINY_HP}, "allow_collapse": True})
+    assert spin(lambda: not w.runner.busy and w.ask_view.last is not None and w.ask_view.last.edits_in_effect == 1,
+                300), w.last_error
+    first = w.last_outcome.entry.id
+    assert w.last_outcome.result.status == "applied" and w.ppl_chart.point_count() == 1
+    charts = (w.ppl_chart, w.den_chart)
+    # the Sequence tab is current: one more edit (a sequence step), then the first edit's revert
+    view = w.sequence_view
+    w.tabs.setCurrentWidget(view)
+    drawn = [c.refresh.redraws for c in charts]
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps([{"prompt": "The capital of {} is", "subject": "Germany", "target_new": "Oslo"}]))
+    view.hparams = TINY_HP
+    QTest.keyClicks(view.requests_path, str(path))
+    view.stop_on.setText("none")
+    QTest.mouseClick(view.allow_collapse, Qt.MouseButton.LeftButton)
+    QTest.mouseClick(view.run_button, Qt.MouseButton.LeftButton)
+    assert spin(lambda: not w.runner.busy and view.final is not None, 300), w.last_error
+    assert view.final["edits_applied"] == 1
+    w.revert(first)
+    assert spin(lambda: not w.runner.busy and w.ask_view.last.edits_in_effect == 1
+                and any(r.get("reverted_by") for r in w.rows), 300), w.last_error
+    spin(lambda: False, 0.3)  # time for any redraw that would (wrongly) run while hidden
+    assert not w.ppl_chart.isVisible()
+    assert [c.refresh.redraws for c in charts] == drawn and all(c.refresh.stale for c in charts)
+    w.tabs.setCurrentIndex(0)  # the Edit run tab: its Show event redraws, before any paint
+    assert [c.refresh.redraws for c in charts] == [n + 1 for n in drawn] and not any(c.refresh.stale for c in charts)
+    edits = {r["id"] for r in w.rows if r.get("kind", "edit") == "edit" and r.get("status") == "applied"
+             and number(r.get("ppl_after")) is not None}
+    x, _ = w.ppl_chart.points.getData()
+    assert len(edits) == 2 and set(x) == edits
+    assert f"reverted by entry {w.rows[-1]['id']}" in w.result_label.text()
+    assert w.ask_view.last.edits_in_effect == 1 and "1 edit in effect" in w.info["entries"].text()

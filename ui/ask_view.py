@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from .entries import revertible
+from .refresh import SteadyLabel
 
 PLACEHOLDER = "Ask anything, e.g. The capital city of Canada is"
 BASE = "the base model"
@@ -42,14 +43,19 @@ class AskView(QGroupBox):
         self.against.addItem(BASE, 0)
         self.base_title = QLabel(f"<b>{BASE}</b>")
         self.current_title = QLabel("<b>current model</b>")
-        self.base_answer = QLabel("—")
-        self.current_answer = QLabel("—")
+        self.base_answer = SteadyLabel("—")
+        self.current_answer = SteadyLabel("—")
         for label in (self.base_answer, self.current_answer):
             label.setWordWrap(True)
             label.setTextFormat(Qt.TextFormat.RichText)
             label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.verdict = QLabel("")
-        self.verdict.hide()  # shown with the first answers
+        # heights that do not change with the answers: a taller or shorter box resized every chart
+        # below it, and a resized chart lays out and draws all its axes again (bench/profile_gui_slots.py)
+        line = self.fontMetrics().lineSpacing()
+        for label in (self.base_answer, self.current_answer):
+            label.setMinimumHeight(2 * line)
+        self.verdict.setMinimumHeight(line)
         grid = QGridLayout(self)
         grid.addWidget(self.prompt, 0, 0, 1, 3)
         grid.addWidget(QLabel("compare with"), 0, 3)
@@ -100,6 +106,5 @@ class AskView(QGroupBox):
         self.current_title.setText(f"<b>current model</b> ({answers.edits_in_effect} in effect)")
         self.base_answer.setText(f"<b>{html.escape(answers.base)}</b>")
         self.current_answer.setText(f"<b>{html.escape(answers.current)}</b>")
-        self.verdict.show()
         self.verdict.setText("<span style='color:#555'>same answer</span>" if answers.same else
                              "<span style='color:#b9770e'><b>the answers differ</b>: the edits changed this one</span>")

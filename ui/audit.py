@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from .entries import fmt, number, revertible
+from .refresh import Refresh
 
 COLUMNS: list[tuple[str, str]] = [
     ("id", "ID"),
@@ -281,6 +282,7 @@ class AuditTrail(QWidget):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         self.table.selectionModel().currentRowChanged.connect(self._row_changed)
+        self.widths = Refresh(self.table, self._fit_columns)
 
         self.detail = QTreeWidget()
         self.detail.setColumnCount(2)
@@ -319,15 +321,22 @@ class AuditTrail(QWidget):
 
     # ------------------------------------------------------------ content
     def set_rows(self, rows: list[dict[str, Any]]) -> None:
+        """The ledger's rows. The model and the selection follow at once; the columns' widths (a
+        measure of every cell) when the table is seen, once per burst (``ui.refresh``)."""
+        if rows == self.model.rows:
+            return  # nothing changed: no reset, no re-measure, no repaint
         keep = self.current.get("id") if self.current else None
         self.model.set_rows(rows)
         self._refill_choices()
         self._apply_filters()
+        self.widths.mark()
+        if keep is not None:
+            self.select_entry(keep)
+
+    def _fit_columns(self) -> None:
         self.table.resizeColumnsToContents()
         for c in range(len(COLUMNS)):  # a long subject ("batch of 2: ...") must not push the figures off screen
             self.table.setColumnWidth(c, min(self.table.columnWidth(c), MAX_COLUMN_WIDTH))
-        if keep is not None:
-            self.select_entry(keep)
 
     def _refill_choices(self) -> None:
         for combo, key in ((self.status_filter, "status"), (self.method_filter, "method")):

@@ -1,14 +1,17 @@
 """pyqtgraph charts: the live v* optimisation and the workspace's health across edits.
 
 * :class:`LiveEditChart` takes the engine's ``Progress`` events (phase ``"v"``: loss and
-  target probability per step). Points are appended to a buffer and the curves redrawn by
-  a ~50 ms timer, never once per signal, so a fast optimiser cannot flood the event loop.
+  target probability per step). Points are appended to a buffer and the curves redrawn at most
+  every :data:`REDRAW_MS`, never once per signal, so a fast optimiser cannot flood the event loop.
 * :class:`PerplexityChart` draws the perplexity after each edit and the collapse threshold
   (the base perplexity times the guard's ratio).
 * :class:`DenominatorChart` draws |u . k*| of each edit on a log scale, the collapse band
   (below the guard's threshold) shaded and flagged edits in red.
 
 Clicking a point of either health chart emits ``entry_clicked(entry_id)``.
+
+Every chart redraws through a :class:`ui.refresh.Refresh`: not while it is hidden (it is redrawn
+when shown), once per burst of changes, and not at all when what it shows did not change.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import math
 from dataclasses import dataclass
 
 import pyqtgraph as pg
-from PySide6.QtCore import QSize, QTimer, Signal
+from PySide6.QtCore import QSize, Signal
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QScrollArea, QWidget
+from PySide6.QtWidgets import QGraphicsItem, QScrollArea, QWidget
+
+from .refresh import Refresh
 
 pg.setConfigOptions(antialias=True, background="w", foreground="#333333")
 
@@ -27,7 +32,7 @@ BLUE = "#1f5fae"
 ORANGE = "#d9822b"
 RED = "#c0392b"
 GREY = "#7f8c8d"
-REDRAW_MS = 50
+REDRAW_MS = 80  # a live chart redraws at most 12 times a second, however fast its points arrive
 
 
 class IntAxis(pg.AxisItem):
@@ -43,6 +48,30 @@ class IntAxis(pg.AxisItem):
             lo, hi = int(math.ceil(minVal)), int(math.floor(maxVal))
             out = [(1.0, list(range(lo, hi + 1)))]
         return out
+
+
+LEFT_AXIS_PX = 48  # the left axis of a live chart, with its label: as wide empty as with values (see cache_axes)
+TICKS_AXIS_PX = 40  # a left axis without a label (the Sequence tab's: "1.002", "0.95", "450")
+BOTTOM_AXIS_PX = 38  # a bottom axis with tick values and a label (20 without the label)
+
+
+def cache_axes(plot: pg.PlotItem, left_width: float | None = None, bottom_height: float | None = None) -> None:
+    """Keep each axis's rendered picture between paints (Qt's item cache); ``left_width`` and
+    ``bottom_height``: a fixed size for the left and the bottom axis.
+
+    With a grid, an axis covers its whole plot, so every curve update repainted all of a chart's
+    axes, replaying their tick labels' text at 3-8 ms an axis (the bulk of the GUI thread's time
+    after an edit or a revert, measured with bench/profile_gui_slots.py). Cached, an unchanged axis
+    is one blit; it is rendered again only when its range or size changes. An axis sized by its
+    tick labels changes size with them (none on an empty chart, then "12.5"), and a new size lays
+    out every plot of the chart again: a live chart's axes have a fixed size.
+    """
+    for name in ("left", "bottom", "right", "top"):
+        plot.getAxis(name).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+    if left_width is not None:
+        plot.getAxis("left").setWidth(left_width)
+    if bottom_height is not None:
+        plot.getAxis("bottom").setHeight(bottom_height)
 
 
 class _FitPage(QWidget):
@@ -129,6 +158,8 @@ class LiveEditChart(pg.GraphicsLayoutWidget):
         self.prob_plot.setXLink(self.loss_plot)
         self.prob_plot.setYRange(0.0, 1.0, padding=0.02)
         self.prob_plot.showGrid(x=True, y=True, alpha=0.2)
+        cache_axes(self.loss_plot, LEFT_AXIS_PX, BOTTOM_AXIS_PX - 18)  # ticks, no label (the x axis is shared)
+        cache_axes(self.prob_plot, LEFT_AXIS_PX, BOTTOM_AXIS_PX)
         self.loss_curve = self.loss_plot.plot([], [], pen=pg.mkPen(BLUE, width=2), symbol="o", symbolSize=5,
                                               symbolBrush=BLUE, symbolPen=None)
         self.prob_curve = self.prob_plot.plot([], [], pen=pg.mkPen(ORANGE, width=2), symbol="o", symbolSize=5,
@@ -136,14 +167,15 @@ class LiveEditChart(pg.GraphicsLayoutWidget):
         self._steps: list[int] = []
         self._loss: list[float] = []
         self._prob: list[float] = []
-        self._dirty = False
-        self.redraws = 0
+        self._total: int | None = None  # the optimisation's steps: the x axis spans them from the start
+        self._x_range: tuple[float, float] | None = None
         self.empty_notes = [EmptyNote(self.loss_plot, "the v* loss of each step appears here during an edit"),
                             EmptyNote(self.prob_plot, "P(new target) of each step appears here during an edit")]
-        self._timer = QTimer(self)
-        self._timer.setInterval(REDRAW_MS)
-        self._timer.timeout.connect(self._redraw)
-        self._timer.start()
+        self.refresh = Refresh(self, self._redraw, delay_ms=REDRAW_MS)
+
+    @property
+    def redraws(self) -> int:
+        return self.refresh.redraws
 
     @property
     def steps(self) -> int:
@@ -159,7 +191,8 @@ class LiveEditChart(pg.GraphicsLayoutWidget):
         self._steps.clear()
         self._loss.clear()
         self._prob.clear()
-        self._dirty = True
+        self._total = self._x_range = None
+        self.refresh.mark()
 
     def add(self, progress) -> None:
         """Buffer one engine ``Progress`` event; only phase ``"v"`` steps are charted."""
@@ -167,25 +200,28 @@ class LiveEditChart(pg.GraphicsLayoutWidget):
             return
         loss = progress.loss if progress.loss is not None else math.nan
         prob = progress.target_prob if progress.target_prob is not None else math.nan
+        if progress.total:
+            self._total = max(int(progress.total), self._total or 0)
         self._steps.append(int(progress.step))
         self._loss.append(float(loss))
         self._prob.append(float(prob))
-        self._dirty = True
+        self.refresh.mark()
 
     def flush(self) -> None:
-        """Redraw now (used before a screenshot)."""
-        self._dirty = True
-        self._redraw()
+        """Redraw now (the end of an edit, a screenshot)."""
+        self.refresh.stale = True
+        self.refresh.flush()
 
     def _redraw(self) -> None:
-        if not self._dirty:
-            return
-        self._dirty = False
-        self.redraws += 1
         for note in self.empty_notes:
             note.set_empty(not self._steps)
         self.loss_curve.setData(self._steps, self._loss)
         self.prob_curve.setData(self._steps, self._prob)
+        if self._steps and self._total:  # a fixed x axis: not measured and laid out again at every point
+            wanted = (min(0, min(self._steps)) - 0.5, max(self._total - 1, max(self._steps)) + 0.5)
+            if wanted != self._x_range:
+                self._x_range = wanted
+                self.loss_plot.setXRange(*wanted, padding=0)
 
 
 @dataclass
@@ -210,10 +246,10 @@ class _HealthChart(pg.PlotWidget):
         super().__init__(parent, axisItems={"bottom": IntAxis("bottom")})
         self.setMinimumHeight(140)
         self.plot_item = self.getPlotItem()
-        self.plot_item.setTitle(title, size="10pt")
         self.plot_item.setLabel("left", ylabel)
         self.plot_item.setLabel("bottom", "ledger entry")
         self.plot_item.showGrid(x=True, y=True, alpha=0.2)
+        cache_axes(self.plot_item)
         self.line = self.plot([], [], pen=pg.mkPen(GREY, width=1))
         self.points = pg.PlotDataItem([], [], pen=None, symbol="o", symbolSize=9)
         self.points.sigPointsClicked.connect(self._clicked)
@@ -222,7 +258,34 @@ class _HealthChart(pg.PlotWidget):
                                         symbolPen=pg.mkPen("#222222", width=2))
         self.addItem(self.selected)
         self._xy: dict[int, float] = {}
+        self._selected: int | None = None
+        self._title = ""
         self.empty_note = EmptyNote(self.plot_item, self.EMPTY)
+        self._shown: tuple | None = None  # the (points, threshold) drawn
+        self._wanted: tuple = ((), None)  # the (points, threshold) to draw
+        self.refresh = Refresh(self, self._redraw)
+        self.set_title(title)
+
+    def set_points(self, points: list[EditPoint], threshold: float | None) -> None:
+        """The ledger's edits and the guard's threshold: drawn when seen, and only if they changed."""
+        self._wanted = (tuple(points), threshold)
+        if self._wanted != self._shown:
+            self.refresh.mark()
+
+    def _redraw(self) -> None:
+        if self._wanted == self._shown:
+            return
+        self._shown = self._wanted
+        self._draw(list(self._wanted[0]), self._wanted[1])
+        self.select(self._selected)
+
+    def _draw(self, points: list[EditPoint], threshold: float | None) -> None:
+        raise NotImplementedError
+
+    def set_title(self, html_title: str) -> None:
+        if html_title != self._title:  # a new title lays the plot out again: only when it changed
+            self._title = html_title
+            self.plot_item.setTitle(html_title, size="10pt")
 
     def _set(self, ids: list[int], values: list[float], flagged: list[bool]) -> None:
         self._xy = dict(zip(ids, values))
@@ -236,12 +299,17 @@ class _HealthChart(pg.PlotWidget):
             self.plot_item.setXRange(min(ids) - 0.5, max(ids) + 0.5, padding=0)
 
     def select(self, entry_id: int | None) -> None:
+        self._selected = entry_id
+        if self.refresh.stale:
+            return  # drawn with the points
         if entry_id is not None and entry_id in self._xy:
             self.selected.setData([entry_id], [self._xy[entry_id]])
         else:
             self.selected.setData([], [])
 
     def point_count(self) -> int:
+        """Points drawn (the chart is brought up to date first, seen or not)."""
+        self.refresh.flush()
         return len(self._xy)
 
     def _clicked(self, _item, points, *_ev) -> None:
@@ -260,19 +328,19 @@ class PerplexityChart(_HealthChart):
         self.addItem(self.threshold_line)
         self.threshold: float | None = None
 
-    def set_points(self, points: list[EditPoint], ratio_max: float | None) -> None:
+    def _draw(self, points: list[EditPoint], ratio_max: float | None) -> None:
         usable = [p for p in points if p.ppl_after is not None and math.isfinite(p.ppl_after)]
         self._set([p.entry_id for p in usable], [p.ppl_after for p in usable], [p.flagged for p in usable])
         base = next((p.ppl_before for p in points if p.ppl_before), None)
         self.threshold = base * ratio_max if (base and ratio_max) else None
         self.threshold_line.setVisible(self.threshold is not None)
         if self.threshold is None:
-            self.plot_item.setTitle(self.TITLE, size="10pt")
+            self.set_title(self.TITLE)
             return
         self.threshold_line.setPos(self.threshold)
         # short enough for the chart's width at 1280x800 (the longer wording was cut off there)
-        self.plot_item.setTitle(f"{self.TITLE}<br><span style='color:{RED}; font-size:9pt'>dashed: collapse at "
-                                f"{ratio_max:g} × base = {self.threshold:.4g}</span>", size="10pt")
+        self.set_title(f"{self.TITLE}<br><span style='color:{RED}; font-size:9pt'>dashed: collapse at "
+                       f"{ratio_max:g} × base = {self.threshold:.4g}</span>")
 
 class DenominatorChart(_HealthChart):
     TITLE = "ROME denominator |u·k*| per edit (log scale)"
@@ -294,7 +362,7 @@ class DenominatorChart(_HealthChart):
         self.threshold: float | None = None
         self.empty_note.set_empty(True)  # again: log mode and the band items reset the range
 
-    def set_points(self, points: list[EditPoint], denominator_min: float | None) -> None:
+    def _draw(self, points: list[EditPoint], denominator_min: float | None) -> None:
         usable = [p for p in points if p.denominator is not None and math.isfinite(p.denominator) and p.denominator != 0]
         ids = [p.entry_id for p in usable]
         self._set(ids, [abs(p.denominator) for p in usable], [p.flagged for p in usable])
@@ -302,12 +370,12 @@ class DenominatorChart(_HealthChart):
         if self.threshold is None or not ids:  # no band over an empty chart: it would shade all of it
             self.band_low.setData([], [])
             self.band_high.setData([], [])
-            self.plot_item.setTitle(self.TITLE, size="10pt")
+            self.set_title(self.TITLE)
             return
         values = [abs(p.denominator) for p in usable] + [self.threshold]
         low = min(values) / 10.0
         x = [min(ids) - 0.5, max(ids) + 0.5] if ids else [0.5, 1.5]
         self.band_low.setData(x, [low, low])
         self.band_high.setData(x, [self.threshold, self.threshold])
-        self.plot_item.setTitle(f"{self.TITLE}<br><span style='color:{RED}; font-size:9pt'>"
-                                f"shaded: collapse band, |u·k*| &lt; {self.threshold:g}</span>", size="10pt")
+        self.set_title(f"{self.TITLE}<br><span style='color:{RED}; font-size:9pt'>"
+                       f"shaded: collapse band, |u·k*| &lt; {self.threshold:g}</span>")

@@ -60,6 +60,7 @@ from .dialogs import ExportDialog, SettingsDialog
 from .edit_panel import EditPanel
 from .entries import did_not_take, fmt, number, revertible, rows_of
 from .sequence_view import STEP_MESSAGE, TOTAL_MESSAGE, SequenceView, sequence_job
+from .refresh import SteadyLabel
 from .worker import Runner
 
 log = logging.getLogger(__name__)
@@ -358,10 +359,14 @@ class MainWindow(QMainWindow):
         health = QSplitter(Qt.Orientation.Horizontal)
         health.addWidget(self.ppl_chart)
         health.addWidget(self.den_chart)
-        self.result_label = QLabel("No edit run yet.")
+        self.result_label = SteadyLabel("No edit run yet.")
         self.result_label.setObjectName("resultSummary")
         self.result_label.setWordWrap(True)
         self.result_label.setTextFormat(Qt.TextFormat.RichText)
+        # room for a usual summary from the start, and never less than the longest shown: "Applying…"
+        # then a summary changed the label's height, which resized the three charts above it
+        self.result_label.setMinimumHeight(4 * self.result_label.fontMetrics().lineSpacing())
+        self.result_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         vsplit = QSplitter(Qt.Orientation.Vertical)
         vsplit.addWidget(self.live_chart)
         vsplit.addWidget(health)

@@ -4,8 +4,8 @@ The view collects the run's options (requests file, method, key mode, batch size
 on, the per-edit guard override) and emits ``run_requested(path, options)``; the window starts
 :func:`sequence_job` in its worker. Each step's record (auditor.run.sequence) arrives through the
 worker's progress messages as ``("sequence-step", record)`` and is buffered; the curves of every
-monitored figure (auditor.run.monitor, the same figures as the capacity report) are redrawn by a
-~50 ms timer, each with its threshold as a dashed red line. When the run ends,
+monitored figure (auditor.run.monitor, the same figures as the capacity report) are redrawn at most
+every ``REDRAW_MS`` while the tab is seen (``ui.refresh``), each with its threshold as a dashed red line. When the run ends,
 :meth:`SequenceView.finish` shows whether and why it stopped. ``report_requested(path)`` asks
 for the capacity report of the workspace (auditor.run.report). The watchlist panel (watch_panel.py)
 sits above the curves. No science here.
@@ -16,10 +16,11 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -38,8 +39,20 @@ from PySide6.QtWidgets import (
 from auditor.run.monitor import FIGURE_KEYS, FIGURES, MonitorError, Thresholds, parse_stop_on
 from auditor.run.report import PLOTS, THRESHOLD_OF
 
-from .charts import BLUE, RED, REDRAW_MS, EmptyNote, IntAxis, chart_page, wrapped
+from .charts import (
+    BLUE,
+    BOTTOM_AXIS_PX,
+    RED,
+    REDRAW_MS,
+    TICKS_AXIS_PX,
+    EmptyNote,
+    IntAxis,
+    cache_axes,
+    chart_page,
+    wrapped,
+)
 from .dialogs import output_refusal
+from .refresh import Refresh
 from .watch_panel import WatchPanel
 
 STEP_MESSAGE = "sequence-step"
@@ -91,7 +104,6 @@ class SequenceView(QWidget):
         self.hparams: dict[str, Any] | None = None  # overrides for every edit of the run (tests, scripts)
         self.steps: list[dict[str, Any]] = []
         self.final: dict[str, Any] | None = None
-        self._dirty = False
         # everything scrolls as one page: at 1280x800 the charts keep a readable height instead of
         # being squeezed or cut off
         scroll, page = chart_page()
@@ -131,6 +143,11 @@ class SequenceView(QWidget):
             plot.setLabel("bottom", "edits")
             self.empty_notes[key] = EmptyNote(plot, EMPTY_NOTE)
             plot.showGrid(x=True, y=True, alpha=0.2)
+            cache_axes(plot, TICKS_AXIS_PX, BOTTOM_AXIS_PX)
+            # the title spans the left axis too: with a fixed-width axis beside it, a title as wide
+            # as the plot area pushed the third column past the window at 1280x800
+            plot.layout.removeItem(plot.titleLabel)
+            plot.layout.addItem(plot.titleLabel, 0, 0, 1, 2)
             self.plots[key] = plot
             self.curves[key] = plot.plot([], [], pen=pg.mkPen(BLUE, width=2), symbol="o", symbolSize=5,
                                          symbolBrush=BLUE, symbolPen=None)
@@ -141,10 +158,8 @@ class SequenceView(QWidget):
         for col in range(3):  # three equal columns, whatever the titles' lengths
             self.charts.ci.layout.setColumnStretchFactor(col, 1)
             self.charts.ci.layout.setColumnMinimumWidth(col, 180)
-        self._timer = QTimer(self)
-        self._timer.setInterval(REDRAW_MS)
-        self._timer.timeout.connect(self._redraw)
-        self._timer.start()
+        self._drawn: dict[str, tuple] = {}  # key -> (xs, ys, threshold shown) as drawn
+        self.refresh = Refresh(self.charts, self._redraw, delay_ms=REDRAW_MS)
         # the open model's monitor thresholds (its calibration or the defaults; the window sets them)
         self.base_thresholds = Thresholds()
         self.set_thresholds(Thresholds(), list(FIGURE_KEYS))
@@ -264,14 +279,13 @@ class SequenceView(QWidget):
                 word = "above" if FIGURES[name][1] == "max" else "below"
                 note += f"\n(the run stops {word} {thresholds.value(name):g})"
             self.empty_notes[key].item.setText(note)
-        self._dirty = True
-        self._redraw()
+        self.refresh.mark()
 
     def start(self, path: str) -> None:
         self.steps.clear()
         self.final = None
         self.total_steps = 0
-        self._dirty = True
+        self.refresh.mark()
         self.progress.setRange(0, 0)
         self.progress.setFormat("starting…")
         self.show_message(f"Running {html.escape(path)}…")
@@ -307,14 +321,14 @@ class SequenceView(QWidget):
     def add_step(self, record: dict[str, Any]) -> None:
         """Buffer one step record (drawn on the next timer tick)."""
         self.steps.append(record)
-        self._dirty = True
+        self.refresh.mark()
         crossed = ", ".join(c["reason"] for c in record.get("crossed", []))
         self.show_message(f"Step {record['step']}: {record['edits']} edit(s) applied"
                           + (f"; crossed: {html.escape(crossed)}" if crossed else ""))
 
     def finish(self, final: dict[str, Any]) -> None:
         self.final = final
-        self.flush()
+        self.refresh.mark()  # the final curves soon, or when the tab is shown
         self.set_idle_text("cancelled" if final.get("cancelled") else "stopped" if final.get("stopped") else "done")
         if final.get("cancelled"):
             self.show_message("Cancelled: the edits already applied stay on record.")
@@ -330,9 +344,14 @@ class SequenceView(QWidget):
 
     # ------------------------------------------------------------ drawing
 
+    @property
+    def redraws(self) -> int:
+        return self.refresh.redraws
+
     def flush(self) -> None:
-        self._dirty = True
-        self._redraw()
+        """Redraw now, seen or not (the end of a run, a screenshot)."""
+        self.refresh.stale = True
+        self.refresh.flush()
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         xs, ys = [], []
@@ -343,15 +362,19 @@ class SequenceView(QWidget):
                 ys.append(float(v))
         return xs, ys
 
-    def _redraw(self) -> None:
-        if not self._dirty:
-            return
-        self._dirty = False
+    def _redraw(self) -> Iterator[None]:
+        """One plot a piece (``ui.refresh``): each plot's axes are laid out and painted in an
+        event-loop turn of their own; a plot whose points did not change is not touched."""
         for key, curve in self.curves.items():
             xs, ys = self.series(key)
+            shown = self.threshold_shown.get(key, False) and bool(xs)
+            if self._drawn.get(key) == (xs, ys, shown):
+                continue
+            self._drawn[key] = (xs, ys, shown)
             self.empty_notes[key].set_empty(not xs)
-            self.threshold_lines[key].setVisible(self.threshold_shown.get(key, False) and bool(xs))
+            self.threshold_lines[key].setVisible(shown)
             curve.setData(xs, ys)
+            yield
 
 
 def _methods() -> list[str]:
