@@ -14,6 +14,12 @@ k^T C^-1 k is about the key dimension d whatever the keys' scale (C is built fro
 the reference's 15000 at d = 16384 (GPT-J) is about 1400 at the demo's d = 1536.
 
     python bench/sweep_memit_lambda.py --lambdas 100,1400,5000,15000 --n 10
+
+``--method alphaedit --variants JSON`` sweeps AlphaEdit the same way, one row per override set
+(e.g. the null space's energy share against the reference's absolute threshold):
+
+    python bench/sweep_memit_lambda.py --method alphaedit --variants \
+        '[{"nullspace_energy": 0.01}, {"nullspace_energy": 0.1}, {"nullspace_rule": "threshold"}]'
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "counterfact_
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--lambdas", default="100,1400,5000,15000")
+    ap.add_argument("--lambdas", default="100,1400,5000,15000", help="MEMIT's lambda values (mom2_update_weight)")
+    ap.add_argument("--method", default="memit", choices=("memit", "alphaedit"))
+    ap.add_argument("--variants", default=None, help="JSON list of override dicts, one row each (instead of --lambdas)")
     ap.add_argument("--start", type=int, default=90)
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--hparams", default="{}", help="JSON overrides of the family's MEMIT file")
@@ -50,7 +58,7 @@ def main() -> None:
     t0 = time.perf_counter()
     lm = load_model("demo", device=args.device)
     editor = Editor(lm)
-    method = get_method("memit")
+    method = get_method(args.method)
     hp = method.hparams(lm, json.loads(args.hparams))
     requests = load_requests(DATA)[args.start:args.start + args.n]
     print(f"loaded {time.perf_counter() - t0:.0f} s", flush=True)
@@ -68,8 +76,11 @@ def main() -> None:
     print(f"setup {t1 - t0:.0f} s, z* {t2 - t1:.0f} s (mean P(target) at z*: {z_prob:.3f}), "
           f"load {os.getloadavg()[0]:.1f}", flush=True)
     rows = []
-    for lam in [float(x) for x in args.lambdas.split(",")]:
-        hpl = method.hparams(lm, {**json.loads(args.hparams), "mom2_update_weight": lam})
+    variants = (json.loads(args.variants) if args.variants else
+                [{"mom2_update_weight": float(x)} for x in args.lambdas.split(",")])
+    for variant in variants:
+        lam = json.dumps(variant)
+        hpl = method.hparams(lm, {**json.loads(args.hparams), **variant})
         out = method.compute(lm, requests, hpl, ctx, shifts=shifts)
         names = out.delta.params
         saved = {n: lm.model.get_parameter(n).detach().clone() for n in names}
@@ -84,7 +95,8 @@ def main() -> None:
                "ppl_ratio": editor.perplexity() / ppl0 if args.ppl else float("nan"),
                "written": 1 - layers[-1]["residual_after"] / layers[0]["residual_before"],
                "held_out_change": mean([d["held_out_change"] for d in layers]),
-               "update_ratio_max": max(d["update_ratio"] for d in layers)}
+               "update_ratio_max": max(d["update_ratio"] for d in layers),
+               **{k: [d.get(k) for d in layers] for k in ("null_space_dim", "null_space_energy") if k in layers[0]}}
         rows.append(row)
         print(json.dumps(row), flush=True)
         with torch.no_grad():
@@ -93,9 +105,9 @@ def main() -> None:
         editor.invalidate()
     print(f"\n{args.n} requests ({args.start}-{args.start + args.n - 1}), layers {hp.layers}, total "
           f"{time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f}")
-    print(f"{'lambda':>8}{'efficacy':>10}{'general.':>10}{'locality':>10}{'ppl x':>8}{'written':>9}{'held-out':>10}")
+    print(f"{'variant':>8}{'efficacy':>10}{'general.':>10}{'locality':>10}{'ppl x':>8}{'written':>9}{'held-out':>10}")
     for r in rows:
-        print(f"{r['lambda']:>8.0f}{r['efficacy']:>10.3f}{r['generalization']:>10.3f}{r['locality']:>10.3f}"
+        print(f"{r['lambda']:>8}{r['efficacy']:>10.3f}{r['generalization']:>10.3f}{r['locality']:>10.3f}"
               f"{r['ppl_ratio']:>8.3f}{r['written']:>9.3f}{r['held_out_change']:>10.4f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
