@@ -17,6 +17,9 @@ and each edit's peak by progress phase (stats, keys, v, audit, eval). ``--phases
 ``stats,rome,memit`` only (e.g. one process for ``stats,rome`` and another for ``memit``, when one
 process would not finish in the time there is); the child prints each finished phase's figures to
 stderr as it goes (``partial {...}``), so a run stopped midway keeps what it measured.
+``--trim`` gives freed memory back to the system (gc + glibc ``malloc_trim``) before each phase's
+baseline: without it, an edit reuses what earlier phases freed and glibc kept, so what it adds
+depends on the heap's history (the same 135M edit: 63 or 116 MiB); with it, repeatable to ~3%.
 
 Peaks are anonymous resident memory (RssAnon, sampled every 10 ms from /proc: file pages of
 memory-mapped checkpoints are left out), minus the interpreter's own before loading. A float32
@@ -66,7 +69,8 @@ def rss_anon(field: str = "RssAnon") -> int:
 class Peak:
     """The largest RssAnon seen since the last :meth:`reset`, sampled on a thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, trim: bool = False) -> None:
+        self.trim = trim  # give freed memory back (gc + malloc_trim) before each new baseline
         self.value = 0
         self.phase = "-"
         self.phases: dict[str, int] = {}  # the peak of each progress phase since the last reset
@@ -85,7 +89,12 @@ class Peak:
 
     def reset(self) -> int:
         time.sleep(0.03)
-        value, self.value = self.value, rss_anon()
+        value = self.value
+        if self.trim:
+            from auditor.model.offload import give_freed_buffers_back
+
+            give_freed_buffers_back()
+        self.value = rss_anon()
         self.phases, self.phase = {}, "-"
         return value
 
@@ -128,7 +137,7 @@ def measure(folder: Path, dtype: str, args: argparse.Namespace) -> dict:
     from auditor.run.edit import Editor
 
     torch.set_num_threads(args.threads)
-    peak = Peak()
+    peak = Peak(trim=args.trim)
     base = peak.reset()
     base_file = rss_anon("RssFile")
     # the v* prompts this benchmark uses: its fixed templates and the KL prompt, ~12 tokens each
@@ -235,6 +244,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     p.add_argument("--phases", default=",".join(PHASES),
                    help="which measured phases run after the load and fingerprint (default: all)")
+    p.add_argument("--trim", action="store_true",
+                   help="give freed memory back (gc + malloc_trim) before each phase: steadier figures")
     p.add_argument("--workdir", type=Path, default=None, help="where random checkpoints are kept (default: temp)")
     p.add_argument("--one", nargs=2, metavar=("FOLDER", "DTYPE"), help=argparse.SUPPRESS)  # the subprocess
     args = p.parse_args()
@@ -248,7 +259,7 @@ def main() -> None:
     from auditor.model.memory_plan import plan_config
 
     print(f"load average {os.getloadavg()}, {args.threads} threads, stats {args.stats_tokens} tokens, "
-          f"{args.steps} v* steps, MEMIT batch {args.batch}, phases {args.phases}")
+          f"{args.steps} v* steps, MEMIT batch {args.batch}, phases {args.phases}, trim {args.trim}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     cols = ["shape", "dtype", "params", "load s", "load MiB", "plan weights", "fp s", "fp +MiB",
             "stats s/layer", "stats +MiB", "plan stats", "rome s", "rome +MiB", "plan rome", "memit s",
@@ -267,7 +278,7 @@ def main() -> None:
             folder = make_checkpoint(shape, work / shape)
             cmd = [sys.executable, __file__, "--one", str(folder), dtype, "--stats-tokens", str(args.stats_tokens),
                    "--steps", str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads),
-                   "--phases", args.phases]
+                   "--phases", args.phases] + (["--trim"] if args.trim else [])
             # the child's stderr (its partial figures) passes through, to be kept if the run is stopped
             out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True,
                                  env={**os.environ, "PYTHONPATH": str(HERE.parent)})
