@@ -1033,7 +1033,7 @@ class MainWindow(QMainWindow):
     def _edit_finished(self, out: EditOutcome) -> None:
         self.last_outcome = out
         res = out.result
-        self.live_chart.flush()
+        self.live_chart.refresh.mark()  # its last steps: drawn in a turn of their own, or when shown
         self.panel.show_before_after(out.prompt, out.answer_before, out.answer_after, res.status == "applied")
         self.answer_fresh_for = (out.prompt, self.workspace.fingerprint)  # the panel shows the answer now
         self.state_changed()
