@@ -37,6 +37,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=6, help="ledger entries made before the measured actions")
     parser.add_argument("--profile", default="", help="actions to run under cProfile, comma-separated (as printed)")
+    parser.add_argument("--demo", action="store_true",
+                        help="the demo model (SmolLM2-135M, 4 v* steps) instead of the tiny Llama: minutes")
     parser.add_argument("--longest-turn", default="",
                         help="actions whose longest event-loop turn is profiled, comma-separated")
     args = parser.parse_args()
@@ -56,11 +58,14 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="profile-gui-"))
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp / "settings"))
     AutoTokenizer.from_pretrained(demo_folder()).save_pretrained(tmp / "tok")
-    os.environ["EDIT_AUDITOR_CACHE"] = str(tmp / "cache")
+    if not args.demo:  # the demo keeps the user's cache: its statistics take minutes to compute
+        os.environ["EDIT_AUDITOR_CACHE"] = str(tmp / "cache")
     app = make_app()
     settings.settings().clear()
-    ws = Workspace.init(five_layer_llama(tmp / "tiny", tmp / "tok"), tmp / "ws", device="cpu")
-    for i in range(args.entries):
+    hparams = {"v_num_grad_steps": 4} if args.demo else TINY_HP
+    ws = Workspace.init("demo" if args.demo else five_layer_llama(tmp / "tiny", tmp / "tok"), tmp / "ws",
+                        device="cpu")
+    for i in range(0 if args.demo else args.entries):
         s, t = CAPITALS[i % len(CAPITALS)]
         ws.edit(EditRequest(prompt="The capital of {} is", subject=s, target_new=t, target_true="Paris"),
                 hparams=TINY_HP, allow_collapse=True)
@@ -104,7 +109,8 @@ def main() -> int:
     spin(lambda: w.workspace is not None and idle())
     w.ask_view.prompt.setText("The capital of France is")
     spin(idle)
-    print(f"tiny Llama workspace with {len(w.rows)} entries; load {os.getloadavg()[0]:.1f}")
+    print(f"{'demo' if args.demo else 'tiny Llama'} workspace with {len(w.rows)} entries; "
+          f"load {os.getloadavg()[0]:.1f}")
     print(f"{'action':28s} {'max turn ms':>11s} {'total ms':>9s} {'turns':>6s} {'live redraws':>12s} "
           f"{'chart resizes':>13s}")
 
@@ -141,7 +147,7 @@ def main() -> int:
               f"{live_redraws() - redraws:12d} {Resizes.count - resized:13d}", flush=True)
 
     p = w.panel
-    p.hp["v_num_grad_steps"].setValue(TINY_HP["v_num_grad_steps"])
+    p.hp["v_num_grad_steps"].setValue(hparams["v_num_grad_steps"])
     p.prompt.setText("The capital of {} is")
     p.subject.setText("France")
     p.target_new.setText("Rome")
@@ -150,7 +156,7 @@ def main() -> int:
 
     def apply() -> None:  # Apply, past the guard (random weights give tiny denominators)
         options = p.options(dry_run=False)
-        w.start_edit(p.build_request(), {**options, "hparams": {**options["hparams"], **TINY_HP},
+        w.start_edit(p.build_request(), {**options, "hparams": {**options["hparams"], **hparams},
                                          "allow_collapse": True})
 
     measure("apply (Edit run tab)", apply)
@@ -168,7 +174,7 @@ def main() -> int:
     path.write_text(json.dumps([{"prompt": "The capital of {} is", "subject": s, "target_new": t}
                                 for s, t in CAPITALS[:2]]))
     view = w.sequence_view
-    view.hparams = TINY_HP
+    view.hparams = hparams
     view.requests_path.setText(str(path))
     view.stop_on.setText("none")
     view.allow_collapse.setChecked(True)

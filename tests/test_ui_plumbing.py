@@ -219,6 +219,28 @@ def ledger(tmp_path):
     lg.close()
 
 
+def test_ledger_rows_are_read_incrementally_and_match_a_full_read(ledger):
+    """The window reads only the entries added since its last read; the rows (revert marks included)
+    are those of a full read."""
+    from ui.entries import LedgerRows, rows_of
+
+    rows = LedgerRows(ledger)
+    assert rows.read() == rows_of(ledger.entries())
+    read = []
+    ledger_entries = ledger.entries
+    ledger.entries = lambda **kw: read.append(kw) or ledger_entries(**kw)  # what each read asks for
+    try:
+        ledger.append({"subject": "Canada", "prompt": "Canada is", "target_new": "Oslo", "status": "applied",
+                       "method": "rome"})
+        ledger.append({"kind": "revert", "reverts": 4, "status": "applied"})
+        assert rows.read() == rows_of(ledger_entries())
+        assert read == [{"after": 3}]
+        assert [r.get("reverted_by") for r in rows.read()] == [None, None, None, 5, None]
+        assert read[-1] == {"after": 5}
+    finally:
+        ledger.entries = ledger_entries
+
+
 def test_audit_trail_lists_sorts_filters_and_searches(qtbot, ledger):
     from ui.audit import AuditTrail
     from ui.entries import rows_of

@@ -104,6 +104,8 @@ def test_sequence_view_draws_live_and_shows_the_stop(window, tmp_path: Path) -> 
     assert len(window.workspace.ledger) == n_entries + final["stopped_at_step"] + 1
     assert window.audit.model.rowCount() == len(window.workspace.ledger)
     assert window.workspace.fingerprint == final["fingerprint_before_step"]
+    # (the answer boxes' refresh may be running after the plots' wait above: the buttons follow the idle window)
+    assert spin(lambda: not window.runner.busy, 120)
     assert view.run_button.isEnabled() and not view.stop_button.isEnabled()
     # the Sequence tab's bar counted over the whole run (5 steps of 1), never backwards, and is idle again
     running = [s for s in seen if s[1] > 1]

@@ -125,6 +125,9 @@ def thresholds_item(row: dict[str, Any]) -> QTreeWidgetItem | None:
     return item
 
 
+FIT_ROWS = 50  # rows measured (beyond those in view) when the audit trail's columns are fitted
+
+
 class EntryModel(QAbstractTableModel):
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -283,6 +286,9 @@ class AuditTrail(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         self.table.selectionModel().currentRowChanged.connect(self._row_changed)
         self.widths = Refresh(self.table, self._fit_columns)
+        # fitting the columns measures the rows in view and then up to this many (Qt's default 1000:
+        # a long ledger cost seconds of GUI time at every change)
+        self.table.horizontalHeader().setResizeContentsPrecision(FIT_ROWS)
 
         self.detail = QTreeWidget()
         self.detail.setColumnCount(2)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pyqtgraph as pg
 from PySide6.QtCore import QSize, Signal
-from PySide6.QtGui import QColor
+from PySide6.QtGui import QColor, QPixmapCache
 from PySide6.QtWidgets import QGraphicsItem, QScrollArea, QWidget
 
 from .refresh import Refresh
@@ -52,6 +52,7 @@ class IntAxis(pg.AxisItem):
 
 LEFT_AXIS_PX = 48  # the left axis of a live chart, with its label: as wide empty as with values (see cache_axes)
 TICKS_AXIS_PX = 40  # a left axis without a label (the Sequence tab's: "1.002", "0.95", "450")
+PIXMAP_CACHE_KB = 64 * 1024  # the axes' cached pictures: a gridded axis is as large as its plot (~1 MB)
 BOTTOM_AXIS_PX = 38  # a bottom axis with tick values and a label (20 without the label)
 
 
@@ -66,6 +67,8 @@ def cache_axes(plot: pg.PlotItem, left_width: float | None = None, bottom_height
     tick labels changes size with them (none on an empty chart, then "12.5"), and a new size lays
     out every plot of the chart again: a live chart's axes have a fixed size.
     """
+    if QPixmapCache.cacheLimit() < PIXMAP_CACHE_KB:  # Qt's 10 MB holds fewer axes than the window has
+        QPixmapCache.setCacheLimit(PIXMAP_CACHE_KB)
     for name in ("left", "bottom", "right", "top"):
         plot.getAxis(name).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
     if left_width is not None:

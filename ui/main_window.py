@@ -58,7 +58,7 @@ from .charts import DenominatorChart, EditPoint, LiveEditChart, PerplexityChart,
 from .collateral_view import CollateralView, in_one_line
 from .dialogs import ExportDialog, SettingsDialog
 from .edit_panel import EditPanel
-from .entries import did_not_take, fmt, number, revertible, rows_of
+from .entries import LedgerRows, did_not_take, fmt, number, revertible
 from .sequence_view import STEP_MESSAGE, TOTAL_MESSAGE, SequenceView, sequence_job
 from .refresh import SteadyLabel
 from .worker import Runner
@@ -201,6 +201,7 @@ class MainWindow(QMainWindow):
         self.quit_when_idle = False  # the user chose to quit: close when the running job has stopped
         self.answers_stale = False  # the answer boxes wait for the worker to be free to ask again
         self.answer_fresh_for: tuple[str, str] | None = None  # (prompt, fingerprint) the panel shows
+        self._ledger_rows: LedgerRows | None = None  # the open ledger's rows, read incrementally
 
         self.runner = Runner(self)
         self.runner.progress.connect(self._on_progress)
@@ -611,7 +612,9 @@ class MainWindow(QMainWindow):
         ws = self.workspace
         if ws is None:
             return
-        self.rows = rows_of(ws.ledger.entries())
+        if self._ledger_rows is None or self._ledger_rows.ledger is not ws.ledger:
+            self._ledger_rows = LedgerRows(ws.ledger)
+        self.rows = self._ledger_rows.read()
         self.audit.set_rows(self.rows)
         self.refresh_charts()
         self.refresh_info()
@@ -1030,7 +1033,7 @@ class MainWindow(QMainWindow):
     def _edit_finished(self, out: EditOutcome) -> None:
         self.last_outcome = out
         res = out.result
-        self.live_chart.flush()
+        self.live_chart.refresh.mark()  # its last steps: drawn in a turn of their own, or when shown
         self.panel.show_before_after(out.prompt, out.answer_before, out.answer_after, res.status == "applied")
         self.answer_fresh_for = (out.prompt, self.workspace.fingerprint)  # the panel shows the answer now
         self.state_changed()

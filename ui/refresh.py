@@ -139,7 +139,9 @@ class Refresh(QObject):
 
 
 class SteadyLabel(QLabel):
-    """A word-wrapped label whose height only grows (the tallest text it has shown sets it)."""
+    """A word-wrapped label whose height only grows (the tallest text it has shown sets it), by a
+    line more than it needs when it does: a text one line longer (a revert's "reverted by entry N"
+    wrapping) then fits without resizing anything."""
 
     def __init__(self, text: str = "", parent: QWidget | None = None):
         super().__init__(text, parent)
@@ -150,4 +152,4 @@ class SteadyLabel(QLabel):
         if self.width() > 0:
             need = self.heightForWidth(self.width())
             if need > self.minimumHeight():
-                self.setMinimumHeight(need)
+                self.setMinimumHeight(need + self.fontMetrics().lineSpacing())
