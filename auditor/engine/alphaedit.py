@@ -107,7 +107,8 @@ class AlphaEditMethod:
         return list(hp.layers)
 
     def compute(self, lm: LoadedModel, requests: list[EditRequest], hp: AlphaEditHParams,
-                ctx: MethodContext) -> MethodOutput:
+                ctx: MethodContext, shifts: tuple | None = None) -> MethodOutput:
+        """``shifts``: ``methods.target_shifts``'s result when already computed (a sweep of the null space)."""
         def solve(layer: int, name: str, K: torch.Tensor, R: torch.Tensor) -> tuple[torch.Tensor, dict]:
             C = ctx.second_moment(layer)
             P, held = null_space(C, hp)
@@ -123,7 +124,7 @@ class AlphaEditMethod:
                 "key_memory_batches_norm": float(memory.norm()) if memory is not None else 0.0,
             }
 
-        parts, diags, vectors = spread_over_layers(lm, requests, hp, ctx, solve)
+        parts, diags, vectors = spread_over_layers(lm, requests, hp, ctx, solve, shifts)
         state = {KEYS_PREFIX + n: K for n, K in vectors["keys_after"].items()}
         return MethodOutput(DeltaSet(parts, state), list(hp.layers), {"layers": diags}, vectors.pop("per_request"),
                             {}, vectors)
