@@ -1,6 +1,6 @@
 """AlphaEdit's null space is chosen by the energy it may hold, and what the update does is measured.
 
-* ``nullspace_rule="energy"`` (the default): P spans the most eigenvectors of C, smallest first,
+* ``nullspace_rule="energy"`` (an option; the default is the reference's threshold): P spans the most eigenvectors of C, smallest first,
   whose eigenvalues sum to at most ``nullspace_energy`` of tr(C); the recorded share
   tr(P C) / tr(C) is at most that fraction, and the rule is scale-free (C times any factor gives the
   same P), which an absolute eigenvalue threshold is not;
@@ -58,12 +58,13 @@ def test_energy_projector_holds_at_most_the_fraction_and_is_scale_free(seed: int
 def test_alphaedit_records_its_null_space_and_a_near_zero_change_on_held_out_keys(
         tiny_checkpoint: Callable[..., Path], isolated_cache: Path) -> None:
     lm = load_model(tiny_checkpoint("llama"), device="cpu")
-    hpo = get_method("alphaedit").hparams(lm, TINY)
-    assert hpo.nullspace_rule == "energy" and hpo.nullspace_energy == 0.01  # the family file's default
+    assert get_method("alphaedit").hparams(lm, TINY).nullspace_rule == "threshold"  # the reference's, by default
+    energy = {**TINY, "nullspace_rule": "energy", "nullspace_energy": 0.01}
+    hpo = get_method("alphaedit").hparams(lm, energy)
     editor = Editor(lm)
     kh = {layer: held_out_keys(lm, layer) for layer in (0, 1)}  # before any edit
     memit = editor.edit_batch(REQUESTS, method="memit", hparams=TINY, dry_run=True, measure_ppl=False)
-    alpha = editor.edit_batch(REQUESTS, method="alphaedit", hparams={**TINY, "L2": 0.1}, allow_collapse=True,
+    alpha = editor.edit_batch(REQUESTS, method="alphaedit", hparams={**energy, "L2": 0.1}, allow_collapse=True,
                               measure_ppl=False)
     assert memit.status == "dry-run" and alpha.status == "applied", (memit.error, alpha.error)
     for i, (m, a) in enumerate(zip(memit.diagnostics["layers"], alpha.diagnostics["layers"])):
