@@ -467,3 +467,24 @@ def test_bfloat16_batch_edits_of_the_demo_are_as_effective_as_float32(demo, demo
         assert r.status == "dry-run", r.error
         results[name] = r.metrics["efficacy"]
     assert results["bfloat16"] == results["float32"] > 0, results
+
+
+def test_a_calibration_of_an_offloaded_model_measures_its_matrix_and_puts_its_store_back(
+        tiny_checkpoint, isolated_cache: Path, tmp_path: Path) -> None:
+    """calibrate() reads the edited matrix from the offload store (a meta tensor has no norm) and
+    restores it there; the figures are the in-memory model's."""
+    from auditor.model.checkpoint import fingerprint_model
+    from auditor.run.calibration import calibrate
+    from auditor.run.edit import Editor
+
+    folder = tiny_checkpoint("llama")
+    ref = load_model(folder, device="cpu")
+    off = load_model(folder, device="cpu", max_memory={"cpu": 2 << 20}, offload_folder=tmp_path / "off")
+    name = off.spec.weight_name(TINY_ROME_HP["layer"])
+    assert is_offloaded(off.model, name)
+    base = read_param(off.model, name).clone()
+    requests = [FRANCE, *TWO]
+    cals = [calibrate(Editor(lm), requests, n_noop=1, hparams=TINY_ROME_HP) for lm in (ref, off)]
+    assert cals[1].samples["norm_jump"] == pytest.approx(cals[0].samples["norm_jump"], rel=1e-5)
+    assert len(cals[1].samples["norm_jump"]) >= 3
+    assert torch.equal(read_param(off.model, name), base) and fingerprint_model(off.model) == off.fingerprint

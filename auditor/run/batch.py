@@ -34,7 +34,7 @@ from auditor.engine.methods import V_BATCH, BatchError, MethodContext
 from auditor.engine.registry import get_method
 from auditor.measure.guard import batch_guard_reasons
 from auditor.measure.perplexity import max_positions
-from auditor.model.offload import read_param, write_param
+from auditor.model.offload import restore_params, snapshot_params
 from auditor.model.requests import EditRequest, check_context
 from auditor.run.outcome import EditResult, collateral_fields, settle
 
@@ -174,7 +174,7 @@ def edit_batch(
     fp_before = editor.fingerprint()
     layers = impl.layers(hp)
     names = [lm.spec.weight_name(layer) for layer in layers]
-    snapshot = {n: read_param(lm.model, n).clone() for n in names}  # offloaded: read from its store
+    snapshot = snapshot_params(lm.model, names)  # offloaded: read from its store
     result = BatchResult(
         requests=list(requests), method=method, layers=layers, hparams=hp.to_dict(), delta=None,
         diagnostics=editor.thresholds_record(), per_request=[], metrics={}, timings=timings, collapse_risk=False,
@@ -279,8 +279,7 @@ def _restore(editor: "Editor", snapshot: dict[str, torch.Tensor], applied: bool,
     """The edited matrices back bit for bit; the weights have ``fingerprint`` (taken with the
     snapshot) again, so it is not recomputed."""
     if applied:
-        for n, w in snapshot.items():
-            write_param(editor.lm.model, n, w)  # in memory or in the offload store
+        restore_params(editor.lm.model, snapshot)  # in memory or in the offload store
         editor.invalidate(fingerprint)
 
 

@@ -70,6 +70,7 @@ import torch
 from auditor.base import AuditorError, Progress
 from auditor.files import ReadError, atomic_file, check_output, read_regular
 from auditor.measure.guard import CollapseGuard
+from auditor.model.offload import read_param, restore_params, snapshot_params
 from auditor.run.monitor import Monitor, Thresholds, matrix_figures, parse_stop_on, slope
 
 if TYPE_CHECKING:
@@ -390,8 +391,7 @@ def calibrate(editor: "Editor", requests: list["EditRequest"], *, n_noop: int = 
     lm = editor.lm
     hp = editor.hparams(hparams)
     param = lm.spec.weight_name(hp.layer)
-    weight = lm.model.get_parameter(param)
-    snapshot = weight.detach().clone()
+    snapshot = snapshot_params(lm.model, [param])  # offloaded weights: read from their store
     fp_start = fingerprint_model(lm.model)
     healthy = requests[: len(requests) if n_edits is None else n_edits]
     noops = [r for r in (noop_request(lm, q) for q in requests[:n_noop]) if r is not None]
@@ -402,7 +402,7 @@ def calibrate(editor: "Editor", requests: list["EditRequest"], *, n_noop: int = 
     healthy_jumps: dict[str, list[float]] = {"ppl_jump": [], "norm_jump": [], "cond_jump": []}
     skipped: list[dict[str, Any]] = []
     ppl_base = editor.perplexity()
-    base = matrix_figures(weight)
+    base = matrix_figures(read_param(lm.model, param))
     prev = {"ppl": ppl_base, **base}
     log_ppl: list[float] = []
     try:
@@ -422,7 +422,7 @@ def calibrate(editor: "Editor", requests: list["EditRequest"], *, n_noop: int = 
                 skipped.append({"request": request.case_id or request.subject, "kind": kind,
                                 "status": result.status, "error": result.error})
                 continue
-            now = {"ppl": editor.perplexity(), **matrix_figures(weight)}
+            now = {"ppl": editor.perplexity(), **matrix_figures(read_param(lm.model, param))}
             jumps = {"ppl_jump": now["ppl"] / prev["ppl"], "norm_jump": now["norm"] / prev["norm"],
                      "cond_jump": now["cond"] / prev["cond"]}
             prev = now
@@ -441,8 +441,7 @@ def calibrate(editor: "Editor", requests: list["EditRequest"], *, n_noop: int = 
                 for name, value in jumps.items():
                     healthy_jumps[name].append(value)
     finally:
-        with torch.no_grad():
-            weight.copy_(snapshot)
+        restore_params(lm.model, snapshot)  # in memory or in the offload store
         editor.invalidate()
     if fingerprint_model(lm.model) != fp_start:
         raise CalibrationError("the weights were not restored after the calibration edits")
