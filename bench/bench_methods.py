@@ -26,9 +26,11 @@ from pathlib import Path
 
 import torch
 
+from auditor.engine.methods import held_out_change
 from auditor.engine.stats import held_out_keys
 from auditor.measure import metrics
 from auditor.model.checkpoint import load_model
+from auditor.model.offload import read_param
 from auditor.model.requests import load_requests
 from auditor.run.edit import Editor
 
@@ -53,12 +55,10 @@ def quality(lm, editor: Editor, requests: list, refs: list) -> dict:
 
 def preservation(lm, base: dict) -> float:
     """Worst ``||(W - W0) Kh|| / ||W0 Kh||`` over the matrices in ``base`` (name -> (W0, Kh))."""
-    params = dict(lm.model.named_parameters())
     worst = 0.0
     for name, (W0, Kh) in base.items():
-        W = params[name].detach().double().cpu()
-        W, W0d = (W.T, W0.T) if W.shape[1] != Kh.shape[0] else (W, W0)
-        worst = max(worst, float(((W - W0d) @ Kh).norm() / (W0d @ Kh).norm()))
+        W = lm.spec.as_out_in(read_param(lm.model, name)).double().cpu()
+        worst = max(worst, held_out_change(W - W0, W0, Kh)["held_out_change"])
     return worst
 
 
@@ -66,12 +66,10 @@ def run(method: str, requests: list, sizes: list[int], args: argparse.Namespace)
     lm = load_model("demo", device=args.device)
     editor = Editor(lm)
     refs = [metrics.locality_reference(lm, r.neighborhood) for r in requests[:max(sizes)]]
-    params = dict(lm.model.named_parameters())
     base = {}
     for layer in range(3, 7):  # ROME's layer 4, MEMIT's and AlphaEdit's 3-6 (the Llama files)
-        module = lm.spec.module(lm.model, layer)
-        name = next(n for n, p in params.items() if p is module.weight)
-        base[name] = (module.weight.detach().double().cpu().clone(), held_out_keys(lm, layer))
+        name = lm.spec.weight_name(layer)
+        base[name] = (lm.spec.as_out_in(read_param(lm.model, name)).double().cpu().clone(), held_out_keys(lm, layer))
     hp = {"v_num_grad_steps": args.steps} if args.steps else {}
     if args.fixed_templates:
         hp["context_templates"] = FIXED_TEMPLATES
