@@ -215,11 +215,12 @@ def test_every_chart_fits_the_sequence_tab_at_1280x800(qtbot) -> None:
         assert plot.vb.boundingRect().height() >= 60, (key, plot.vb.boundingRect().height())
 
 
-def test_a_hidden_tab_is_not_redrawn_and_shows_the_new_state_when_made_current(window, tmp_path: Path) -> None:
+def test_a_hidden_tab_is_drawn_when_quiet_and_shows_the_new_state_when_made_current(window, tmp_path: Path) -> None:
     """Issue 21 item 3 with ui.refresh: while another tab is current, a state change marks the Edit run
-    tab's charts stale instead of redrawing them (no GUI time on a tab nobody sees); made current,
-    the tab shows the new state before its first paint: the new edit's point, the revert in its
-    status line, the reverted model in its Ask box."""
+    tab's charts stale, and they are redrawn once the state is quiet, at most once per change (no
+    redraw per progress event on a tab nobody sees); made current, the tab shows the new state with
+    nothing left to draw in the click that shows it: the new edit's point, the revert in its status
+    line, the reverted model in its Ask box."""
     from auditor.model.requests import EditRequest
     from ui.entries import number
 
@@ -250,11 +251,12 @@ def test_a_hidden_tab_is_not_redrawn_and_shows_the_new_state_when_made_current(w
     w.revert(first)
     assert spin(lambda: not w.runner.busy and w.ask_view.last.edits_in_effect == 1
                 and any(r.get("reverted_by") for r in w.rows), 300), w.last_error
-    spin(lambda: False, 0.3)  # time for any redraw that would (wrongly) run while hidden
     assert not w.ppl_chart.isVisible()
-    assert [c.refresh.redraws for c in charts] == drawn and all(c.refresh.stale for c in charts)
-    w.tabs.setCurrentIndex(0)  # the Edit run tab: its Show event redraws, before any paint
-    assert [c.refresh.redraws for c in charts] == [n + 1 for n in drawn] and not any(c.refresh.stale for c in charts)
+    assert spin(lambda: not any(c.refresh.stale for c in charts), 10)  # quiet: drawn while hidden
+    hidden = [c.refresh.redraws - n for c, n in zip(charts, drawn)]
+    assert all(1 <= n <= 2 for n in hidden), hidden  # once per state change at most (the step, the revert)
+    w.tabs.setCurrentIndex(0)  # the Edit run tab: nothing left to draw when it is shown
+    assert [c.refresh.redraws - n for c, n in zip(charts, drawn)] == hidden
     edits = {r["id"] for r in w.rows if r.get("kind", "edit") == "edit" and r.get("status") == "applied"
              and number(r.get("ppl_after")) is not None}
     x, _ = w.ppl_chart.points.getData()

@@ -10,8 +10,8 @@
 
 Clicking a point of either health chart emits ``entry_clicked(entry_id)``.
 
-Every chart redraws through a :class:`ui.refresh.Refresh`: not while it is hidden (it is redrawn
-when shown), once per burst of changes, and not at all when what it shows did not change.
+Every chart redraws through a :class:`ui.refresh.Refresh`: once per burst of changes (a hidden chart
+once its state is quiet, or when shown), and not at all when what it shows did not change.
 """
 
 from __future__ import annotations

@@ -7,9 +7,13 @@ measured with bench/bench_gui_responsiveness.py), and the live charts redrew on 
 during an edit. A :class:`Refresh` gives a view one rule instead:
 
 - :meth:`Refresh.mark` says "the state this view shows has changed". Nothing is drawn yet.
-- A view that is not visible (another tab, a collapsed panel, a window not shown) stays *stale* and
-  is redrawn when it is shown, in its ``Show`` event, before its first paint: it is correct the
-  moment it appears.
+- A view that is not visible (another tab, a collapsed panel, a window not shown) stays *stale*
+  while its state keeps changing, and is redrawn once it has been quiet for :data:`QUIET_MS` (no
+  mark since), in a turn of its own like any due view: a burst of changes (a sequence's steps, a
+  batch) costs it one redraw, and the tab is already drawn when the user switches to it, so the
+  click that shows it (Apply switching to the Edit run tab) does not also redraw its charts. If it
+  is shown while still stale, it is redrawn in its ``Show`` event, before its first paint: it is
+  correct the moment it appears.
 - A visible view is redrawn once after ``delay_ms`` (0: the next event-loop turn), however many
   marks arrived meanwhile (a burst of progress events is one redraw).
 - Due redraws of several views are drawn one per turn, :data:`STAGGER_MS` apart, so their paints
@@ -27,12 +31,14 @@ text ("Applying…", then a summary of six lines) does not resize the charts at 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 
 from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtWidgets import QLabel, QWidget
 
 STAGGER_MS = 15  # between two views' redraws: each view's paint gets an event-loop turn of its own
+QUIET_MS = 300  # a hidden view is redrawn this long after the last change of its state
 
 
 class _Turns(QObject):
@@ -60,8 +66,8 @@ class _Turns(QObject):
         if self.due:
             refresh = self.due.pop(0)
             try:
-                refresh.draw_if_seen()
-                again = refresh.pieces is not None and refresh.view.isVisible()
+                refresh.draw_piece()
+                again = refresh.pieces is not None
             except RuntimeError:  # its view was deleted (a closed window) while it waited
                 again = False
             if again:  # more pieces: after the views already waiting
@@ -80,6 +86,23 @@ def _queue() -> _Turns:
     return _turns
 
 
+_all: weakref.WeakSet[Refresh] = weakref.WeakSet()
+
+
+def pending() -> bool:
+    """True while any view has a redraw waiting (due, quiet or in pieces): the window is not yet at
+    rest after a state change (the GUI bench waits for rest before a user's next click)."""
+    if _turns is not None and _turns.due:
+        return True
+    for refresh in list(_all):
+        try:
+            if refresh.timer.isActive() or refresh.quiet.isActive() or refresh.pieces is not None:
+                return True
+        except RuntimeError:  # deleted with its view
+            continue
+    return False
+
+
 class Refresh(QObject):
     """Redraws ``view`` with ``redraw()`` when the state it shows has changed and it can be seen."""
 
@@ -94,27 +117,38 @@ class Refresh(QObject):
         self.timer.setSingleShot(True)
         self.timer.setInterval(delay_ms)
         self.timer.timeout.connect(lambda: _queue().add(self))
+        self.quiet = QTimer(self)  # a hidden view: restarted by every mark
+        self.quiet.setSingleShot(True)
+        self.quiet.setInterval(QUIET_MS)
+        self.quiet.timeout.connect(lambda: _queue().add(self))
         view.installEventFilter(self)
+        _all.add(self)
 
     def mark(self) -> None:
-        """The state changed: redraw soon if the view is seen, else when it is shown."""
+        """The state changed: redraw soon if the view is seen, else once its state is quiet (or
+        when it is shown, whichever comes first)."""
         self.stale = True
-        if self.view.isVisible() and not self.timer.isActive():
-            self.timer.start()
+        if self.view.isVisible():
+            self.quiet.stop()
+            if not self.timer.isActive():
+                self.timer.start()
+        else:
+            self.quiet.start()
 
     def flush(self) -> None:
         """Redraw now if stale (every piece), seen or not."""
         self.timer.stop()
+        self.quiet.stop()
         _queue().drop(self)
         self._start()
         while self._piece():
             pass
 
-    def draw_if_seen(self) -> None:
-        """One piece of the redraw (the first, or the next) if the view is seen."""
-        if self.view.isVisible():
-            self._start()  # a newer state, if any, replaces the pieces of an older one
-            self._piece()
+    def draw_piece(self) -> None:
+        """One piece of the redraw (the first, or the next), seen or not: a view is queued when it is
+        seen and due, or hidden and quiet."""
+        self._start()  # a newer state, if any, replaces the pieces of an older one
+        self._piece()
 
     def _start(self) -> None:
         if self.stale:  # a new redraw: any unfinished one is dropped (it drew an older state)
