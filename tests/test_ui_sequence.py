@@ -195,6 +195,40 @@ def test_empty_charts_say_their_threshold_and_draw_its_line_with_the_first_point
     assert not lines["ppl_ratio"].isVisible() and not notes["retention"].item.isVisible()
 
 
+def test_every_chart_labels_its_y_axis_however_small_the_range(qtbot) -> None:
+    """pyqtgraph draws no tick label wider than its axis: with fixed-width axes, a perplexity ratio
+    between 1.00004 and 1.00012 (a run of healthy edits) and a trend near 0.002 had y axes with no
+    numbers at all (the committed screenshots showed it). An axis now widens once to fit its labels."""
+    from PySide6.QtGui import QImage, QPainter
+
+    from ui.sequence_view import SequenceView
+
+    view = SequenceView()
+    qtbot.addWidget(view)
+    view.resize(1000, 800)
+    view.show()
+    view.stop_on.setText("none")  # no threshold line stretching the ranges
+    for step, (ppl, trend, norm) in enumerate(((1.00012, 0.00266, 1.002), (1.00004, 0.00188, 1.009)), start=1):
+        view.add_step({"step": step, "edits": step, "changed": True, "retention": 1.0, "ppl_ratio": ppl,
+                       "ppl_trend": trend, "norm_ratio": norm, "cond_ratio": 1.0 + step / 100})
+    view.flush()
+
+    def labels() -> dict[str, list[str]]:
+        image = QImage(64, 64, QImage.Format.Format_ARGB32)
+        painter = QPainter(image)
+        try:
+            return {key: [spec[2] for spec in view.plots[key].getAxis("left").generateDrawSpecs(painter)[2]]
+                    for key in ("ppl_ratio", "ppl_trend", "norm_ratio", "cond_ratio", "retention")}
+        finally:
+            painter.end()
+
+    labels()  # the first paint measures the labels and widens the axes that need it
+    spin(lambda: False, 0.2)  # the layout that follows
+    drawn = labels()
+    assert all(drawn.values()), drawn
+    assert any(len(t) >= 7 for t in drawn["ppl_ratio"]), drawn["ppl_ratio"]  # '1.00004': wider than before
+
+
 def test_every_chart_fits_the_sequence_tab_at_1280x800(qtbot) -> None:
     """Seven charts (issue 18 added the cumulative spill) in three columns: none cut off at the right,
     none squeezed flat (the page scrolls instead)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pyqtgraph as pg
 from PySide6.QtCore import QSize, Signal
-from PySide6.QtGui import QColor, QPixmapCache
+from PySide6.QtGui import QColor, QFontMetricsF, QPixmapCache
 from PySide6.QtWidgets import QGraphicsItem, QScrollArea, QWidget
 
 from .refresh import Refresh
@@ -72,9 +72,34 @@ def cache_axes(plot: pg.PlotItem, left_width: float | None = None, bottom_height
     for name in ("left", "bottom", "right", "top"):
         plot.getAxis(name).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
     if left_width is not None:
-        plot.getAxis("left").setWidth(left_width)
+        _grow_to_fit(plot.getAxis("left"), left_width)
     if bottom_height is not None:
         plot.getAxis("bottom").setHeight(bottom_height)
+
+
+def _grow_to_fit(axis: pg.AxisItem, width: float) -> None:
+    """A left axis ``width`` wide that widens, once, when its tick labels need more, and never narrows.
+
+    A fixed width keeps a new point from laying the chart out again, but pyqtgraph draws no tick
+    label that does not fit its axis: a perplexity ratio between 1.00004 and 1.00012 had an axis
+    with no numbers at all. The labels are measured as they are made (``tickStrings``); a wider
+    set widens the axis (a layout, then a paint with the labels), and the width stays for any
+    later, narrower set.
+    """
+    axis.setWidth(width)
+    strings = axis.tickStrings
+
+    def tick_strings(values, scale, spacing):
+        out = strings(values, scale, spacing)
+        metrics = QFontMetricsF(axis.style.get("tickFont") or axis.font())
+        offset = axis.style["tickTextOffset"][0] + max(0, axis.style["tickLength"])
+        label = axis.label.boundingRect().height() * 0.8 if axis.label.isVisible() else 0
+        need = math.ceil(max((metrics.horizontalAdvance(t) for t in out), default=0) + offset + label)
+        if axis.fixedWidth is not None and need > axis.fixedWidth:
+            axis.setWidth(need)
+        return out
+
+    axis.tickStrings = tick_strings
 
 
 class _FitPage(QWidget):

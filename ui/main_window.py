@@ -287,6 +287,8 @@ class MainWindow(QMainWindow):
             lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             if key in ("fingerprint", "current"):
                 lab.setFont(mono)
+            if key == "thresholds":  # a sentence (where to calibrate): wrapped, not cut at the panel's edge
+                lab.setWordWrap(True)
             self.info[key] = lab
             form.addRow(label, lab)
         return box

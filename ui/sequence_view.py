@@ -58,6 +58,8 @@ from .watch_panel import WatchPanel
 STEP_MESSAGE = "sequence-step"
 TOTAL_MESSAGE = "sequence-total"  # ("sequence-total", number of steps), sent once at the start
 EMPTY_NOTE = "one point per step\nappears here during a run"
+# figures that need more than one step: their note says when the first point comes
+EMPTY_NOTES = {"ppl_trend": "a slope over the last steps\nappears here from the third step"}
 
 
 def sequence_job(ws: Any, path: str, options: dict[str, Any], *,
@@ -141,7 +143,7 @@ class SequenceView(QWidget):
             plot.setTitle(f"{wrapped(title, 28)}<br><span style='color:#555; font-size:8pt'>y: {wrapped(ylabel, 30)}</span>",
                           size="9pt")
             plot.setLabel("bottom", "edits")
-            self.empty_notes[key] = EmptyNote(plot, EMPTY_NOTE)
+            self.empty_notes[key] = EmptyNote(plot, EMPTY_NOTES.get(key, EMPTY_NOTE))
             plot.showGrid(x=True, y=True, alpha=0.2)
             cache_axes(plot, TICKS_AXIS_PX, BOTTOM_AXIS_PX)
             # the title spans the left axis too: with a fixed-width axis beside it, a title as wide
@@ -273,7 +275,7 @@ class SequenceView(QWidget):
             name = THRESHOLD_OF.get(key)
             shown = name is not None and name in stop_on
             self.threshold_shown[key] = shown
-            note = EMPTY_NOTE
+            note = EMPTY_NOTES.get(key, EMPTY_NOTE)
             if shown:
                 line.setPos(thresholds.value(name))
                 word = "above" if FIGURES[name][1] == "max" else "below"
