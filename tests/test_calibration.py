@@ -62,6 +62,18 @@ def test_tail_limit_holds_its_rate_on_exponential_tails() -> None:
     assert 0.003 < statistics.fmean(rates) < 0.03
 
 
+def test_wild_samples_give_a_capped_limit_not_an_overflow() -> None:
+    """A random tiny model's edits moved its matrix's norm x8 to x40 each: 100 of them extrapolated is
+    past the float range, and the calibration failed with OverflowError (the offloaded-calibration
+    test on a tiny model did). The limit is infinite, then capped at the loosest bound, recorded."""
+    jumps = [8.0, 12.0, 40.0, 9.5, 20.0, 15.0]
+    assert horizon_limit(jumps, 0.01, 100)["threshold"] == math.inf
+    assert tail_limit([1e300, 1e-300, 1.0, 1e250, 1e-250], 0.01, "max", log=True)["threshold"] == math.inf
+    guard, monitor, figures = calibration.limits({"norm_jump": jumps, "ppl_jump": jumps}, rate=0.01)
+    assert monitor["max_norm_ratio"] == calibration.LOOSEST["monitor.max_norm_ratio"]
+    assert figures["norm_ratio"]["capped"]["fitted"] == math.inf
+
+
 def test_horizon_limit_is_the_sum_of_log_jumps() -> None:
     jumps = [1.004, 1.006, 1.005, 1.003, 1.007]
     rec = horizon_limit(jumps, 0.01, 100)

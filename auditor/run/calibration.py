@@ -206,12 +206,19 @@ def tail_limit(values: list[float], alpha: float, kind: str = "max", *, log: boo
     m = statistics.median(xs)
     excess = [sign * (x - m) for x in xs if sign * (x - m) > 0]
     b = max(statistics.fmean(excess) if excess else 0.0, floor)
-    back = math.exp if log else (lambda x: x)
+    back = _exp if log else (lambda x: x)
     limit = back(m + sign * b * math.log(0.5 / alpha))
     worst = max(raw) if kind == "max" else min(raw)
     limit = max(limit, worst) if kind == "max" else min(limit, worst)
     return {"threshold": limit, "rule": "tail", "n": len(xs), "median": back(m), "scale": b,
             "worst_seen": worst, "alpha": alpha, "log": log}
+
+
+def _exp(x: float) -> float:
+    """exp that is inf past the float range instead of raising OverflowError: a limit fitted from
+    wild samples (a random tiny model's edits move its matrix x10) is then capped like any other
+    limit past its loosest bound, instead of failing the calibration."""
+    return math.exp(x) if x < 709.0 else math.inf
 
 
 def horizon_limit(jumps: list[float], rate: float, horizon: int, *, floor: float = LOG_FLOOR) -> dict[str, Any]:
@@ -228,7 +235,7 @@ def horizon_limit(jumps: list[float], rate: float, horizon: int, *, floor: float
     normal = mu + z * sigma / math.sqrt(n)
     skewed = exponential_mean_bound([max(x, 0.0) for x in logs], rate)
     mu_up = max(normal, skewed)
-    return {"threshold": math.exp(max(horizon * mu_up, 0.0) + z * sigma * math.sqrt(horizon)), "rule": "horizon",
+    return {"threshold": _exp(max(horizon * mu_up, 0.0) + z * sigma * math.sqrt(horizon)), "rule": "horizon",
             "n": n, "mu": mu, "mu_upper": mu_up, "mu_bound": "exponential" if skewed > normal else "normal",
             "sigma": sigma, "z": z, "horizon": horizon}
 
