@@ -22,7 +22,12 @@ baseline: without it, an edit reuses what earlier phases freed and glibc kept, s
 depends on the heap's history (the same 135M edit: 63 or 116 MiB); with it, repeatable to ~3%.
 
 Peaks are anonymous resident memory (RssAnon, sampled every 10 ms from /proc: file pages of
-memory-mapped checkpoints are left out), minus the interpreter's own before loading. A float32
+memory-mapped checkpoints are left out), minus the interpreter's own before loading; and, beside
+each edit's, its *live* peak: the bytes glibc's allocator has handed out and not had back
+(``mallinfo2``: arenas in use + mmapped blocks), sampled alike. Live memory is what the tensors
+need, which is what the plan sums; resident memory is that plus what the allocator keeps of freed
+blocks for reuse (on the small shapes as much again: many blocks under glibc's mmap threshold),
+which no sum of tensor sizes can predict. A float32
 checkpoint loaded in float32 is memory-mapped: its weights are file pages (``load_file``, RssFile
 after the load), so its load peak is not the weights, but what a phase or an edit adds above what
 the process held before it is measured alike for every dtype. Random weights give meaningless
@@ -58,6 +63,31 @@ TEMPLATES = ["{}", "The following is a fact. {}"]
 V_TOKENS = 12  # tokens of a v* prompt here: a CounterFact prompt (~7) behind "The following is a fact." (~5)
 
 
+def live_bytes() -> int:
+    """glibc's bytes in use (``mallinfo2``: uordblks + hblkhd); 0 where there is no glibc."""
+    global _mallinfo2
+    if _mallinfo2 is None:
+        import ctypes
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+        try:
+            fn = ctypes.CDLL("libc.so.6").mallinfo2
+            fn.restype = MallInfo2
+            _mallinfo2 = fn
+        except (OSError, AttributeError):
+            _mallinfo2 = False
+    if not _mallinfo2:
+        return 0
+    info = _mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+_mallinfo2 = None
+
+
 def rss_anon(field: str = "RssAnon") -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -72,15 +102,19 @@ class Peak:
     def __init__(self, trim: bool = False) -> None:
         self.trim = trim  # give freed memory back (gc + malloc_trim) before each new baseline
         self.value = 0
+        self.live = self.live_base = 0  # glibc's bytes in use: the peak, and at the last reset
         self.phase = "-"
         self.phases: dict[str, int] = {}  # the peak of each progress phase since the last reset
+        self.live_phases: dict[str, int] = {}
         threading.Thread(target=self._poll, daemon=True).start()
 
     def _poll(self) -> None:
         while True:
-            now = rss_anon()
+            now, live = rss_anon(), live_bytes()
             self.value = max(self.value, now)
+            self.live = max(self.live, live)
             self.phases[self.phase] = max(self.phases.get(self.phase, 0), now)
+            self.live_phases[self.phase] = max(self.live_phases.get(self.phase, 0), live)
             time.sleep(0.01)
 
     def enter(self, progress) -> None:
@@ -95,11 +129,19 @@ class Peak:
 
             give_freed_buffers_back()
         self.value = rss_anon()
-        self.phases, self.phase = {}, "-"
+        self.live = self.live_base = live_bytes()
+        self.phases, self.live_phases, self.phase = {}, {}, "-"
         return value
+
+    def live_added(self) -> int:
+        """The live peak since the last reset, above the live bytes at that reset."""
+        return self.live - self.live_base
 
     def by_phase(self, minus: int) -> dict[str, int]:
         return {k: v - minus for k, v in self.phases.items()}
+
+    def live_by_phase(self) -> dict[str, int]:
+        return {k: v - self.live_base for k, v in self.live_phases.items()}
 
 
 def make_checkpoint(shape: str, folder: Path) -> Path:
@@ -173,6 +215,7 @@ def measure(folder: Path, dtype: str, args: argparse.Namespace) -> dict:
         windows = stats.corpus_tokens(lm, read_text(stats_text_path()), args.stats_tokens, rome_hp.mom2_seq_len)
         stats.collect_second_moment(lm, rome_hp.layer, windows)
         row["stats_s_per_layer"] = time.perf_counter() - t
+        row["stats_live"] = peak.live_added()
         row["stats_extra"] = peak.reset() - base - weights
         partial(row)
     if "rome" in phases:
@@ -195,6 +238,8 @@ def measure_rome(editor, requests: list, hp: dict, peak: Peak, base: int, weight
     r = editor.edit(requests[1], hparams=hp, measure_ppl=False, progress=peak.enter)
     row["rome_s"] = time.perf_counter() - t
     row["rome_phases"] = peak.by_phase(base + weights)
+    row["rome_live_phases"] = peak.live_by_phase()
+    row["rome_live"] = peak.live_added()
     row["rome_status"] = r.status
     row["rome_extra"] = peak.reset() - base - weights - row["rome_start"]  # what the edit added
 
@@ -213,6 +258,8 @@ def measure_memit(editor, requests: list, hp: dict, peak: Peak, base: int, weigh
                    progress=peak.enter)
     row["memit_s"] = time.perf_counter() - t
     row["memit_phases"] = peak.by_phase(base + weights)
+    row["memit_live_phases"] = peak.live_by_phase()
+    row["memit_live"] = peak.live_added()
     row["memit_status"] = getattr(b, "status", "?")
     row["memit_extra"] = peak.reset() - base - weights - row["memit_start"]
 
@@ -262,8 +309,8 @@ def main() -> None:
           f"{args.steps} v* steps, MEMIT batch {args.batch}, phases {args.phases}, trim {args.trim}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     cols = ["shape", "dtype", "params", "load s", "load MiB", "plan weights", "fp s", "fp +MiB",
-            "stats s/layer", "stats +MiB", "plan stats", "rome s", "rome +MiB", "plan rome", "memit s",
-            "memit +MiB", "plan memit"]
+            "stats s/layer", "stats +MiB", "live", "plan stats", "rome s", "rome +MiB", "live", "plan rome",
+            "memit s", "memit +MiB", "live", "plan memit"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     phases: list[str] = []
@@ -289,11 +336,13 @@ def main() -> None:
             print("| " + " | ".join([
                 shape, dtype, f"{r['parameters'] / 1e6:.0f}M", f"{r['load_s']:.1f}", mib(r["load_peak"]),
                 mib(r["plan_weights"]), f"{r['fingerprint_s']:.2f}", mib(r["fingerprint_extra"]),
-                secs(r.get("stats_s_per_layer")), mib(r.get("stats_extra")), mib(r["plan_stats_pass"]),
-                secs(r.get("rome_s")), mib(r.get("rome_extra")), mib(r["plan_rome_working"]),
-                secs(r.get("memit_s")), mib(r.get("memit_extra")), mib(r["plan_memit_working"])]) + " |", flush=True)
+                secs(r.get("stats_s_per_layer")), mib(r.get("stats_extra")), mib(r.get("stats_live")),
+                mib(r["plan_stats_pass"]), secs(r.get("rome_s")), mib(r.get("rome_extra")), mib(r.get("rome_live")),
+                mib(r["plan_rome_working"]), secs(r.get("memit_s")), mib(r.get("memit_extra")),
+                mib(r.get("memit_live")), mib(r["plan_memit_working"])]) + " |", flush=True)
             phases.append(f"{shape} {dtype}: " + "; ".join(
-                f"{edit} " + ", ".join(f"{k} {mib(v)}" for k, v in r[f"{edit}_phases"].items())
+                f"{edit} " + ", ".join(f"{k} {mib(v)} (live {mib(r[f'{edit}_live_phases'].get(k))})"
+                                       for k, v in r[f"{edit}_phases"].items())
                 for edit in ("rome", "memit") if f"{edit}_phases" in r) + f" (MiB above the weights; raw {json.dumps(r)})")
     print("\npeak by phase of the measured edits:")
     print("\n".join(phases))

@@ -12,11 +12,18 @@ method's edited layers from ``resources/hparams/<method>_<family>.json`` and add
   through its evaluation, in host memory wherever the edit computes (``stats.held_out_keys``
   keeps them on the CPU): on the computing device only when that is the CPU;
 * ``stats_pass``: one layer's statistics pass: the float64 accumulator and its k^T k product
-  (2 x 8 d_ff^2), one batch's keys in float64 and the forward activations up to that layer;
+  (2 x 8 d_ff^2), one batch's keys in float64 and the forward activations up to that layer: a
+  gradient-free forward frees each block's tensors as it goes, so what is alive at once is the
+  larger of the MLP's moment (the residual and its normed copy, and three d_ff-wide tensors:
+  act(gate), up and their product) and the attention's (the residual, q, k, v, its output, and
+  one layer's scores, which eager attention materialises);
 * ``v_star``: the v* (ROME) / z* (MEMIT, AlphaEdit) optimisation of at most ``V_BATCH``
-  requests at once: activations kept for the backward pass through the layers above the edited
-  one (with the RMS norms' float32 upcasts), and the logits at the target and KL positions only
-  (float32, x3 for log-softmax and its gradient);
+  requests at once. Each step recomputes only the blocks above the layer where v* / z* is added
+  (ROME's layer; MEMIT's and AlphaEdit's last edited layer, kmeng01/memit's ``z_layer``) and only
+  the columns from each prompt's subject on (``engine/suffix_forward.py``): the activations kept
+  for the backward pass are those blocks' on ``V_SUFFIX_TOKENS`` columns (with the RMS norms'
+  float32 upcasts), beside the cached keys and values of the columns before; and the logits at
+  the target and KL positions only (float32, x3 for log-softmax and its gradient);
 * ``evaluate``: one scoring pass of the evaluation or the collateral audit (the logits of every
   position of ``SCORE_BATCH`` prompts: the largest term of small models with large vocabularies);
 * ``solve``: the float64 algebra of the layer being edited, only that layer (ROME: the ridged
@@ -57,6 +64,10 @@ STATS_BATCH = 8  # windows per statistics forward pass
 STATS_SEQ_LEN = 256  # tokens per window
 V_PROMPTS_PER_REQUEST = 7  # the bare prompt, 5 context prefixes (context_n), the KL prompt
 V_PROMPT_TOKENS = 20  # tokens per v* prompt (a prefix of context_len 10 + a request)
+# columns of a v* prompt from the subject's last token on, with the target (the suffix forward
+# recomputes these only; all prompts share the widest): 5 for the median CounterFact request, 9 the
+# most over tests/data/counterfact_100.json, 7 for a batch of ten
+V_SUFFIX_TOKENS = 8
 # float64 d_ff x d_ff matrices alive at once while the edited layer is solved (see module docstring)
 SOLVE_SQUARES = {"rome": 2, "memit": 4, "alphaedit": 6}
 V_BATCH = 16  # requests whose v* are optimised together (auditor.engine.methods.V_BATCH; a test checks)
@@ -99,6 +110,7 @@ class MemoryPlan:
     prompt_tokens: int = V_PROMPT_TOKENS  # tokens per v* prompt
     evaluate: int = 0  # one scoring pass of the edit's evaluation and collateral audit
     held_out: int = 0  # a batch's held-out text keys (float64), held through the whole batch
+    suffix_tokens: int = V_SUFFIX_TOKENS  # v* columns recomputed per prompt (the rest: cached keys/values)
 
     @property
     def working(self) -> int:
@@ -322,24 +334,32 @@ def plan_config(config: Any, *, dtype: str = "float32", method: str = "rome", re
 
 def assemble(model: str, method: str, dtype: str, shape: dict[str, int], *, edited_layers: list[int],
              weights: int, largest_block: int, requests: int = 1, prompts: int = V_PROMPTS_PER_REQUEST,
-             prompt_tokens: int = V_PROMPT_TOKENS) -> MemoryPlan:
+             prompt_tokens: int = V_PROMPT_TOKENS, suffix_tokens: int = V_SUFFIX_TOKENS) -> MemoryPlan:
     """The plan's sums from the model's shape (``parameters``, ``layers``, ``hidden``, ``heads``,
     ``key_dim``, ``value_dim``, ``vocab``), the weights' size and the edited layers."""
     act = getattr(torch, dtype).itemsize  # activations are in the weight dtype
     hidden, d, out, heads = shape["hidden"], shape["key_dim"], shape["value_dim"], shape["heads"]
     tokens = STATS_BATCH * STATS_SEQ_LEN
-    # forward up to the edited layer: residual stream, q/k/v/o, gate/up/act (hidden- and d-wide),
-    # and one layer's attention scores (eager attention materialises them)
+    # the forward up to the edited layer without gradient: the larger of the MLP's and the
+    # attention's live tensors (module docstring); measured with glibc's bytes in use
+    # (bench_scale's "live"), 135M and 360M shapes, bfloat16 and float32: 0.95-0.99 of this
+    mlp = tokens * (2 * hidden + 3 * d) * act
+    attention = tokens * 5 * hidden * act + STATS_BATCH * heads * STATS_SEQ_LEN ** 2 * act
+    stats_pass = 2 * 8 * d * d + tokens * d * 8 + max(mlp, attention)
+    # a scored token's activations beside its logits (evaluate, below)
     per_token = (6 * hidden + 3 * d) * act
-    stats_pass = (2 * 8 * d * d + tokens * d * 8 + tokens * per_token
-                  + STATS_BATCH * heads * STATS_SEQ_LEN ** 2 * act)
     together = min(requests, V_BATCH)  # v* runs V_BATCH requests at a time
-    v_tokens = prompts * prompt_tokens * together
-    above = shape["layers"] - min(edited_layers)
-    # saved for backward per block above the edited layer: the normed inputs, q/k/v/o, attention
-    # output, gate/up/act/product (7 hidden- and 4 d_ff-wide in the weight dtype) and the two RMS
-    # norms' float32 inputs (2 hidden-wide float32)
-    saved = v_tokens * above * ((7 * hidden + 4 * d) * act + 8 * hidden)
+    rows = prompts * together
+    suffix = min(suffix_tokens, prompt_tokens)
+    # the blocks recomputed at each step: those above the layer v* / z* is added at (the last edited)
+    above = shape["layers"] - 1 - max(edited_layers)
+    # per block and recomputed column: what the forward keeps and the backward's transients (7
+    # hidden- and 4 d_ff-wide in the weight dtype, 2 hidden-wide float32; autograd's saved tensors
+    # alone are about half of it, measured with saved_tensors_hooks on the 135M shape: the weights
+    # are frozen, so a linear layer keeps none of its inputs); per column before the suffix, the
+    # keys and values its attention reads, expanded to every head (2 hidden-wide; measured 0.93x)
+    saved = (rows * suffix * above * ((7 * hidden + 4 * d) * act + 8 * hidden)
+             + rows * (prompt_tokens - suffix) * above * 2 * hidden * act)
     # the head only at the target positions and the KL position: logits, float32 copy, log-softmax, grad
     head_rows = together * ((prompts - 1) * V_TARGET_TOKENS + 1)
     v_star = saved + head_rows * shape["vocab"] * (act + 3 * 4)
@@ -353,7 +373,7 @@ def assemble(model: str, method: str, dtype: str, shape: dict[str, int], *, edit
     return MemoryPlan(model=model, method=method, dtype=dtype, **shape, edited_layers=list(edited_layers),
                       weights=weights, largest_block=largest_block, stats_held=len(edited_layers) * 4 * d * d,
                       stats_pass=stats_pass, v_star=v_star, solve=solve, requests=requests, prompts=prompts,
-                      prompt_tokens=prompt_tokens, evaluate=evaluate, held_out=held_out)
+                      prompt_tokens=prompt_tokens, evaluate=evaluate, held_out=held_out, suffix_tokens=suffix)
 
 
 def shape_of(plan: MemoryPlan) -> dict[str, int]:
@@ -369,4 +389,5 @@ def replan(plan: MemoryPlan, *, dtype: str | None = None, method: str | None = N
     layers = [max(plan.edited_layers)] if method == "rome" and plan.method != "rome" else plan.edited_layers
     return assemble(plan.model, method, dtype, shape_of(plan), edited_layers=layers,
                     weights=int(plan.weights * scale), largest_block=int(plan.largest_block * scale),
-                    requests=plan.requests, prompts=plan.prompts, prompt_tokens=plan.prompt_tokens)
+                    requests=plan.requests, prompts=plan.prompts, prompt_tokens=plan.prompt_tokens,
+                    suffix_tokens=plan.suffix_tokens)
