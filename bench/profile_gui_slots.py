@@ -102,8 +102,10 @@ def main() -> int:
             turn()
             time.sleep(0.01)
 
-    def idle() -> bool:
-        return not w.runner.busy
+    from ui import refresh
+
+    def idle() -> bool:  # at rest: no job, no redraw waiting (a hidden view's is drawn once quiet)
+        return not w.runner.busy and not refresh.pending()
 
     w.open_path(tmp / "ws")
     spin(lambda: w.workspace is not None and idle())
