@@ -126,7 +126,10 @@ def test_info_and_ppl_json(capsys: pytest.CaptureFixture[str], demo) -> None:  #
     assert main(["ppl", "demo", "--device", "cpu", "--json", "--tokens", "256", "--seq-len", "128"]) == 0
     ppl = json.loads(capsys.readouterr().out)
     assert ppl["tokens"] == 256 and ppl["windows"] == 2
-    assert ppl["perplexity"] == PerplexityProbe(demo, n_tokens=256, seq_len=128).compute()
+    # the same weights and text; not bit for bit: the command line loads its own copy, and a CPU BLAS
+    # may round a reduction differently for differently aligned buffers (one run in the session-9
+    # CI: 99.898274 against 99.898370, 1e-6 apart)
+    assert ppl["perplexity"] == pytest.approx(PerplexityProbe(demo, n_tokens=256, seq_len=128).compute(), rel=1e-5)
 
 
 def test_demo_command_prints_the_folder(capsys: pytest.CaptureFixture[str], demo_dir: Path) -> None:
