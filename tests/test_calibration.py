@@ -74,6 +74,28 @@ def test_wild_samples_give_a_capped_limit_not_an_overflow() -> None:
     assert figures["norm_ratio"]["capped"]["fitted"] == math.inf
 
 
+def test_one_healthy_jump_inside_the_per_edit_limit_does_not_cross_the_trend_limit() -> None:
+    """Session 9's 100-edit healthy run: one edit's perplexity jump of 3.4% (limit 5%) made a trend of
+    0.0093 against a fitted 0.0099 limit; a jump at the limit would have stopped the run by itself.
+    The trend limit is now at least the slope that one jump inside the per-edit limit makes."""
+    from auditor.run.monitor import slope
+
+    rng = random.Random(3)
+    noise = [1.0 + rng.uniform(-0.002, 0.002) for _ in range(20)]  # healthy per-edit jumps, tight
+    trends = [rng.uniform(-0.0005, 0.001) for _ in range(8)]
+    guard, monitor, figures = calibration.limits({"ppl_jump": noise, "ppl_trend": trends}, rate=0.01)
+    jump = monitor["max_ppl_jump"]
+    window = Thresholds().trend_window
+    for at in range(1, window):  # one jump just inside the limit, anywhere in the window
+        logs = [0.0] * at + [math.log(jump * 0.999)] * (window - at)
+        assert slope(logs) <= monitor["max_ppl_trend"], (at, slope(logs), monitor["max_ppl_trend"])
+    assert calibration.one_jump_slope(5) == pytest.approx(0.3)
+    assert figures["ppl_trend"]["one_jump"]["fitted"] < monitor["max_ppl_trend"]
+    # two such jumps in one window (a sustained rise) still cross it
+    logs = [0.0, 0.0, 0.0] + [math.log(jump * 0.999)] + [2 * math.log(jump * 0.999)]
+    assert slope(logs) > monitor["max_ppl_trend"]
+
+
 def test_horizon_limit_is_the_sum_of_log_jumps() -> None:
     jumps = [1.004, 1.006, 1.005, 1.003, 1.007]
     rec = horizon_limit(jumps, 0.01, 100)

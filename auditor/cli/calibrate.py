@@ -97,6 +97,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             if key in rec:
                 print(f"{name}: the fitted limit {rec[key]['fitted']:.4g} was {word} to "
                       f"{rec[key][detail]:g} (calibration.{detail.upper()})", file=sys.stderr)
+        if "one_jump" in rec:
+            print(f"{name}: the fitted limit {rec['one_jump']['fitted']:.4g} was raised to {rec['threshold']:.4g}, "
+                  f"the trend that one jump inside ppl_jump {rec['one_jump']['ppl_jump']:.4g} makes "
+                  f"(a {rec['one_jump']['window']}-edit window)", file=sys.stderr)
         worst = rec.get("worst_seen")
         if "capped" in rec and worst is not None and (worst > rec["threshold"] if rec.get("kind") == "max"
                                                        else worst < rec["threshold"]):

@@ -283,7 +283,35 @@ def limits(samples: dict[str, list[float]], drift: dict[str, list[float]] | None
             rec = {**rec, "widened": {"fitted": rec["threshold"], "tightest": near}, "threshold": near}
         figures[name] = {**rec, "field": field, "kind": kind}
         (guard if where == "guard" else monitor)[attr] = rec["threshold"]
+    _trend_above_one_jump(monitor, figures)
     return guard, monitor, figures
+
+
+def one_jump_slope(window: int) -> float:
+    """The steepest least-squares slope per edit that a single step of 1 makes in a trend window of
+    ``window`` points (monitor.slope): 0.3 for the default 5 (the step at the 3rd or 4th point)."""
+    centre = (window - 1) / 2
+    sxx = sum((x - centre) ** 2 for x in range(window))
+    return max(sum(x - centre for x in range(p, window)) / sxx for p in range(1, window))
+
+
+def _trend_above_one_jump(monitor: dict[str, float], figures: dict[str, dict[str, Any]]) -> None:
+    """The perplexity trend watches sustained drift; one edit's jump is the per-edit limit's to judge.
+    A trend limit under the slope that one jump *inside* the per-edit limit makes in the trend's
+    window would stop a run for that one healthy edit: a 3.4% jump (ppl_jump 1.034, limit 1.05) in
+    session 9's 100-edit run made a trend of 0.0093 against a fitted 0.0099; a 5% jump makes 0.0146.
+    So the trend limit is at least that slope; a limit raised here is recorded with ``"one_jump"``."""
+    if "max_ppl_trend" not in monitor or "max_ppl_jump" not in monitor:  # both calibrated, or neither moves
+        return
+    defaults = Thresholds()
+    jump = monitor["max_ppl_jump"]
+    floor = min(one_jump_slope(defaults.trend_window) * math.log(jump), LOOSEST["monitor.max_ppl_trend"])
+    if monitor["max_ppl_trend"] < floor:
+        fitted = monitor["max_ppl_trend"]
+        monitor["max_ppl_trend"] = floor
+        rec = figures.get("ppl_trend", {})
+        figures["ppl_trend"] = {**rec, "threshold": floor,
+                                "one_jump": {"fitted": fitted, "ppl_jump": jump, "window": defaults.trend_window}}
 
 
 def refit(cal: Calibration) -> Calibration:
