@@ -390,19 +390,27 @@ def test_an_edit_of_the_demo_with_a_third_of_its_weights_in_memory(demo_dir: Pat
     with safe_open(str(exported), framework="pt") as f:
         assert torch.equal(f.get_tensor(name), ref_lm.spec.weight(ref_lm.model, 4))
     used = out["peak"] - baseline["base"]
+    phases = {k: v - baseline["base"] for k, v in out["phases"].items()}
     embedding = plan.vocab * plan.hidden * 2  # bfloat16; tied with the head, kept in memory by accelerate
     bound = budget + plan.working + plan.largest_block + embedding
+    # the replay loads a second, wholly offloaded model beside the first: its embedding and one block
+    replay_bound = bound + embedding + plan.largest_block
     print(f"\noffloaded bfloat16 demo edit: weights {plan.weights >> 20} MiB, budget {budget >> 20} MiB, "
           f"anonymous memory above the interpreter {used >> 20} MiB (interpreter {baseline['base'] >> 20} MiB); "
           f"bound {bound >> 20} MiB = budget + plan working {plan.working >> 20} + one block "
-          f"{plan.largest_block >> 20} + embedding {embedding >> 20}; by phase "
-          + ", ".join(f"{k} {(v - baseline['base']) >> 20}" for k, v in out["phases"].items()))
+          f"{plan.largest_block >> 20} + embedding {embedding >> 20}, in the replay {replay_bound >> 20} MiB; by phase "
+          + ", ".join(f"{k} {v >> 20}" for k, v in phases.items()))
     # The margin over the budget is the plan's working memory, one materialised block and the
     # embedding (316 MiB in all). The baseline is an interpreter that has imported the model's code
     # and loaded its tokenizer (what any load holds besides weights: 300 MiB). Measured in session 7
     # (load 10): 191 MiB, by phase init 104, edit 145, replay 191 (a second, wholly offloaded
-    # model beside the first), export 105. Before the fixes of session 7: 494-516 MiB.
-    assert used <= bound, f"{used >> 20} MiB > {bound >> 20} MiB"
+    # model beside the first), export 105. Before the fixes of session 7: 494-516 MiB. Session 9: the
+    # plan's working memory is now the live estimate (91 MiB, was 110), and the replay's second
+    # model, which this bound never counted, showed: init 90, edit 187, replay 241, export 121 against
+    # one bound of 237. Each phase now has its own: the replay's adds the second model's embedding
+    # and block (297 MiB); the whole bfloat16 model held in memory would need 256 + 91.
+    assert max(v for k, v in phases.items() if k != "replay") <= bound, (phases, bound >> 20)
+    assert phases["replay"] <= replay_bound and used <= replay_bound, (phases, replay_bound >> 20)
 
 
 # ---------------------------------------------------------------- bfloat16 end to end
