@@ -58,34 +58,11 @@ sys.path.insert(0, str(HERE.parent))
 
 from model_shapes import llama_config  # noqa: E402
 
+from auditor.model.offload import live_bytes  # noqa: E402
+
 REQUESTS = HERE.parent / "tests" / "data" / "counterfact_100.json"
 TEMPLATES = ["{}", "The following is a fact. {}"]
 V_TOKENS = 12  # tokens of a v* prompt here: a CounterFact prompt (~7) behind "The following is a fact." (~5)
-
-
-def live_bytes() -> int:
-    """glibc's bytes in use (``mallinfo2``: uordblks + hblkhd); 0 where there is no glibc."""
-    global _mallinfo2
-    if _mallinfo2 is None:
-        import ctypes
-
-        class MallInfo2(ctypes.Structure):
-            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-        try:
-            fn = ctypes.CDLL("libc.so.6").mallinfo2
-            fn.restype = MallInfo2
-            _mallinfo2 = fn
-        except (OSError, AttributeError):
-            _mallinfo2 = False
-    if not _mallinfo2:
-        return 0
-    info = _mallinfo2()
-    return info.uordblks + info.hblkhd
-
-
-_mallinfo2 = None
 
 
 def rss_anon(field: str = "RssAnon") -> int:

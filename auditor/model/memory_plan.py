@@ -21,16 +21,22 @@ method's edited layers from ``resources/hparams/<method>_<family>.json`` and add
   requests at once. Each step recomputes only the blocks above the layer where v* / z* is added
   (ROME's layer; MEMIT's and AlphaEdit's last edited layer, kmeng01/memit's ``z_layer``) and only
   the columns from each prompt's subject on (``engine/suffix_forward.py``): the activations kept
-  for the backward pass are those blocks' on ``V_SUFFIX_TOKENS`` columns (with the RMS norms'
-  float32 upcasts), beside the cached keys and values of the columns before; and the logits at
-  the target and KL positions only (float32, x3 for log-softmax and its gradient);
-* ``evaluate``: one scoring pass of the evaluation or the collateral audit (the logits of every
-  position of ``SCORE_BATCH`` prompts: the largest term of small models with large vocabularies);
+  for the backward pass are those blocks' on ``V_SUFFIX_TOKENS`` columns (per block and column:
+  attention's q, k, v and output and the MLP's act(gate), up and product in the weight dtype,
+  the two RMS norms' float32 inputs), beside the cached keys and values of the columns before;
+  and the logits at the target and KL positions only (float32, x3 for log-softmax and its
+  gradient);
+* ``evaluate``: one scoring pass of the evaluation (the logits of every position of
+  ``SCORE_BATCH`` prompts, beside the final norm's float32 copy: the largest term of small models
+  with large vocabularies);
 * ``solve``: the float64 algebra of the layer being edited, only that layer (ROME: the ridged
-  C and an identity; MEMIT: C, K K^T, A and the LU factor of ``solve``; AlphaEdit: those plus
-  ``eigh``'s eigenvectors and the projector P), plus the dense float64 update and weight copy.
+  C and an identity; MEMIT: C, K K^T, A, the LU factor of ``solve`` and the condition number's
+  copy of A; AlphaEdit: the projector P, S = K K^T (+ earlier keys), an identity, A, the LU
+  factor and ``cond``'s copy and workspace), plus the dense float64 update and weight copy;
+* ``audit``: the collateral audit's preservation cost tr(Delta C Delta^T) / tr(W C W^T) of the
+  edited layer: C and W in float64, W C and its product with W.
 
-``peak = weights + stats_held + max(stats_pass, v_star, solve, evaluate)`` on the computing device,
+``peak = weights + stats_held + max(stats_pass, v_star, solve, evaluate, audit)`` on the computing device,
 plus ``held_out`` in host memory (on the same memory when the CPU computes: ``cpu_peak``): the phases run one
 after another (kmeng01/memit ``compute_ks``/``compute_z``/``memit_main``; jianghoucheng/AlphaEdit
 ``AlphaEdit_main``). The estimate is checked against measured peaks by ``bench/bench_scale.py``.
@@ -69,7 +75,8 @@ V_PROMPT_TOKENS = 20  # tokens per v* prompt (a prefix of context_len 10 + a req
 # most over tests/data/counterfact_100.json, 7 for a batch of ten
 V_SUFFIX_TOKENS = 8
 # float64 d_ff x d_ff matrices alive at once while the edited layer is solved (see module docstring)
-SOLVE_SQUARES = {"rome": 2, "memit": 4, "alphaedit": 6}
+# (MEMIT measured: 4.3 alone, 4.8 inside a 360M-shape batch; AlphaEdit counted, not measured)
+SOLVE_SQUARES = {"rome": 2, "memit": 5, "alphaedit": 7}
 V_BATCH = 16  # requests whose v* are optimised together (auditor.engine.methods.V_BATCH; a test checks)
 V_TARGET_TOKENS = 3  # tokens of a target: the head is applied at these positions and the KL one only
 SCORE_BATCH = 64  # prompts scored in one pass (auditor.measure.collateral.SCORE_BATCH; a test checks)
@@ -111,11 +118,12 @@ class MemoryPlan:
     evaluate: int = 0  # one scoring pass of the edit's evaluation and collateral audit
     held_out: int = 0  # a batch's held-out text keys (float64), held through the whole batch
     suffix_tokens: int = V_SUFFIX_TOKENS  # v* columns recomputed per prompt (the rest: cached keys/values)
+    audit: int = 0  # the collateral audit's preservation cost of the edited layer (float64)
 
     @property
     def working(self) -> int:
         """Everything but the weights: what must sit on the computing device."""
-        return self.stats_held + max(self.stats_pass, self.v_star, self.solve, self.evaluate)
+        return self.stats_held + max(self.stats_pass, self.v_star, self.solve, self.evaluate, self.audit)
 
     @property
     def peak(self) -> int:
@@ -150,6 +158,7 @@ class MemoryPlan:
             "v* optimisation": human(self.v_star),
             f"float64 solve ({self.method}, edited layer only)": human(self.solve),
             f"evaluation ({SCORE_BATCH} prompts a pass)": human(self.evaluate),
+            "collateral audit (preservation cost, float64)": human(self.audit),
             "working memory (computing device)": human(self.working),
             "peak (computing device)": human(self.peak),
             "peak, computed on the CPU": human(self.cpu_peak),
@@ -346,34 +355,37 @@ def assemble(model: str, method: str, dtype: str, shape: dict[str, int], *, edit
     mlp = tokens * (2 * hidden + 3 * d) * act
     attention = tokens * 5 * hidden * act + STATS_BATCH * heads * STATS_SEQ_LEN ** 2 * act
     stats_pass = 2 * 8 * d * d + tokens * d * 8 + max(mlp, attention)
-    # a scored token's activations beside its logits (evaluate, below)
-    per_token = (6 * hidden + 3 * d) * act
     together = min(requests, V_BATCH)  # v* runs V_BATCH requests at a time
     rows = prompts * together
     suffix = min(suffix_tokens, prompt_tokens)
     # the blocks recomputed at each step: those above the layer v* / z* is added at (the last edited)
     above = shape["layers"] - 1 - max(edited_layers)
-    # per block and recomputed column: what the forward keeps and the backward's transients (7
-    # hidden- and 4 d_ff-wide in the weight dtype, 2 hidden-wide float32; autograd's saved tensors
-    # alone are about half of it, measured with saved_tensors_hooks on the 135M shape: the weights
-    # are frozen, so a linear layer keeps none of its inputs); per column before the suffix, the
-    # keys and values its attention reads, expanded to every head (2 hidden-wide; measured 0.93x)
-    saved = (rows * suffix * above * ((7 * hidden + 4 * d) * act + 8 * hidden)
+    # per block and recomputed column, what autograd keeps (the weights are frozen, so a linear
+    # layer keeps none of its inputs): attention's q, k, v and output (4 hidden-wide) and the MLP's
+    # act(gate), up and their product (3 d_ff-wide) in the weight dtype, the two RMS norms' float32
+    # inputs (2 hidden-wide); per column before the suffix, the keys and values its attention
+    # reads, expanded to every head (2 hidden-wide). Measured (live peak of rome.optimise_values,
+    # a MEMIT batch of 10, 135M and 360M shapes): 0.96-1.05 of this, in bfloat16 and float32 alike
+    saved = (rows * suffix * above * ((4 * hidden + 3 * d) * act + 8 * hidden)
              + rows * (prompt_tokens - suffix) * above * 2 * hidden * act)
     # the head only at the target positions and the KL position: logits, float32 copy, log-softmax, grad
     head_rows = together * ((prompts - 1) * V_TARGET_TOKENS + 1)
     v_star = saved + head_rows * shape["vocab"] * (act + 3 * 4)
-    # a scoring pass (evaluation, collateral audit): the logits of every position of its prompts
+    # a scoring pass of the evaluation: the logits of every position of its prompts, beside the
+    # final norm's float32 input and output (measured: the logits are all but 2% of the pass)
     scored = min(SCORE_BATCH, EVAL_ROWS_PER_REQUEST * requests)
-    evaluate = scored * SCORE_TOKENS * (shape["vocab"] + per_token // act) * act
+    evaluate = scored * SCORE_TOKENS * (shape["vocab"] * act + 8 * hidden)
     # the dense float64 update and weight copy; MEMIT/AlphaEdit also snapshot every edited weight
     dense = 2 * out * d * 8 + (len(edited_layers) * out * d * act if method != "rome" else 0)
     solve = SOLVE_SQUARES[method] * 8 * d * d + dense
     held_out = len(edited_layers) * d * HELD_OUT_TOKENS * 8 if method != "rome" else 0
+    # collateral.preservation_cost: C and W in float64, W C, and (W C) * W (measured exactly this)
+    audit = 8 * d * d + 3 * 8 * out * d
     return MemoryPlan(model=model, method=method, dtype=dtype, **shape, edited_layers=list(edited_layers),
                       weights=weights, largest_block=largest_block, stats_held=len(edited_layers) * 4 * d * d,
                       stats_pass=stats_pass, v_star=v_star, solve=solve, requests=requests, prompts=prompts,
-                      prompt_tokens=prompt_tokens, evaluate=evaluate, held_out=held_out, suffix_tokens=suffix)
+                      prompt_tokens=prompt_tokens, evaluate=evaluate, held_out=held_out, suffix_tokens=suffix,
+                      audit=audit)
 
 
 def shape_of(plan: MemoryPlan) -> dict[str, int]:

@@ -23,6 +23,8 @@ Example::
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,8 +141,6 @@ def give_freed_buffers_back() -> None:
     arenas, so the resident size would count every block ever read. Harmless where ``malloc_trim``
     does not exist (another libc, another system).
     """
-    import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
@@ -149,6 +149,32 @@ def give_freed_buffers_back() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+_mallinfo2: Any = None
+
+
+def live_bytes() -> int:
+    """The bytes glibc's allocator has handed out and not had back (``mallinfo2``: arena bytes in
+    use + mmapped blocks): what the process's tensors and objects need, without the freed blocks
+    glibc keeps for reuse that resident memory counts. 0 where there is no glibc ``mallinfo2``."""
+    global _mallinfo2
+    if _mallinfo2 is None:
+        try:
+            fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+            fn.restype = _MallInfo2
+            _mallinfo2 = fn
+        except (OSError, AttributeError):
+            _mallinfo2 = False
+    if not _mallinfo2:
+        return 0
+    info = _mallinfo2()
+    return int(info.uordblks + info.hblkhd)
 
 
 @torch.no_grad()
