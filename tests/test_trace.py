@@ -156,6 +156,25 @@ def test_every_family_traces_exactly(tiny_checkpoint: Callable[..., Path], model
     assert prep.corrupted_prob != pytest.approx(prep.clean_prob, rel=1e-3)
 
 
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gptj", "gpt_neox"])
+def test_a_model_loaded_in_bfloat16_traces_like_its_float32_self(tiny_checkpoint: Callable[..., Path],
+                                                                 model_type: str) -> None:
+    """Large models are loaded in bfloat16: their trace runs (the restored passes' final hidden
+    states once reached a bfloat16 head as float32: a dtype error, found by bench/gpu_check.sh's
+    CPU check) and follows the float32 trace of the same weights to bfloat16's precision."""
+    folder = tiny_checkpoint(model_type)
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        lm = load_model(folder, device="cpu", dtype=dtype)
+        tracer = Tracer(lm, samples=2, noise=0.5)
+        traced = tracer.trace("The capital of {} is", "France", answer="Paris")
+        out[dtype] = np.stack([traced[k].effects for k in KINDS])
+        assert all(traced[k].precision == dtype for k in KINDS)  # the products in the model's own dtype
+    assert np.isfinite(out["bfloat16"]).all()
+    np.testing.assert_allclose(out["bfloat16"], out["float32"], atol=0.02)
+    assert np.corrcoef(out["bfloat16"].ravel(), out["float32"].ravel())[0, 1] > 0.9
+
+
 def test_noise_is_three_sigma_of_the_subjects_embeddings_as_the_reference(demo: Any, traces: dict) -> None:
     """kmeng01/rome ``collect_embedding_std``: the std of the subjects' token embeddings, times 3;
     the older choice (a sample of the reference text) stays available as ``noise_source="corpus"``."""

@@ -342,7 +342,10 @@ class Tracer:
         return self._logits(self._forward(ids)[0])
 
     def _logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm.model.get_output_embeddings()(last_hidden).float()
+        """The head on final hidden states of any dtype (a float32 model's under bfloat16 autocast,
+        a bfloat16 model's), run in the head's own dtype; float32 logits."""
+        head = self.lm.model.get_output_embeddings()
+        return head(last_hidden.to(head.weight.dtype)).float()
 
     def _answer_probs(self, prep: Prepared, last_hidden: torch.Tensor) -> torch.Tensor:
         """P(answer) per batch row, ``(B,)``, from the final hidden states ``(B, H)``."""
@@ -433,7 +436,7 @@ class Tracer:
             if self.precision == "bfloat16" and self.lm.dtype == torch.float32:
                 stack.enter_context(torch.autocast(device_type=dev.type, dtype=torch.bfloat16))
             hidden, _ = self._forward(ids, past)
-        probs = self._answer_probs(prep, hidden.float())  # (B,): the head in the model's dtype
+        probs = self._answer_probs(prep, hidden)  # (B,): the head in the model's dtype
         return probs.view(len(rows), S).mean(1).cpu().double().numpy()
 
     # -------------------------------------------------------------- heatmaps
