@@ -71,6 +71,26 @@ def tiny_ws(tiny_checkpoint: Callable[..., Path], isolated_cache: Path, tmp_path
     return ws
 
 
+@pytest.mark.parametrize("command", [
+    ["edit"], ["edit", "--method", "memit"], ["edit", "--dry-run"], ["sequence", "--out", "SEQ"],
+])
+def test_a_model_beside_a_workspace_is_refused_not_passed_over(command: list[str], tiny_ws: Path,
+                                                                tiny_checkpoint: Callable[..., Path],
+                                                                tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``edit MODEL --workspace WS`` once edited WS's base and said nothing of MODEL (sequence
+    refused it, with a message that also said "not both" when neither was named): every command
+    that takes either now refuses both, and neither, in one line, before anything is loaded."""
+    requests = _write(tmp_path / "r.json", FACTS[:1])
+    argv = [a.replace("SEQ", str(tmp_path / "seq.jsonl")) for a in command] + ["--requests", str(requests)]
+    ledger = (tiny_ws / "ledger.db").read_bytes()
+    other = str(tiny_checkpoint("gpt2"))
+    one_line_error(*run(argv[:1] + [other] + argv[1:] + ["--workspace", str(tiny_ws)], capsys)[::2],
+                   "not both")
+    one_line_error(*run(argv, capsys)[::2], "name a MODEL", "or a --workspace")
+    assert "not both" not in run(argv, capsys)[2]
+    assert (tiny_ws / "ledger.db").read_bytes() == ledger and not (tmp_path / "seq.jsonl").exists()
+
+
 # ---------------------------------------------------------------- deltas of any stride
 
 

@@ -87,7 +87,7 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     requests = tmp_path / "r.json"
     requests.write_text(json.dumps([{"prompt": "The capital of {} is", "subject": "France", "target_new": "Rome"}]))
     cases = [
-        (["sequence", "--requests", str(requests), "--out", str(tmp_path / "o.jsonl")], "either a MODEL"),
+        (["sequence", "--requests", str(requests), "--out", str(tmp_path / "o.jsonl")], "name a MODEL"),
         (["sequence", "demo", "--requests", str(requests), "--stop-on", "x", "--out", str(tmp_path / "o.jsonl")],
          "unknown --stop-on figure"),
         (["sequence", "demo", "--requests", str(requests), "--method", "magic", "--out", str(tmp_path / "o.jsonl")],

@@ -44,8 +44,6 @@ def run_batches(args: argparse.Namespace, requests: list, kwargs: dict[str, Any]
         ws.editor.collateral = getattr(args, "audit_config", ws.editor.collateral)
         run = lambda batch: ws.edit_batch(batch, progress=progress, **kwargs)  # noqa: E731
     else:
-        if not args.model:
-            raise fail("name a MODEL (a folder, a .gguf file or 'demo') or a --workspace")
         editor = Editor(load_from_args(args))
         editor.collateral = getattr(args, "audit_config", editor.collateral)
         run = lambda batch: (editor.edit_batch(batch, progress=progress, **kwargs), None)  # noqa: E731

@@ -70,6 +70,16 @@ def bounded_int(low: int, high: int | None = None, *, what: str = "") -> Callabl
     return parse
 
 
+def model_or_workspace(args: argparse.Namespace) -> None:
+    """Commands that work on a MODEL or on a workspace's base checkpoint take exactly one of them:
+    a MODEL named beside a --workspace would otherwise be passed over for the workspace's own base
+    (the user named one model, another would be edited)."""
+    if getattr(args, "model", None) and getattr(args, "workspace", None):
+        raise fail("name a MODEL or a --workspace, not both (a workspace edits its own base checkpoint)")
+    if not getattr(args, "model", None) and not getattr(args, "workspace", None):
+        raise fail("name a MODEL (a folder, a .gguf file or 'demo') or a --workspace")
+
+
 positive_int = bounded_int(1, MAX_ID)  # counts and limits (SQLite holds them)
 entry_id = bounded_int(1, MAX_ID, what="the largest id SQLite stores")
 layer_index = bounded_int(0, 4095)  # checked against the loaded model by check_layer

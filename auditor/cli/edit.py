@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.cli.common import (add_json_arg, add_model_args, bounded_int, fail, hparam_int, load_from_args,
-                                memory_from_args, print_table, printable)
+                                memory_from_args, model_or_workspace, print_table, printable)
 from auditor.files import atomic_file, check_output
 from auditor.engine.hparams import KEY_MODES
 
@@ -123,6 +123,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from auditor.model.requests import load_requests
     from auditor.run.edit import Editor
 
+    model_or_workspace(args)
     overrides = _hparam_overrides(args)
     requests = load_requests(args.requests)
     args.audit_config = audit_config(args)
@@ -165,8 +166,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
                     print(head_line(entry.id, entry.content_hash), file=sys.stderr)
         else:
-            if not args.model:
-                raise fail("name a MODEL (a folder, a .gguf file or 'demo') or a --workspace")
             editor = Editor(load_from_args(args))
             editor.collateral = args.audit_config
 

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from auditor.cli.common import add_model_args, bounded_int, fail, memory_from_args, unicode_text
+from auditor.cli.common import add_model_args, bounded_int, fail, memory_from_args, model_or_workspace, unicode_text
 from auditor.files import atomic_file, check_output
 
 EXIT_STOPPED = 1
@@ -60,8 +60,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     from auditor.run.sequence import run_sequence
     from auditor.run.workspace import Workspace
 
-    if bool(args.model) == bool(args.workspace):
-        raise fail("name either a MODEL (a folder, a .gguf file or 'demo') or a --workspace, not both")
+    model_or_workspace(args)
     if args.batch_size < 1:
         raise fail("--batch-size must be at least 1")
     if args.method not in _methods():
