@@ -5,8 +5,9 @@ One policy for every output path (``--out``, ``--png``, ``report --out``, ``sequ
 
 - :func:`check_output` refuses, before anything is written, a target that is or resolves to
   (through any symbolic link) a workspace's own file (:data:`WORKSPACE_NAMES`: the ledger, its
-  head and journal files, the lock, the deltas folder), any SQLite database, a protected folder the
-  caller names (the base checkpoint), a special file (device, FIFO, socket) or anything under
+  head and journal files, the lock, the deltas folder), any SQLite database, a file in any model
+  checkpoint folder (config.json beside its weights) or a GGUF model file, a protected folder the
+  caller names (the base checkpoint in use), a special file (device, FIFO, socket) or anything under
   ``/proc``, ``/sys`` or ``/dev``; a target that is itself a symbolic link; and an existing file or
   folder the caller may not replace.
 - :func:`atomic_file` writes to a temporary sibling, fsyncs, renames over the target and fsyncs the
@@ -50,6 +51,10 @@ WORKSPACE_NAMES = ("ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-jou
                    "workspace.lock", "deltas")
 SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
 SQLITE_MAGIC = b"SQLite format 3\x00"
+GGUF_MAGIC = b"GGUF"
+# a folder holding config.json and one of these is a model checkpoint (Hugging Face's layout)
+CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json")
 TMP_MARK = ".partial-"  # temporary siblings: .<name>.partial-<pid>-<random>
 
 
@@ -72,15 +77,25 @@ def workspace_of(path: Path) -> Path | None:
     return None
 
 
-def is_sqlite(path: Path) -> bool:
-    """``path`` is a regular file that starts like an SQLite database."""
+def is_checkpoint(folder: Path) -> bool:
+    """``folder`` is a model checkpoint: config.json beside its weights (or their index)."""
+    return (folder / "config.json").is_file() and any((folder / name).is_file() for name in CHECKPOINT_WEIGHTS)
+
+
+def starts_with(path: Path, magic: bytes) -> bool:
+    """``path`` is a regular file whose first bytes are ``magic``."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return False
         with open(path, "rb") as f:
-            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+            return f.read(len(magic)) == magic
     except OSError:
         return False
+
+
+def is_sqlite(path: Path) -> bool:
+    """``path`` is a regular file that starts like an SQLite database."""
+    return starts_with(path, SQLITE_MAGIC)
 
 
 def _inside(a: Path, b: Path) -> bool:
@@ -111,6 +126,12 @@ def protection(path: str | Path, *, protected: Iterable[str | Path] = ()) -> str
     sqlite_base = real.name.rsplit("-", 1)[0] if real.name.endswith(("-wal", "-shm", "-journal")) else None
     if is_sqlite(real) or (sqlite_base and is_sqlite(real.with_name(sqlite_base))):
         return "is an SQLite database (a ledger?)"
+    # a model's files: any checkpoint's, in use or not (a file written beside its config and
+    # weights replaces or joins them; its subfolders are the user's), and GGUF model files
+    if real.parent != real and is_checkpoint(real.parent):
+        return f"lies in the model checkpoint {real.parent}"
+    if starts_with(real, GGUF_MAGIC):
+        return "is a GGUF model file"
     return None
 
 

@@ -197,6 +197,48 @@ def test_edit_out_appends_whole_lines_or_nothing(tiny: Path, requests_file: Path
 
 # ---------------------------------------------------------------- the policy as a property
 
+@pytest.fixture(scope="module")
+def bystander(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
+    """A model checkpoint no command of the test uses, and a GGUF file beside it."""
+    root = tmp_path_factory.mktemp("bystander")
+    (root / "model.gguf").write_bytes(b"GGUF" + bytes(60))
+    return save_tiny("gpt2", root / "gpt2", tokenizer_dir)
+
+
+@pytest.mark.parametrize("command", ["report", "sequence", "edit", "trace", "export", "export-patch"])
+def test_no_command_writes_into_a_model_checkpoint_or_over_a_gguf_file(
+        command: str, edited: Path, tiny: Path, bystander: Path, requests_file: Path, runs_file: Path, tmp_path: Path,
+        env_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``trace --png CHECKPOINT/config.json`` once replaced the config of the model it traced with
+    a PNG (found this session on the demo's converted checkpoint): the files of any checkpoint
+    (config.json beside its weights), in use or not, and GGUF files are refused like a ledger."""
+    before = {folder: snapshot(folder) for folder in (tiny, bystander, bystander.parent)}
+    link = tmp_path / "plot.png"
+    link.symlink_to(tiny / "config.json")
+    targets = {"config-in-use": tiny / "config.json", "weights-in-use": tiny / "model.safetensors",
+               "new-file-in-use": tiny / "heatmap.png", "config": bystander / "config.json",
+               "weights": bystander / "model.safetensors", "new-file": bystander / "out.jsonl",
+               "gguf": bystander.parent / "model.gguf", "link-to-config": link}
+    for name, target in targets.items():
+        argv = {
+            "report": ["report", "--runs", str(runs_file), "--out", str(target)],
+            "sequence": ["sequence", str(tiny), "--requests", str(requests_file), "--out", str(target)],
+            "edit": ["edit", str(tiny), "--requests", str(requests_file), "--dry-run", "--out", str(target)],
+            "trace": ["trace", str(tiny), "--prompt", "The capital of France is", "--subject", "France",
+                      "--png", str(target)],
+            "export": ["export", "--workspace", str(edited), "--out", str(target), "--overwrite"],
+            "export-patch": ["export", "--workspace", str(edited), "--patch", "--out", str(target), "--overwrite"],
+        }[command]
+        assert main(argv) == 2, (command, name)
+        err = one_line_error(capsys)
+        assert any(why in err for why in ("refusing", "symbolic link", "not a regular file", "not a folder")), err
+        assert {folder: snapshot(folder) for folder in before} == before, (command, name)
+    # a subfolder of a checkpoint folder is the user's, and a checkpoint's sibling is free
+    (bystander / "plots").mkdir(exist_ok=True)
+    for free in (bystander / "plots" / "t.png", bystander.parent / "t.png"):
+        assert check_output(free, what="--png") == free
+
+
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
