@@ -141,21 +141,28 @@ def refused_targets(ws: Path, outside: Path) -> dict[str, Path]:
             "proc": Path("/proc/version"), "device": Path("/dev/null"), "workspace-itself": ws}
 
 
+def writing_argv(command: str, target: Path, *, tiny: Path, edited: Path, requests_file: Path,
+                 runs_file: Path) -> list[str]:
+    """The command line of each command that writes a file or folder the user names, aimed at ``target``."""
+    return {
+        "report": ["report", "--runs", str(runs_file), "--out", str(target)],
+        "sequence": ["sequence", str(tiny), "--requests", str(requests_file), "--out", str(target)],
+        "edit": ["edit", str(tiny), "--requests", str(requests_file), "--dry-run", "--out", str(target)],
+        "trace": ["trace", str(tiny), "--prompt", "The capital of France is", "--subject", "France",
+                  "--png", str(target)],
+        "export": ["export", "--workspace", str(edited), "--out", str(target), "--overwrite"],
+        "export-patch": ["export", "--workspace", str(edited), "--patch", "--out", str(target), "--overwrite"],
+    }[command]
+
+
 @pytest.mark.parametrize("command", ["report", "sequence", "edit", "trace", "export", "export-patch"])
 def test_no_command_writes_into_a_ledger_a_workspace_file_or_a_device(
         command: str, edited: Path, tiny: Path, requests_file: Path, runs_file: Path, tmp_path: Path,
         env_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = snapshot(edited)
     for name, target in refused_targets(edited, tmp_path).items():
-        argv = {
-            "report": ["report", "--runs", str(runs_file), "--out", str(target)],
-            "sequence": ["sequence", str(tiny), "--requests", str(requests_file), "--out", str(target)],
-            "edit": ["edit", str(tiny), "--requests", str(requests_file), "--dry-run", "--out", str(target)],
-            "trace": ["trace", str(tiny), "--prompt", "The capital of France is", "--subject", "France",
-                      "--png", str(target)],
-            "export": ["export", "--workspace", str(edited), "--out", str(target), "--overwrite"],
-            "export-patch": ["export", "--workspace", str(edited), "--patch", "--out", str(target), "--overwrite"],
-        }[command]
+        argv = writing_argv(command, target, tiny=tiny, edited=edited, requests_file=requests_file,
+                            runs_file=runs_file)
         assert main(argv) == 2, (command, name)
         err = one_line_error(capsys)
         assert any(why in err for why in ("refusing", "symbolic link", "not a regular file", "not a folder")), err
@@ -220,15 +227,8 @@ def test_no_command_writes_into_a_model_checkpoint_or_over_a_gguf_file(
                "weights": bystander / "model.safetensors", "new-file": bystander / "out.jsonl",
                "gguf": bystander.parent / "model.gguf", "link-to-config": link}
     for name, target in targets.items():
-        argv = {
-            "report": ["report", "--runs", str(runs_file), "--out", str(target)],
-            "sequence": ["sequence", str(tiny), "--requests", str(requests_file), "--out", str(target)],
-            "edit": ["edit", str(tiny), "--requests", str(requests_file), "--dry-run", "--out", str(target)],
-            "trace": ["trace", str(tiny), "--prompt", "The capital of France is", "--subject", "France",
-                      "--png", str(target)],
-            "export": ["export", "--workspace", str(edited), "--out", str(target), "--overwrite"],
-            "export-patch": ["export", "--workspace", str(edited), "--patch", "--out", str(target), "--overwrite"],
-        }[command]
+        argv = writing_argv(command, target, tiny=tiny, edited=edited, requests_file=requests_file,
+                            runs_file=runs_file)
         assert main(argv) == 2, (command, name)
         err = one_line_error(capsys)
         assert any(why in err for why in ("refusing", "symbolic link", "not a regular file", "not a folder")), err
