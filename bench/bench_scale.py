@@ -9,7 +9,8 @@ shape are saved once as safetensors with the demo's tokenizer, then
 * ``fingerprint``: ``fingerprint_model`` again (seconds; memory it adds: should be ~0, streamed),
 * ``stats``: key statistics of one layer over ``--stats-tokens`` tokens (seconds per layer; the
   memory above the weights vs the plan's statistics pass),
-* ``rome``: one ROME edit (C cached; seconds; the peak above what the process held when the edit
+* ``rome``: one ROME edit (C cached; with the perplexity check before and after, as the product's
+  edits run, ``--no-ppl`` without; seconds; the peak above what the process held when the edit
   began, vs the plan's working memory of an edit without a statistics pass: :func:`edit_working`),
 * ``memit``: one MEMIT batch of ``--batch`` requests (same),
 
@@ -196,23 +197,25 @@ def measure(folder: Path, dtype: str, args: argparse.Namespace) -> dict:
         row["stats_extra"] = peak.reset() - base - weights
         partial(row)
     if "rome" in phases:
-        measure_rome(editor, requests, hp, peak, base, weights, row)
+        measure_rome(editor, requests, hp, peak, base, weights, row, ppl=not args.no_ppl)
         partial(row)
     if "memit" in phases:
-        measure_memit(editor, requests, hp, peak, base, weights, row, args.batch)
+        measure_memit(editor, requests, hp, peak, base, weights, row, args.batch, ppl=not args.no_ppl)
     if phases == set(PHASES):
         row["peak_total"] = max(row["load_peak"], weights + max(
             row["stats_extra"], row["rome_start"] + row["rome_extra"], row["memit_start"] + row["memit_extra"]))
     return row
 
 
-def measure_rome(editor, requests: list, hp: dict, peak: Peak, base: int, weights: int, row: dict) -> None:
-    """One ROME edit with its key statistics cached (a first edit computes and caches them)."""
-    editor.edit(requests[0], hparams=hp, measure_ppl=False)  # statistics computed and cached here
+def measure_rome(editor, requests: list, hp: dict, peak: Peak, base: int, weights: int, row: dict,
+                 ppl: bool = True) -> None:
+    """One ROME edit with its key statistics cached (a first edit computes and caches them);
+    ``ppl``: with the perplexity check before and after, as the product's edits run by default."""
+    editor.edit(requests[0], hparams=hp, measure_ppl=ppl)  # statistics computed and cached here
     peak.reset()
     row["rome_start"] = rss_anon() - base - weights  # what the process holds before the edit
     t = time.perf_counter()
-    r = editor.edit(requests[1], hparams=hp, measure_ppl=False, progress=peak.enter)
+    r = editor.edit(requests[1], hparams=hp, measure_ppl=ppl, progress=peak.enter)
     row["rome_s"] = time.perf_counter() - t
     row["rome_phases"] = peak.by_phase(base + weights)
     row["rome_live_phases"] = peak.live_by_phase()
@@ -222,16 +225,16 @@ def measure_rome(editor, requests: list, hp: dict, peak: Peak, base: int, weight
 
 
 def measure_memit(editor, requests: list, hp: dict, peak: Peak, base: int, weights: int, row: dict,
-                  batch: int) -> None:
+                  batch: int, ppl: bool = True) -> None:
     """One MEMIT batch of ``batch`` requests, the C of every edited layer cached by a batch before."""
     from auditor.run.batch import edit_batch
 
     mhp = {**hp, "mom2_update_weight": 100.0}
-    edit_batch(editor, requests[2:3], method="memit", hparams=mhp, measure_ppl=False)  # C of every layer, cached
+    edit_batch(editor, requests[2:3], method="memit", hparams=mhp, measure_ppl=ppl)  # C of every layer, cached
     peak.reset()
     row["memit_start"] = rss_anon() - base - weights
     t = time.perf_counter()
-    b = edit_batch(editor, requests[3:3 + batch], method="memit", hparams=mhp, measure_ppl=False,
+    b = edit_batch(editor, requests[3:3 + batch], method="memit", hparams=mhp, measure_ppl=ppl,
                    progress=peak.enter)
     row["memit_s"] = time.perf_counter() - t
     row["memit_phases"] = peak.by_phase(base + weights)
@@ -247,7 +250,8 @@ def edit_working(plan) -> int:
     so they are in what the process held when the edit began, not in what the edit adds; so are
     the held-out keys of the batch before, which a batch's own replace: the Editor keeps one weight
     state's)."""
-    return (plan.stats_held if plan.method == "rome" else 0) + max(plan.v_star, plan.solve, plan.evaluate)
+    return (plan.stats_held if plan.method == "rome" else 0) + max(plan.v_star, plan.solve, plan.evaluate, plan.audit,
+                                                                   plan.perplexity)
 
 
 def mib(n: float | None) -> str:
@@ -268,6 +272,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     p.add_argument("--phases", default=",".join(PHASES),
                    help="which measured phases run after the load and fingerprint (default: all)")
+    p.add_argument("--no-ppl", action="store_true",
+                   help="edits without the perplexity check (the product runs it before and after each edit)")
     p.add_argument("--trim", action="store_true",
                    help="give freed memory back (gc + malloc_trim) before each phase: steadier figures")
     p.add_argument("--workdir", type=Path, default=None, help="where random checkpoints are kept (default: temp)")
@@ -283,7 +289,8 @@ def main() -> None:
     from auditor.model.memory_plan import plan_config
 
     print(f"load average {os.getloadavg()}, {args.threads} threads, stats {args.stats_tokens} tokens, "
-          f"{args.steps} v* steps, MEMIT batch {args.batch}, phases {args.phases}, trim {args.trim}")
+          f"{args.steps} v* steps, MEMIT batch {args.batch}, phases {args.phases}, trim {args.trim}, "
+          f"perplexity check {not args.no_ppl}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     cols = ["shape", "dtype", "params", "load s", "load MiB", "plan weights", "fp s", "fp +MiB",
             "stats s/layer", "stats +MiB", "live", "plan stats", "rome s", "rome +MiB", "live", "plan rome",
@@ -302,7 +309,7 @@ def main() -> None:
             folder = make_checkpoint(shape, work / shape)
             cmd = [sys.executable, __file__, "--one", str(folder), dtype, "--stats-tokens", str(args.stats_tokens),
                    "--steps", str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads),
-                   "--phases", args.phases] + (["--trim"] if args.trim else [])
+                   "--phases", args.phases] + (["--trim"] if args.trim else []) + (["--no-ppl"] if args.no_ppl else [])
             # the child's stderr (its partial figures) passes through, to be kept if the run is stopped
             out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True,
                                  env={**os.environ, "PYTHONPATH": str(HERE.parent)})

@@ -17,6 +17,7 @@ import torch
 import auditor
 from auditor.cli import COMMAND_MODULES, build_parser, main
 from auditor.measure.perplexity import PerplexityProbe, perplexity_of_tokens
+from auditor.model.checkpoint import load_model
 from auditor.model import corpus
 
 
@@ -66,6 +67,29 @@ def test_perplexity_is_much_higher_on_shuffled_tokens(probe: PerplexityProbe, de
     shuffled = flat[torch.randperm(flat.numel(), generator=g)].view_as(probe.tokens)
     assert sorted(shuffled.reshape(-1).tolist()) == sorted(flat.tolist())  # same tokens, other order
     assert perplexity_of_tokens(demo.model, shuffled) > 5 * probe.compute()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gptj", "gpt_neox"])
+def test_streamed_perplexity_is_the_whole_logits_definition(tiny_checkpoint, model_type: str,  # noqa: ANN001
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head runs on a few positions at a time (the logits of a whole batch are never held):
+    the same perplexity as exp(mean cross-entropy) of the model's own full logits, for every
+    family, with chunks that split windows unevenly."""
+    import math
+
+    import torch.nn.functional as F
+
+    from auditor.measure import perplexity
+
+    lm = load_model(tiny_checkpoint(model_type), device="cpu")
+    tokens = torch.randint(0, lm.model.config.vocab_size, (5, 33), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = lm.model(input_ids=tokens).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    for rows in (1, 7, 10_000):
+        monkeypatch.setattr(perplexity, "HEAD_CHUNK_ELEMENTS", rows * vocab)
+        assert perplexity_of_tokens(lm.model, tokens, batch_size=2) == pytest.approx(math.exp(float(nll)), rel=1e-5)
 
 
 def test_probe_tokens_are_fixed_for_a_tokenizer(probe: PerplexityProbe, demo) -> None:  # noqa: ANN001

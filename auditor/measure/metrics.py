@@ -42,22 +42,27 @@ class TargetScore:
 
 @torch.no_grad()
 def score(lm: LoadedModel, prompts: list[str], targets: list[str], batch_size: int = 16) -> list[TargetScore]:
-    """Teacher-forced scores of ``targets[i]`` after ``prompts[i]``."""
+    """Teacher-forced scores of ``targets[i]`` after ``prompts[i]``. The output head runs only at
+    the positions that predict a target token (as ``collateral.target_scores``): the logits of
+    every position of a batch (prompts x tokens x vocabulary) are never held."""
     out: list[TargetScore] = []
+    head = lm.model.get_output_embeddings()
     for start in range(0, len(prompts), batch_size):
         chunk = list(zip(prompts[start:start + batch_size], targets[start:start + batch_size]))
         pairs = [(encode(lm, p), encode_target(lm, t)) for p, t in chunk]
         ids, mask = pad_batch([p + t for p, t in pairs], pad_id(lm), lm.device)
-        logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        for i, (p, t) in enumerate(pairs):
-            pos = torch.arange(len(p) - 1, len(p) - 1 + len(t), device=logits.device)
-            logp = torch.log_softmax(logits[i, pos].float(), -1)  # (L, V)
-            tgt = torch.tensor(t, device=logits.device)
-            out.append(TargetScore(
-                mean_logp=float(logp.gather(1, tgt[:, None]).mean()),
-                predicted=logp.argmax(-1).tolist(),
-                target=t,
-            ))
+        hidden = lm.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        rows = torch.tensor([i for i, (_, t) in enumerate(pairs) for _ in t], device=hidden.device)
+        cols = torch.tensor([len(p) - 1 + j for p, t in pairs for j in range(len(t))], device=hidden.device)
+        logp = torch.log_softmax(head(hidden[rows, cols].to(head.weight.dtype)).float(), -1)  # (sum of L, V)
+        tokens = torch.tensor([x for _, t in pairs for x in t], device=logp.device)
+        tok_logp = logp.gather(1, tokens[:, None])[:, 0]
+        greedy = logp.argmax(-1).tolist()
+        at = 0
+        for _, t in pairs:
+            out.append(TargetScore(mean_logp=float(tok_logp[at:at + len(t)].mean()), predicted=greedy[at:at + len(t)],
+                                   target=t))
+            at += len(t)
     return out
 
 

@@ -26,9 +26,10 @@ method's edited layers from ``resources/hparams/<method>_<family>.json`` and add
   the two RMS norms' float32 inputs), beside the cached keys and values of the columns before;
   and the logits at the target and KL positions only (float32, x3 for log-softmax and its
   gradient);
-* ``evaluate``: one scoring pass of the evaluation (the logits of every position of
-  ``SCORE_BATCH`` prompts, beside the final norm's float32 copy: the largest term of small models
-  with large vocabularies);
+* ``evaluate``: one scoring pass of the evaluation or the audit (the trunk on ``SCORE_BATCH``
+  prompts, then the head only at the positions that predict a target token);
+* ``perplexity``: the perplexity check (the trunk on its ``PPL_TOKENS`` tokens' windows, at most
+  ``PPL_BATCH`` at once, then the head on ``HEAD_CHUNK_ELEMENTS`` logits at a time);
 * ``solve``: the float64 algebra of the layer being edited, only that layer (ROME: the ridged
   C and an identity; MEMIT: C, K K^T, A, the LU factor of ``solve`` and the condition number's
   copy of A; AlphaEdit: the projector P, S = K K^T (+ earlier keys), an identity, A, the LU
@@ -36,7 +37,8 @@ method's edited layers from ``resources/hparams/<method>_<family>.json`` and add
 * ``audit``: the collateral audit's preservation cost tr(Delta C Delta^T) / tr(W C W^T) of the
   edited layer: C and W in float64, W C and its product with W.
 
-``peak = weights + stats_held + max(stats_pass, v_star, solve, evaluate, audit)`` on the computing device,
+``peak = weights + stats_held + max(stats_pass, v_star, solve, evaluate, audit, perplexity)`` on the
+computing device,
 plus ``held_out`` in host memory (on the same memory when the CPU computes: ``cpu_peak``): the phases run one
 after another (kmeng01/memit ``compute_ks``/``compute_z``/``memit_main``; jianghoucheng/AlphaEdit
 ``AlphaEdit_main``). The estimate is checked against measured peaks by ``bench/bench_scale.py``.
@@ -83,6 +85,13 @@ SCORE_BATCH = 64  # prompts scored in one pass (auditor.measure.collateral.SCORE
 SCORE_TOKENS = 16  # tokens of a scored prompt with its target
 EVAL_ROWS_PER_REQUEST = 32  # prompts scored per request: efficacy, paraphrases, neighbourhood, audit swaps
 HELD_OUT_TOKENS = 2048  # held-out keys per layer of a batch (auditor.engine.stats.HELD_OUT_TOKENS; a test checks)
+# the perplexity check's tokens, windows per forward pass and window length, and the logits it
+# computes at once (auditor.measure.perplexity's DEFAULT_TOKENS, DEFAULT_BATCH, DEFAULT_SEQ_LEN,
+# HEAD_CHUNK_ELEMENTS; a test checks)
+PPL_TOKENS = 512
+PPL_BATCH = 4
+PPL_SEQ_LEN = 256
+HEAD_CHUNK_ELEMENTS = 1 << 22
 
 
 class MemoryPlanError(AuditorError, RuntimeError):
@@ -119,11 +128,13 @@ class MemoryPlan:
     held_out: int = 0  # a batch's held-out text keys (float64), held through the whole batch
     suffix_tokens: int = V_SUFFIX_TOKENS  # v* columns recomputed per prompt (the rest: cached keys/values)
     audit: int = 0  # the collateral audit's preservation cost of the edited layer (float64)
+    perplexity: int = 0  # the perplexity check before and after the edit
 
     @property
     def working(self) -> int:
         """Everything but the weights: what must sit on the computing device."""
-        return self.stats_held + max(self.stats_pass, self.v_star, self.solve, self.evaluate, self.audit)
+        return self.stats_held + max(self.stats_pass, self.v_star, self.solve, self.evaluate, self.audit,
+                                     self.perplexity)
 
     @property
     def peak(self) -> int:
@@ -159,6 +170,7 @@ class MemoryPlan:
             f"float64 solve ({self.method}, edited layer only)": human(self.solve),
             f"evaluation ({SCORE_BATCH} prompts a pass)": human(self.evaluate),
             "collateral audit (preservation cost, float64)": human(self.audit),
+            f"perplexity check ({PPL_TOKENS} tokens, windows of {PPL_SEQ_LEN})": human(self.perplexity),
             "working memory (computing device)": human(self.working),
             "peak (computing device)": human(self.peak),
             "peak, computed on the CPU": human(self.cpu_peak),
@@ -349,12 +361,16 @@ def assemble(model: str, method: str, dtype: str, shape: dict[str, int], *, edit
     act = getattr(torch, dtype).itemsize  # activations are in the weight dtype
     hidden, d, out, heads = shape["hidden"], shape["key_dim"], shape["value_dim"], shape["heads"]
     tokens = STATS_BATCH * STATS_SEQ_LEN
-    # the forward up to the edited layer without gradient: the larger of the MLP's and the
-    # attention's live tensors (module docstring); measured with glibc's bytes in use
-    # (bench_scale's "live"), 135M and 360M shapes, bfloat16 and float32: 0.95-0.99 of this
-    mlp = tokens * (2 * hidden + 3 * d) * act
-    attention = tokens * 5 * hidden * act + STATS_BATCH * heads * STATS_SEQ_LEN ** 2 * act
-    stats_pass = 2 * 8 * d * d + tokens * d * 8 + max(mlp, attention)
+
+    def forward(batch: int, seq: int) -> int:
+        """A forward without gradient of ``batch`` sequences of ``seq`` tokens: the larger of the
+        MLP's and the attention's live tensors (module docstring); measured with glibc's bytes in
+        use (bench_scale's "live"), 135M and 360M shapes, bfloat16 and float32: 0.95-0.99 of this."""
+        mlp = batch * seq * (2 * hidden + 3 * d) * act
+        attention = batch * seq * 5 * hidden * act + batch * heads * seq ** 2 * act
+        return max(mlp, attention)
+
+    stats_pass = 2 * 8 * d * d + tokens * d * 8 + forward(STATS_BATCH, STATS_SEQ_LEN)
     together = min(requests, V_BATCH)  # v* runs V_BATCH requests at a time
     rows = prompts * together
     suffix = min(suffix_tokens, prompt_tokens)
@@ -371,10 +387,21 @@ def assemble(model: str, method: str, dtype: str, shape: dict[str, int], *, edit
     # the head only at the target positions and the KL position: logits, float32 copy, log-softmax, grad
     head_rows = together * ((prompts - 1) * V_TARGET_TOKENS + 1)
     v_star = saved + head_rows * shape["vocab"] * (act + 3 * 4)
-    # a scoring pass of the evaluation: the logits of every position of its prompts, beside the
-    # final norm's float32 input and output (measured: the logits are all but 2% of the pass)
+    # per logit: the head's output, its float32 copy (none when the head is float32) and the log-softmax
+    upcast = (act if act != 4 else 0) + 8
+    # a scoring pass of the evaluation or the audit: the trunk on its prompts, then the head only
+    # at the positions that predict a target token (metrics.score, collateral.target_scores):
+    # their logits, float32 copy and log-softmax
     scored = min(SCORE_BATCH, EVAL_ROWS_PER_REQUEST * requests)
-    evaluate = scored * SCORE_TOKENS * (shape["vocab"] * act + 8 * hidden)
+    # (the trunk's activations are gone when the head runs: its final hidden states remain)
+    evaluate = max(forward(scored, SCORE_TOKENS),
+                   scored * SCORE_TOKENS * hidden * act + scored * V_TARGET_TOKENS * shape["vocab"] * upcast)
+    # the perplexity check before and after an edit (measure.perplexity): the trunk on its windows
+    # (at most PPL_BATCH at once), their final hidden states, and HEAD_CHUNK_ELEMENTS logits at a time
+    # (the head's output, its float32 copy, the log-softmax)
+    windows = max(1, min(PPL_BATCH, PPL_TOKENS // PPL_SEQ_LEN))
+    perplexity = max(forward(windows, PPL_SEQ_LEN), windows * PPL_SEQ_LEN * hidden * act
+                     + min(HEAD_CHUNK_ELEMENTS, windows * PPL_SEQ_LEN * shape["vocab"]) * upcast)
     # the dense float64 update and weight copy; MEMIT/AlphaEdit also snapshot every edited weight
     dense = 2 * out * d * 8 + (len(edited_layers) * out * d * act if method != "rome" else 0)
     solve = SOLVE_SQUARES[method] * 8 * d * d + dense
@@ -385,7 +412,7 @@ def assemble(model: str, method: str, dtype: str, shape: dict[str, int], *, edit
                       weights=weights, largest_block=largest_block, stats_held=len(edited_layers) * 4 * d * d,
                       stats_pass=stats_pass, v_star=v_star, solve=solve, requests=requests, prompts=prompts,
                       prompt_tokens=prompt_tokens, evaluate=evaluate, held_out=held_out, suffix_tokens=suffix,
-                      audit=audit)
+                      audit=audit, perplexity=perplexity)
 
 
 def shape_of(plan: MemoryPlan) -> dict[str, int]:
