@@ -52,6 +52,7 @@ from auditor.engine.rome import (
     pad_id,
     subject_index,
 )
+from auditor.measure.metrics import target_logprobs
 from auditor.model.checkpoint import LoadedModel
 from auditor.model.offload import read_param
 from auditor.model.requests import EditRequest
@@ -262,16 +263,12 @@ def target_scores(lm: LoadedModel, prompts: list[str], targets: list[str],
     """Per prompt: P(target) as the geometric mean of its teacher-forced token probabilities (as
     metrics.score) and the greedy first answer token; the output head runs only on the positions
     needed (most of a short prompt's cost otherwise goes into logits nobody reads)."""
-    head, out = lm.model.get_output_embeddings(), []
+    out = []
     for start in range(0, len(prompts), batch_size):
         pairs = [(encode(lm, p), encode_target(lm, t))
                  for p, t in zip(prompts[start:start + batch_size], targets[start:start + batch_size])]
-        ids, mask = pad_batch([p + t for p, t in pairs], pad_id(lm), lm.device)
-        hidden = lm.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        rows = torch.tensor([i for i, (_, t) in enumerate(pairs) for _ in t], device=ids.device)
-        cols = torch.tensor([len(p) - 1 + j for p, t in pairs for j in range(len(t))], device=ids.device)
-        logp = torch.log_softmax(head(hidden[rows, cols]).float(), -1)  # (sum of target lengths, V)
-        tokens = torch.tensor([x for _, t in pairs for x in t], device=ids.device)
+        logp = target_logprobs(lm, pairs)  # (sum of target lengths, V)
+        tokens = torch.tensor([x for _, t in pairs for x in t], device=logp.device)
         tok_logp = logp.gather(1, tokens[:, None])[:, 0].tolist()
         greedy = logp.argmax(-1).tolist()
         at = 0

@@ -40,21 +40,27 @@ class TargetScore:
         return math.exp(self.mean_logp)
 
 
+def target_logprobs(lm: LoadedModel, pairs: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+    """Teacher-forced log-probabilities, float32 ``(sum of target lengths, V)``, at the positions
+    that predict each ``(prompt ids, target ids)`` pair's target tokens, in order, from one batched
+    pass: the trunk on every pair, the output head only at those positions (the logits of every
+    position, prompts x tokens x vocabulary, are never held)."""
+    head = lm.model.get_output_embeddings()
+    ids, mask = pad_batch([p + t for p, t in pairs], pad_id(lm), lm.device)
+    hidden = lm.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    rows = torch.tensor([i for i, (_, t) in enumerate(pairs) for _ in t], device=hidden.device)
+    cols = torch.tensor([len(p) - 1 + j for p, t in pairs for j in range(len(t))], device=hidden.device)
+    return torch.log_softmax(head(hidden[rows, cols].to(head.weight.dtype)).float(), -1)
+
+
 @torch.no_grad()
 def score(lm: LoadedModel, prompts: list[str], targets: list[str], batch_size: int = 16) -> list[TargetScore]:
-    """Teacher-forced scores of ``targets[i]`` after ``prompts[i]``. The output head runs only at
-    the positions that predict a target token (as ``collateral.target_scores``): the logits of
-    every position of a batch (prompts x tokens x vocabulary) are never held."""
+    """Teacher-forced scores of ``targets[i]`` after ``prompts[i]`` (:func:`target_logprobs`)."""
     out: list[TargetScore] = []
-    head = lm.model.get_output_embeddings()
     for start in range(0, len(prompts), batch_size):
-        chunk = list(zip(prompts[start:start + batch_size], targets[start:start + batch_size]))
-        pairs = [(encode(lm, p), encode_target(lm, t)) for p, t in chunk]
-        ids, mask = pad_batch([p + t for p, t in pairs], pad_id(lm), lm.device)
-        hidden = lm.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        rows = torch.tensor([i for i, (_, t) in enumerate(pairs) for _ in t], device=hidden.device)
-        cols = torch.tensor([len(p) - 1 + j for p, t in pairs for j in range(len(t))], device=hidden.device)
-        logp = torch.log_softmax(head(hidden[rows, cols].to(head.weight.dtype)).float(), -1)  # (sum of L, V)
+        pairs = [(encode(lm, p), encode_target(lm, t))
+                 for p, t in zip(prompts[start:start + batch_size], targets[start:start + batch_size])]
+        logp = target_logprobs(lm, pairs)
         tokens = torch.tensor([x for _, t in pairs for x in t], device=logp.device)
         tok_logp = logp.gather(1, tokens[:, None])[:, 0]
         greedy = logp.argmax(-1).tolist()
